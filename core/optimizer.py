@@ -1,0 +1,101 @@
+"""The optimizer interface shared by hand-designed and learned optimizers.
+
+An optimizer is a pair of pure functions over *all* parameters of an optimizee
+at once, as in optax:
+
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)
+    params = params + updates
+
+``params`` and ``grads`` are tensors of shape ``(..., D)``: the last dimension
+holds the D coordinates of one optimizee, leading dimensions are independent
+optimizees (seeds) run together.  No input is changed in place.  ``state`` is a
+flat ``dict[str, Tensor]`` whose tensors live on the device of ``params``.
+
+Hand-designed optimizers are built by chaining small transforms
+(:func:`chain`, :func:`scale`, ...), so a variant is a few lines.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Literal, Mapping
+
+import torch
+from torch import Tensor
+
+State = dict[str, Tensor]
+InitFn = Callable[[Tensor], State]
+UpdateFn = Callable[[Tensor, State, Tensor], "tuple[Tensor, State]"]
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``.
+
+    Capability flags are data, read by the conformance kit and the evaluator:
+
+    - ``coordinatewise``: each coordinate's update depends only on that coordinate's
+      history, so permuting coordinates permutes the updates.
+    - ``zero_grad``: what a zero gradient does from a fresh state: ``"no-op"``
+      (update exactly zero) or ``"any"`` (nothing promised, e.g. weight decay).
+    """
+
+    init: InitFn
+    update: UpdateFn
+    coordinatewise: bool = True
+    zero_grad: Literal["no-op", "any"] = "no-op"
+
+    def with_flags(self, **flags) -> "Optimizer":
+        return replace(self, **flags)
+
+
+def _prefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
+    return {f"{prefix}{k}": v for k, v in state.items()}
+
+
+def _unprefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
+    n = len(prefix)
+    return {k[n:]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def chain(*transforms: Optimizer) -> Optimizer:
+    """Apply transforms in order, each to the previous one's output (optax.chain)."""
+
+    def init(params: Tensor) -> State:
+        state: State = {}
+        for i, t in enumerate(transforms):
+            state.update(_prefixed(f"{i}.", t.init(params)))
+        return state
+
+    def update(grads: Tensor, state: State, params: Tensor):
+        new_state: State = {}
+        for i, t in enumerate(transforms):
+            grads, s = t.update(grads, _unprefixed(f"{i}.", state), params)
+            new_state.update(_prefixed(f"{i}.", s))
+        return grads, new_state
+
+    return Optimizer(
+        init,
+        update,
+        coordinatewise=all(t.coordinatewise for t in transforms),
+        zero_grad="no-op" if all(t.zero_grad == "no-op" for t in transforms) else "any",
+    )
+
+
+def stateless(fn: Callable[[Tensor, Tensor], Tensor], **flags) -> Optimizer:
+    """A transform without state: ``updates = fn(grads, params)``."""
+    return Optimizer(lambda params: {}, lambda g, s, p: (fn(g, p), s), **flags)
+
+
+def scale(factor: float) -> Optimizer:
+    """Multiply updates by a constant (``scale(-lr)`` turns a direction into a step)."""
+    return stateless(lambda g, p: g * factor)
+
+
+def zeros_like_state(params: Tensor, *names: str) -> State:
+    return {n: torch.zeros_like(params) for n in names}
+
+
+def step_count(params: Tensor) -> Tensor:
+    """A per-optimizee step counter of shape ``params.shape[:-1]``, on params' device."""
+    return torch.zeros(params.shape[:-1], dtype=params.dtype, device=params.device)

@@ -1,0 +1,267 @@
+"""The one registry of optimizers, learned optimizers, task families and executors.
+
+Plugins are found through the ``l2obench`` entry-point group, the built-in ones
+included.  The registry owns the name rules and every error a plugin can cause,
+each reported in one line that names the plugin's distribution.
+
+Environment variables:
+
+- ``L2OBENCH_DISABLE_PLUGIN_AUTOLOAD=1``: load only the built-in plugins (and
+  those named in ``L2OBENCH_PLUGINS``).
+- ``L2OBENCH_PLUGINS=name,name``: an allow-list; third-party plugins load only if
+  their entry-point or distribution name is listed.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as md
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+
+PROJECT = "l2obench"
+DISABLE_ENV = "L2OBENCH_DISABLE_PLUGIN_AUTOLOAD"
+ALLOW_ENV = "L2OBENCH_PLUGINS"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
+
+#: kind -> (hook name, noun used in messages)
+KINDS: dict[str, tuple[str, str]] = {
+    "optimizer": ("register_optimizers", "optimizer"),
+    "learned": ("register_learned_optimizers", "learned optimizer"),
+    "task": ("register_task_families", "task family"),
+    "executor": ("register_executors", "executor"),
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered thing: its name, kind, the object and where it came from."""
+
+    name: str
+    kind: str
+    obj: Any
+    plugin: str
+    distribution: str
+    version: str
+
+    @property
+    def origin(self) -> str:
+        return f"{self.distribution} {self.version}"
+
+    def parameters(self) -> dict[str, Any]:
+        """Parameter names and defaults (a factory's keywords, a family's config fields)."""
+        if self.kind == "task":
+            return {
+                n: (None if f.is_required() else f.get_default(call_default_factory=True))
+                for n, f in self.obj.config.model_fields.items()
+            }
+        return {
+            p.name: (None if p.default is inspect.Parameter.empty else p.default)
+            for p in inspect.signature(self.obj).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def check_parameters(self, params: dict[str, Any]) -> None:
+        """Refuse unknown or ill-typed hyperparameters with one line."""
+        known = self.parameters()
+        noun = KINDS[self.kind][1]
+        for key, value in params.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{noun} {self.name!r}: unknown parameter {key!r} (value {value!r}); "
+                    f"allowed: {', '.join(known) or 'none'}"
+                )
+            default = known[key]
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ConfigError(f"{noun} {self.name!r}: {key}={value!r} must be true or false")
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"{noun} {self.name!r}: {key}={value!r} must be a number")
+                if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+                    raise ConfigError(f"{noun} {self.name!r}: {key}={value!r} must be an integer")
+
+    def create(self, **params):
+        """Build the thing with validated parameters (a Task for a task family)."""
+        if self.kind == "task":
+            fam = self.obj
+            return fam.build(fam.validate(**params))
+        self.check_parameters(params)
+        try:
+            return self.obj(**params)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{KINDS[self.kind][1]} {self.name!r}: {exc}") from None
+
+
+@dataclass
+class _Source:
+    plugin: str
+    distribution: str
+    version: str
+
+
+class Registry:
+    """Loads plugins and holds what they register, by kind and name."""
+
+    def __init__(self, plugins: Iterable[Any] = (), *, entry_points: bool = True):
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._sources: dict[str, _Source] = {}
+        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        if entry_points:
+            self._load_entry_points()
+        for plugin in plugins:
+            self.add_plugin(plugin)
+        self._collect()
+
+    # -- loading ---------------------------------------------------------
+    def _allowed(self, ep: md.EntryPoint, dist: str) -> bool:
+        if dist == PROJECT:
+            return True
+        allow = {s.strip() for s in os.environ.get(ALLOW_ENV, "").split(",") if s.strip()}
+        if allow:
+            return ep.name in allow or dist in allow
+        return not os.environ.get(DISABLE_ENV)
+
+    def _load_entry_points(self) -> None:
+        for ep in md.entry_points(group=PROJECT):
+            dist = ep.dist.name if ep.dist is not None else "<unknown>"
+            version = ep.dist.version if ep.dist is not None else "?"
+            if not self._allowed(ep, dist):
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {ep.name!r} of distribution {dist} {version} failed to import "
+                    f"({type(exc).__name__}: {exc}); uninstall it, or skip it with "
+                    f"{DISABLE_ENV}=1 or an allow-list in {ALLOW_ENV}"
+                ) from None
+            self.add_plugin(module, name=ep.name, distribution=dist, version=version)
+
+    def add_plugin(self, plugin: Any, name: str | None = None, distribution: str | None = None,
+                   version: str | None = None) -> None:
+        """Register a plugin object or module (used for entry points and inline plugins)."""
+        name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        dist = distribution or "<inline>"
+        source = _Source(name, dist, version or "-")
+        if self.pm.has_plugin(name):
+            raise PluginError(f"two plugins are named {name!r} ({self._sources[name].distribution} and {dist})")
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            raise PluginError(
+                f"plugin {name!r} of distribution {dist} has a bad hook: {_first_line(exc)}; "
+                f"see 'Writing a plugin' in the README for the hook signatures"
+            ) from None
+        self._sources[name] = source
+
+    def _collect(self) -> None:
+        for kind, (hook_name, noun) in KINDS.items():
+            hook = getattr(self.pm.hook, hook_name)
+            for impl in reversed(hook.get_hookimpls()):
+                src = self._sources.get(impl.plugin_name, _Source(impl.plugin_name, "<inline>", "-"))
+                register = self._register_callback(kind, noun, src)
+                try:
+                    impl.function(**({"register": register} if "register" in impl.argnames else {}))
+                except (PluginError, ConfigError):
+                    raise
+                except Exception as exc:
+                    raise PluginError(
+                        f"plugin {src.plugin!r} of distribution {src.distribution} {src.version} raised in "
+                        f"{hook_name} ({type(exc).__name__}: {exc}); skip it with {DISABLE_ENV}=1 "
+                        f"or an allow-list in {ALLOW_ENV}"
+                    ) from None
+
+    def _register_callback(self, kind: str, noun: str, src: _Source) -> Callable[[str, Any], None]:
+        def register(name: str, obj: Any) -> None:
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise PluginError(
+                    f"plugin {src.plugin!r} of distribution {src.distribution} registered the {noun} name "
+                    f"{name!r}: names are lower-case letters, digits, '-', '_' or '.'"
+                )
+            if kind == "task":
+                from .task import TaskFamily
+
+                if not isinstance(obj, TaskFamily):
+                    raise PluginError(
+                        f"plugin {src.plugin!r} of distribution {src.distribution} registered task family "
+                        f"{name!r} as {type(obj).__name__}; register a l2obench.TaskFamily"
+                    )
+                if not obj.name:
+                    object.__setattr__(obj, "name", name)
+            elif not callable(obj):
+                raise PluginError(
+                    f"plugin {src.plugin!r} of distribution {src.distribution} registered {noun} {name!r} "
+                    f"as a {type(obj).__name__}; register a factory function"
+                )
+            table = self.entries[kind]
+            if name in table:
+                other = table[name]
+                raise PluginError(
+                    f"{noun} {name!r} is registered twice: by distribution {other.distribution} "
+                    f"(plugin {other.plugin!r}) and by {src.distribution} (plugin {src.plugin!r}); "
+                    f"uninstall one, or use {ALLOW_ENV} to choose"
+                )
+            table[name] = Entry(name, kind, obj, src.plugin, src.distribution, src.version)
+
+        return register
+
+    # -- lookup ----------------------------------------------------------
+    def get(self, kind: str, name: str) -> Entry:
+        table = self.entries[kind]
+        try:
+            return table[name]
+        except KeyError:
+            raise ConfigError(unknown_name_message(KINDS[kind][1], name, table)) from None
+
+    def optimizer(self, name: str, **hyperparameters):
+        """A hand-designed optimizer ``Optimizer`` built with validated hyperparameters."""
+        return self.get("optimizer", name).create(**hyperparameters)
+
+    def learned(self, name: str, **hyperparameters):
+        """A fresh learned optimizer (meta-parameters initialised by the plugin)."""
+        return self.get("learned", name).create(**hyperparameters)
+
+    def family(self, name: str):
+        return self.get("task", name).obj
+
+    def task(self, family: str, **config):
+        """The Task of ``family`` with a validated ``config``."""
+        return self.get("task", family).create(**config)
+
+    def all_entries(self) -> list[Entry]:
+        return [e for table in self.entries.values() for e in table.values()]
+
+
+def unknown_name_message(noun: str, name: Any, known: Iterable[str]) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown {noun} {name!r}: {hint}registered: {', '.join(known) or 'none'}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+_default: Registry | None = None
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The process-wide registry of installed plugins, loaded once."""
+    global _default
+    if _default is None or refresh:
+        _default = Registry()
+    return _default

@@ -1,0 +1,108 @@
+"""The optimizee interfaces: Task and TaskFamily (after learned_optimization).
+
+A :class:`Task` is one optimization problem with a flat parameter vector of
+``dim`` coordinates.  Every method is batched over *seeds*: the row ``i`` of
+``init(seeds)`` and of each batch from ``batches(split, seeds)`` depends on
+``seeds[i]`` alone, so 16 seeds run in one batched call give exactly what 16
+one-seed calls give.  Seeds pick the random function (quadratics), the initial
+parameters and the minibatches.
+
+A :class:`TaskFamily` validates a config (a pydantic model) and builds a Task
+from it; ``sample`` draws configs when a family is a distribution over them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+import pydantic
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+
+@runtime_checkable
+class Task(Protocol):
+    """One optimizee. ``params`` are ``(S, dim)`` tensors, one row per seed."""
+
+    dim: int
+    #: named slices of the parameter vector (e.g. ``{"conv": ..., "fc": ...}``);
+    #: learned optimizers may use one network per group.
+    groups: Mapping[str, slice]
+
+    def init(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
+        """Initial parameters, ``(len(seeds), dim)``."""
+
+    def batches(
+        self, split: Split, seeds: Sequence[int], device: torch.device | str = "cpu"
+    ) -> Iterator[Any]:
+        """An endless stream of minibatches for ``split``, batched over seeds."""
+
+    def loss(self, params: Tensor, batch: Any) -> Tensor:
+        """Loss of each optimizee on its minibatch: ``(S, dim) -> (S,)``."""
+
+
+def seed_generator(seed: int, *salt: int | str) -> torch.Generator:
+    """A CPU generator for one seed, salted (by split, purpose) so streams never collide."""
+    import zlib
+
+    mix = zlib.crc32(repr((int(seed), *salt)).encode())
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + mix) % (2**63 - 1))
+
+
+class TaskConfig(pydantic.BaseModel):
+    """Base of task-family configs: unknown keys are refused, configs are immutable."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """A validated config in, a :class:`Task` out.
+
+    ``config`` is a :class:`TaskConfig` subclass whose fields, with defaults, are
+    the family's parameters; ``build`` makes a Task from a validated config;
+    ``sample`` (optional) draws a config from a generator, for families that are
+    distributions over configs.
+    """
+
+    config: type[TaskConfig]
+    build: Callable[[Any], Task]
+    sample: Callable[[torch.Generator], Any] | None = None
+    description: str = ""
+    name: str = field(default="", compare=False)
+
+    def validate(self, **params) -> TaskConfig:
+        """The config for ``params``; a mistake raises a one-line :class:`ConfigError`."""
+        return validate_model(self.config, params, where=f"task family {self.name!r}")
+
+    def task(self, config: TaskConfig | None = None, **params) -> Task:
+        if config is None:
+            config = self.validate(**params)
+        return self.build(config)
+
+
+def validate_model(model: type[pydantic.BaseModel], params: Mapping[str, Any], where: str):
+    """Validate ``params`` against ``model``, turning pydantic's report into one line."""
+    try:
+        return model(**params)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, model, where)) from None
+
+
+def describe_validation_error(exc: pydantic.ValidationError, model: type[pydantic.BaseModel], where: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "<config>"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(model.model_fields)
+        return f"{where}: unknown key {key!r} (value {value!r}); allowed keys: {allowed}"
+    msg = err["msg"]
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        msg = f"expected {ctx['expected']}"
+    return f"{where}: invalid {key}={value!r}: {msg}"

@@ -1,0 +1,1 @@
+"""The public conformance kit for optimizers, learned optimizers and task families."""
