@@ -28,32 +28,6 @@ def parse_params(items: list[str] | None, what: str) -> dict:
     return params
 
 
-# -- list ----------------------------------------------------------------------
-def cmd_list(args) -> int:
-    from .registry import get_registry
-
-    entries = sorted(get_registry().all_entries(), key=lambda e: (e.kind, e.name))
-    if args.json:
-        print(json.dumps([
-            {"name": e.name, "kind": e.kind, "plugin": e.plugin, "distribution": e.distribution,
-             "version": e.version, "parameters": _jsonable(e.parameters())}
-            for e in entries
-        ], indent=2))
-        return 0
-    rows = [("kind", "name", "distribution", "parameters")]
-    for e in entries:
-        params = ", ".join(f"{k}={v!r}" for k, v in e.parameters().items())
-        rows.append((e.kind, e.name, e.origin, params))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
-    return 0
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -61,18 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"l2obench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list registered optimizers, learned optimizers and task families")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_list)
+    # Each module of l2obench.commands adds its subcommand(s) with add_parser(subparsers).
+    import importlib
+    import pkgutil
 
-    # Other subcommands add themselves here: each module exposes add_parser(sub).
-    for module in _COMMAND_MODULES:
-        __import__(f"l2obench.{module}", fromlist=["add_parser"]).add_parser(sub)
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").add_parser(sub)
     return parser
-
-
-#: modules under l2obench that contribute a subcommand via ``add_parser(subparsers)``
-_COMMAND_MODULES: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:
