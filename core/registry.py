@@ -4,12 +4,18 @@ Plugins are found through the ``l2obench`` entry-point group, the built-in ones
 included.  The registry owns the name rules and every error a plugin can cause,
 each reported in one line that names the plugin's distribution.
 
-Environment variables:
+Environment variables, so that a broken third-party plugin can be switched off
+and everything else keeps working:
 
 - ``L2OBENCH_DISABLE_PLUGIN_AUTOLOAD=1``: load only the built-in plugins (and
   those named in ``L2OBENCH_PLUGINS``).
 - ``L2OBENCH_PLUGINS=name,name``: an allow-list; third-party plugins load only if
-  their entry-point or distribution name is listed.
+  their distribution or entry-point name is listed.
+
+Names are lower-case (``adam``, ``lstm-gac``, ``mnist-mlp``), since they appear in
+suite files and cell ids like ``adam[lr=0.01]``.  Hand-designed and learned
+optimizers share one namespace, because suites and ``l2obench evaluate`` name
+either kind the same way.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import importlib.metadata as md
 import inspect
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import pluggy
@@ -37,6 +43,14 @@ KINDS: dict[str, tuple[str, str]] = {
     "learned": ("register_learned_optimizers", "learned optimizer"),
     "task": ("register_task_families", "task family"),
     "executor": ("register_executors", "executor"),
+}
+
+#: kinds whose names must not clash with each other: suites name either optimizer kind alike
+_NAMESPACES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("optimizer", "learned"),
+    "learned": ("optimizer", "learned"),
+    "task": ("task",),
+    "executor": ("executor",),
 }
 
 
@@ -107,15 +121,47 @@ class _Source:
     distribution: str
     version: str
 
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r} of distribution {self.distribution}"
+
+
+class _RegisterError(PluginError):
+    """Raised by the ``register`` callback; passes through the hook unwrapped."""
+
+
+#: What every message about a third-party plugin tells the user to do.
+SWITCH_OFF = f"uninstall it, or switch it off with {DISABLE_ENV}=1 or an allow-list in {ALLOW_ENV}"
+
+
+def normalize(name: str) -> str:
+    """A distribution or plugin name compared the way pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def allow_list() -> set[str]:
+    """The normalized names in ``L2OBENCH_PLUGINS`` (empty: no allow-list)."""
+    return {normalize(s.strip()) for s in os.environ.get(ALLOW_ENV, "").split(",") if s.strip()}
+
+
+def autoload_disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
 
 class Registry:
-    """Loads plugins and holds what they register, by kind and name."""
+    """Loads plugins and holds what they register, by kind and name.
+
+    ``plugins`` are registered inline after the installed ones (a module or any
+    object with hook implementations); ``entry_points=False`` skips the
+    installed plugins, built-in ones included.
+    """
 
     def __init__(self, plugins: Iterable[Any] = (), *, entry_points: bool = True):
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._sources: dict[str, _Source] = {}
         self.entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        #: third-party plugins not loaded because of the environment variables, as "dist (entry point)"
+        self.skipped: list[str] = []
         if entry_points:
             self._load_entry_points()
         for plugin in plugins:
@@ -123,38 +169,50 @@ class Registry:
         self._collect()
 
     # -- loading ---------------------------------------------------------
-    def _allowed(self, ep: md.EntryPoint, dist: str) -> bool:
-        if dist == PROJECT:
-            return True
-        allow = {s.strip() for s in os.environ.get(ALLOW_ENV, "").split(",") if s.strip()}
-        if allow:
-            return ep.name in allow or dist in allow
-        return not os.environ.get(DISABLE_ENV)
-
     def _load_entry_points(self) -> None:
+        allow = allow_list()
+        disabled = autoload_disabled()
+        found: list[tuple[md.EntryPoint, str, str]] = []
         for ep in md.entry_points(group=PROJECT):
             dist = ep.dist.name if ep.dist is not None else "<unknown>"
             version = ep.dist.version if ep.dist is not None else "?"
-            if not self._allowed(ep, dist):
-                continue
+            found.append((ep, dist, version))
+        # Built-ins first, then by distribution: the order of loading (and of any
+        # duplicate-name message) does not depend on the order of sys.path.
+        found.sort(key=lambda f: (normalize(f[1]) != PROJECT, normalize(f[1]), f[0].name))
+        known = {PROJECT} | {normalize(d) for _, d, _ in found} | {normalize(ep.name) for ep, _, _ in found}
+        unknown = sorted(allow - known)
+        if unknown:
+            third_party = sorted({d for _, d, _ in found if normalize(d) != PROJECT})
+            raise PluginError(
+                f"{ALLOW_ENV} names {', '.join(unknown)}, which no installed distribution provides; "
+                f"installed plugin distributions: {', '.join(third_party) or 'none besides l2obench'}"
+            )
+        for ep, dist, version in found:
+            if normalize(dist) != PROJECT:
+                listed = normalize(dist) in allow or normalize(ep.name) in allow
+                if (allow or disabled) and not listed:
+                    self.skipped.append(f"{dist} ({ep.name})")
+                    continue
             try:
                 module = ep.load()
             except Exception as exc:
                 raise PluginError(
                     f"plugin {ep.name!r} of distribution {dist} {version} failed to import "
-                    f"({type(exc).__name__}: {exc}); uninstall it, or skip it with "
-                    f"{DISABLE_ENV}=1 or an allow-list in {ALLOW_ENV}"
+                    f"({type(exc).__name__}: {_one_line(exc)}); {SWITCH_OFF}"
                 ) from None
             self.add_plugin(module, name=ep.name, distribution=dist, version=version)
 
     def add_plugin(self, plugin: Any, name: str | None = None, distribution: str | None = None,
                    version: str | None = None) -> None:
         """Register a plugin object or module (used for entry points and inline plugins)."""
-        name = name or getattr(plugin, "__name__", None) or repr(plugin)
-        dist = distribution or "<inline>"
-        source = _Source(name, dist, version or "-")
+        name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}@{id(plugin):x}"
+        source = _Source(name, distribution or "<inline>", version or "-")
         if self.pm.has_plugin(name):
-            raise PluginError(f"two plugins are named {name!r} ({self._sources[name].distribution} and {dist})")
+            raise PluginError(
+                f"two plugins are named {name!r}: one of distribution {self._sources[name].distribution} "
+                f"and one of {source.distribution}; rename one entry point, or {SWITCH_OFF}"
+            )
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
@@ -162,59 +220,59 @@ class Registry:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
             raise PluginError(
-                f"plugin {name!r} of distribution {dist} has a bad hook: {_first_line(exc)}; "
-                f"see 'Writing a plugin' in the README for the hook signatures"
+                f"{source} has a bad hook: {_one_line(exc)}; the hooks and their signatures are under "
+                f"'Writing a plugin' in the l2obench README"
             ) from None
         self._sources[name] = source
 
     def _collect(self) -> None:
         for kind, (hook_name, noun) in KINDS.items():
             hook = getattr(self.pm.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):
+            # Registration order: built-ins first, then third-party, then inline plugins.
+            for impl in hook.get_hookimpls():
                 src = self._sources.get(impl.plugin_name, _Source(impl.plugin_name, "<inline>", "-"))
                 register = self._register_callback(kind, noun, src)
                 try:
                     impl.function(**({"register": register} if "register" in impl.argnames else {}))
-                except (PluginError, ConfigError):
+                except _RegisterError:
                     raise
                 except Exception as exc:
                     raise PluginError(
-                        f"plugin {src.plugin!r} of distribution {src.distribution} {src.version} raised in "
-                        f"{hook_name} ({type(exc).__name__}: {exc}); skip it with {DISABLE_ENV}=1 "
-                        f"or an allow-list in {ALLOW_ENV}"
+                        f"{src} {src.version} raised in {hook_name} "
+                        f"({type(exc).__name__}: {_one_line(exc)}); {SWITCH_OFF}"
                     ) from None
 
     def _register_callback(self, kind: str, noun: str, src: _Source) -> Callable[[str, Any], None]:
         def register(name: str, obj: Any) -> None:
             if not isinstance(name, str) or not NAME_RE.match(name):
-                raise PluginError(
-                    f"plugin {src.plugin!r} of distribution {src.distribution} registered the {noun} name "
-                    f"{name!r}: names are lower-case letters, digits, '-', '_' or '.'"
+                raise _RegisterError(
+                    f"{src} registered the {noun} name {name!r}: a name starts with a lower-case letter "
+                    f"and has only lower-case letters, digits, '-', '_' or '.'"
                 )
             if kind == "task":
                 from .task import TaskFamily
 
                 if not isinstance(obj, TaskFamily):
-                    raise PluginError(
-                        f"plugin {src.plugin!r} of distribution {src.distribution} registered task family "
-                        f"{name!r} as {type(obj).__name__}; register a l2obench.TaskFamily"
+                    raise _RegisterError(
+                        f"{src} registered task family {name!r} as a {type(obj).__name__}; "
+                        f"register a l2obench.TaskFamily"
                     )
                 if not obj.name:
                     object.__setattr__(obj, "name", name)
             elif not callable(obj):
-                raise PluginError(
-                    f"plugin {src.plugin!r} of distribution {src.distribution} registered {noun} {name!r} "
-                    f"as a {type(obj).__name__}; register a factory function"
+                raise _RegisterError(
+                    f"{src} registered {noun} {name!r} as a {type(obj).__name__}; register a factory function"
                 )
-            table = self.entries[kind]
-            if name in table:
-                other = table[name]
-                raise PluginError(
-                    f"{noun} {name!r} is registered twice: by distribution {other.distribution} "
-                    f"(plugin {other.plugin!r}) and by {src.distribution} (plugin {src.plugin!r}); "
-                    f"uninstall one, or use {ALLOW_ENV} to choose"
-                )
-            table[name] = Entry(name, kind, obj, src.plugin, src.distribution, src.version)
+            for other_kind in _NAMESPACES[kind]:
+                other = self.entries[other_kind].get(name)
+                if other is not None:
+                    raise _RegisterError(
+                        f"{noun} {name!r} is registered twice: as a {KINDS[other_kind][1]} by distribution "
+                        f"{other.distribution} (plugin {other.plugin!r}) and as a {noun} by distribution "
+                        f"{src.distribution} (plugin {src.plugin!r}); uninstall one, or use {ALLOW_ENV} "
+                        f"to choose"
+                    )
+            self.entries[kind][name] = Entry(name, kind, obj, src.plugin, src.distribution, src.version)
 
         return register
 
@@ -252,8 +310,10 @@ def unknown_name_message(noun: str, name: Any, known: Iterable[str]) -> str:
     return f"unknown {noun} {name!r}: {hint}registered: {', '.join(known) or 'none'}"
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (pluggy's and some import errors span several)."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
 
 
 _default: Registry | None = None
