@@ -133,6 +133,9 @@ class _RegisterError(PluginError):
 SWITCH_OFF = f"uninstall it, or switch it off with {DISABLE_ENV}=1 or an allow-list in {ALLOW_ENV}"
 
 
+SEE_HOOKS = "the hooks and their signatures are under 'Writing a plugin' in the l2obench README"
+
+
 def normalize(name: str) -> str:
     """A distribution or plugin name compared the way pip compares them (PEP 503)."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -206,24 +209,44 @@ class Registry:
     def add_plugin(self, plugin: Any, name: str | None = None, distribution: str | None = None,
                    version: str | None = None) -> None:
         """Register a plugin object or module (used for entry points and inline plugins)."""
-        name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}@{id(plugin):x}"
+        if name is None:
+            base = getattr(plugin, "__name__", None) or type(plugin).__name__
+            name, n = base, 1
+            while self.pm.has_plugin(name):
+                n += 1
+                name = f"{base}#{n}"
         source = _Source(name, distribution or "<inline>", version or "-")
         if self.pm.has_plugin(name):
             raise PluginError(
                 f"two plugins are named {name!r}: one of distribution {self._sources[name].distribution} "
                 f"and one of {source.distribution}; rename one entry point, or {SWITCH_OFF}"
             )
+        self._check_hook_names(plugin, source)
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            raise PluginError(
-                f"{source} has a bad hook: {_one_line(exc)}; the hooks and their signatures are under "
-                f"'Writing a plugin' in the l2obench README"
-            ) from None
+            raise PluginError(f"{source} has a bad hook: {_one_line(exc)}; {SEE_HOOKS}") from None
         self._sources[name] = source
+
+    def _check_hook_names(self, plugin: Any, source: _Source) -> None:
+        """Catch the two silent mistakes: a misspelt hook, and a hook without ``@hookimpl``."""
+        hooks = sorted(n for n, caller in vars(self.pm.hook).items() if getattr(caller, "spec", None))
+        for attr in dir(plugin):
+            marked = self.pm.parse_hookimpl_opts(plugin, attr) is not None
+            if marked and attr not in hooks:
+                close = difflib.get_close_matches(attr, hooks, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise PluginError(
+                    f"{source} implements {attr!r}, which is not an l2obench hook; {hint}{SEE_HOOKS}"
+                )
+            if not marked and attr in hooks and callable(getattr(plugin, attr, None)):
+                raise PluginError(
+                    f"{source} defines {attr}() without the @l2obench.hookimpl decorator, so it would "
+                    f"never be called; decorate it"
+                )
 
     def _collect(self) -> None:
         for kind, (hook_name, noun) in KINDS.items():
@@ -267,8 +290,8 @@ class Registry:
                 other = self.entries[other_kind].get(name)
                 if other is not None:
                     raise _RegisterError(
-                        f"{noun} {name!r} is registered twice: as a {KINDS[other_kind][1]} by distribution "
-                        f"{other.distribution} (plugin {other.plugin!r}) and as a {noun} by distribution "
+                        f"{noun} {name!r} is registered twice: as {_a(KINDS[other_kind][1])} by distribution "
+                        f"{other.distribution} (plugin {other.plugin!r}) and as {_a(noun)} by distribution "
                         f"{src.distribution} (plugin {src.plugin!r}); uninstall one, or use {ALLOW_ENV} "
                         f"to choose"
                     )
@@ -308,6 +331,10 @@ def unknown_name_message(noun: str, name: Any, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(name), known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown {noun} {name!r}: {hint}registered: {', '.join(known) or 'none'}"
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def _one_line(exc: BaseException) -> str:
