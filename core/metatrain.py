@@ -1,0 +1,403 @@
+"""Meta-training of learned optimizers by truncated backpropagation through time
+(Andrychowicz et al. 2016, Sec. 2, Eq. 3).
+
+One *episode* samples ``meta_batch`` fresh optimizees (fresh seeds, and a fresh
+task when a family generator is given), then runs the learned optimizer for
+``horizon`` steps in *unrolls* of ``unroll`` steps.  After each unroll the
+meta-loss ``sum_t w_t f(theta_t)`` (averaged over the optimizees) is
+backpropagated into the meta-parameters, the meta-gradient is clipped, Adam
+steps, and theta and the optimizer state are detached before the next unroll.
+
+Conventions, shared with :func:`l2obench.evaluate.run` and the paper's figures:
+step ``t = 0 .. horizon-1`` evaluates ``f(theta_t)`` on the minibatch whose
+gradient makes the update ``theta_{t+1} = theta_t + g_t``, so the first loss of
+each unroll does not depend on the meta-parameters (exactly as in a plain
+PyTorch implementation of the paper).
+
+Second derivatives are dropped by default (the paper's Fig. 2 dashed edges: the
+gradient fed to the optimizer is a constant).  Then
+``d f(theta_t)/d phi = grad_t . d theta_t/d phi`` exactly, so the meta-loss is
+built as the surrogate ``sum_t w_t <grad_t, theta_t>`` with ``grad_t`` a
+constant: the same meta-gradient as backpropagating the real losses, without a
+second backward pass through the optimizee.  The real losses are what is logged.
+With ``second_order=True`` gradients are taken with ``create_graph=True`` and
+the real losses are backpropagated.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+
+import pydantic
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+from .evaluate import run as evaluate_run
+from .learned import LearnedOptimizer
+from .optimizer import Optimizer, State
+from .task import Task, seed_generator, validate_model
+
+#: Validation optimizees use seeds from here on; training seeds are drawn at or
+#: above TRAIN_SEED_LOW, so the two never meet (test seeds are small integers).
+VALIDATION_SEED_BASE = 1_000_000
+TRAIN_SEED_LOW = 2_000_000
+_SEED_HIGH = 2**31 - 1
+
+WEIGHTINGS = ("ones", "final", "unroll-final", "linear")
+WeightFn = Callable[[int, int], float]
+TaskSource = Union[Task, Callable[[torch.Generator], Task]]
+
+
+class MetaTrainConfig(pydantic.BaseModel):
+    """Settings of :func:`meta_train`; unknown keys and bad values are refused in one line.
+
+    ``weights`` are the ``w_t`` of Eq. 3 over the horizon (``t = 0 .. horizon-1``):
+    ``"ones"`` (the paper), ``"final"`` (only the last step of the horizon: unrolls
+    that do not contain it contribute no meta-gradient and are rolled forward
+    without a graph), ``"unroll-final"`` (the last step of every unroll),
+    ``"linear"`` (``w_t = (t+1)/horizon``), or, from Python, a function
+    ``w(t, horizon) -> float``.
+    ``validation_seeds = 0`` turns validation and early stopping off (the final
+    meta-parameters are kept).  ``time_limit_s`` stops training after that many
+    seconds (then the run is no longer reproducible by seed alone).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    horizon: int = pydantic.Field(100, gt=0, description="optimizee steps per episode (T)")
+    unroll: int = pydantic.Field(20, gt=0, description="steps per truncated-BPTT unroll (K)")
+    epochs: int = pydantic.Field(20, gt=0)
+    episodes_per_epoch: int = pydantic.Field(20, gt=0)
+    meta_batch: int = pydantic.Field(1, gt=0, description="optimizees (seeds) per episode, batched")
+    lr: float = pydantic.Field(1e-3, gt=0, description="Adam learning rate on the meta-parameters")
+    clip: float | None = pydantic.Field(1.0, gt=0, description="meta-gradient norm clipping (None: off)")
+    weights: Union[str, Callable[[int, int], float]] = "ones"
+    second_order: bool = False
+    validate_every: int = pydantic.Field(1, gt=0, description="epochs between validations")
+    validation_seeds: int = pydantic.Field(8, ge=0)
+    seed: int = 0
+    time_limit_s: float | None = pydantic.Field(None, gt=0)
+
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value):
+        if isinstance(value, str) and value not in WEIGHTINGS:
+            raise ValueError(f"expected one of {', '.join(WEIGHTINGS)} (or a function w(t, horizon) from Python)")
+        return value
+
+    @classmethod
+    def from_params(cls, **params) -> "MetaTrainConfig":
+        """Validate keyword settings, raising a one-line :class:`ConfigError`."""
+        return validate_model(cls, params, where="meta-train config")
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as JSON-ready data (a weight function is named, not serialised)."""
+        data = self.model_dump()
+        if callable(self.weights):
+            data["weights"] = getattr(self.weights, "__qualname__", repr(self.weights))
+        return data
+
+
+def horizon_weights(config: MetaTrainConfig) -> list[float]:
+    """The ``w_t`` of Eq. 3 for ``t = 0 .. horizon-1``."""
+    T, K, w = config.horizon, config.unroll, config.weights
+    if w == "ones":
+        return [1.0] * T
+    if w == "final":
+        return [0.0] * (T - 1) + [1.0]
+    if w == "unroll-final":
+        return [1.0 if (t + 1) % K == 0 or t == T - 1 else 0.0 for t in range(T)]
+    if w == "linear":
+        return [(t + 1) / T for t in range(T)]
+    values = [float(w(t, T)) for t in range(T)]
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError("meta-train config: the weight function returned a non-finite w_t")
+    return values
+
+
+@dataclass
+class Unroll:
+    """What one truncated unroll produced: the differentiable meta-loss (``None``
+    when every weight is zero), the logged weighted loss, and where it ended."""
+
+    meta_loss: Tensor | None
+    logged: Tensor
+    params: Tensor
+    state: State
+
+
+def unroll(
+    opt: Optimizer,
+    task: Task,
+    params: Tensor,
+    state: State,
+    stream: Iterator[Any],
+    weights: Sequence[float],
+    *,
+    second_order: bool = False,
+) -> Unroll:
+    """Run ``len(weights)`` optimizer steps and build the meta-loss of Eq. 3.
+
+    The meta-loss is a mean over the optimizees (rows of ``params``) of
+    ``sum_t w_t f(theta_t)``; with dropped second derivatives it is the surrogate
+    ``sum_t w_t <grad_t, theta_t>`` whose meta-gradient equals that of the real
+    losses.  ``logged`` always holds the real weighted losses (detached).
+    """
+    rows = params.shape[0]
+    need_graph = any(weights) and torch.is_grad_enabled()
+    meta: Tensor | None = None
+    logged = torch.zeros((), dtype=params.dtype, device=params.device)
+    for w in weights:
+        batch = next(stream)
+        if second_order and need_graph:
+            p = params if params.requires_grad else params.detach().requires_grad_(True)
+            loss = task.loss(p, batch)
+            (grad,) = torch.autograd.grad(loss.sum(), p, create_graph=True)
+            if w:
+                term = loss.sum() * (w / rows)
+                meta = term if meta is None else meta + term
+            params = p
+        else:
+            with torch.enable_grad():
+                p = params.detach().requires_grad_(True)
+                loss = task.loss(p, batch)
+                (grad,) = torch.autograd.grad(loss.sum(), p)
+            if w and need_graph and params.requires_grad:
+                term = (grad * params).sum() * (w / rows)
+                meta = term if meta is None else meta + term
+        if w:
+            logged = logged + loss.detach().sum() * (w / rows)
+        updates, state = opt.update(grad, state, params)
+        params = params + updates
+    if need_graph and meta is None:
+        # Every weighted step sat at the unroll's (constant) start: zero meta-gradient.
+        meta = torch.zeros((), dtype=params.dtype, device=params.device, requires_grad=True)
+    return Unroll(meta, logged, params, state)
+
+
+@dataclass
+class MetaTrainResult:
+    """The training record: one row per episode (``epoch``, ``episode``,
+    ``meta_loss`` = the episode's weighted loss summed over the horizon and
+    averaged over optimizees, ``val_loss`` on the last episode of a validated
+    epoch else ``None``, ``skipped`` non-finite unrolls), the validation losses by
+    epoch (0: before training), the epoch whose meta-parameters were kept, and
+    timings."""
+
+    history: list[dict[str, Any]]
+    validation: dict[int, float]
+    best_epoch: int | None
+    best_val: float | None
+    skipped: int
+    wall_s: float
+    train_s: float
+    optimizee_steps: int
+    config: MetaTrainConfig
+    stopped: str = "completed"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_per_s(self) -> float:
+        """Meta-training throughput: optimizee steps (seeds x steps) per second of training."""
+        return self.optimizee_steps / self.train_s if self.train_s > 0 else math.nan
+
+
+def _as_config(config: MetaTrainConfig | Mapping[str, Any] | None) -> MetaTrainConfig:
+    if config is None:
+        return MetaTrainConfig()
+    if isinstance(config, MetaTrainConfig):
+        return config
+    if isinstance(config, Mapping):
+        return MetaTrainConfig.from_params(**config)
+    raise ConfigError(f"meta-train config: expected a MetaTrainConfig or a dict, got {type(config).__name__}")
+
+
+def _task_source(task: TaskSource) -> Callable[[torch.Generator], Task]:
+    if isinstance(task, Task):
+        return lambda generator: task
+    if callable(task):
+        return task
+    raise ConfigError(f"meta_train: task must be a Task or a function generator -> Task, got {type(task).__name__}")
+
+
+def validation_loss(lopt: LearnedOptimizer, tasks: Sequence[tuple[Task, Sequence[int]]], steps: int,
+                    device: torch.device | str = "cpu") -> float:
+    """Mean summed loss over ``steps`` on the validation split, meta-parameters frozen;
+    ``inf`` if any optimizee diverged, so a diverging optimizer is never kept."""
+    totals: list[Tensor] = []
+    was_training = lopt.training
+    lopt.eval()
+    try:
+        with torch.no_grad():
+            for task, seeds in tasks:
+                traj = evaluate_run(lopt.opt_fn(task.groups), task, seeds, steps, "validation", device)
+                totals.append(traj.summed)
+    finally:
+        lopt.train(was_training)
+    summed = torch.cat(totals)
+    if not torch.isfinite(summed).all():
+        return math.inf
+    return float(summed.mean())
+
+
+def _validation_tasks(task: TaskSource, validation_task, config: MetaTrainConfig):
+    """(task, seeds) pairs to validate on: every given validation task with all
+    validation seeds; else the training task; else, for a family generator,
+    fixed draws of one task per validation seed."""
+    n = config.validation_seeds
+    seeds = list(range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + n))
+    if validation_task is not None:
+        tasks = [validation_task] if isinstance(validation_task, Task) else list(validation_task)
+        return [(t, seeds) for t in tasks]
+    if isinstance(task, Task):
+        return [(task, seeds)]
+    # A family generator: fixed draws, one validation task per validation seed.
+    g = seed_generator(config.seed, "validation-tasks")
+    return [(task(g), [s]) for s in seeds]
+
+
+def meta_train(
+    lopt: LearnedOptimizer,
+    task: TaskSource,
+    config: MetaTrainConfig | Mapping[str, Any] | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    validation_task: Task | Sequence[Task] | None = None,
+    callback: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> MetaTrainResult:
+    """Meta-train ``lopt`` in place on ``task`` and return the training record.
+
+    ``task`` is a :class:`Task` (each episode draws fresh seeds: fresh functions,
+    initial parameters and minibatches) or a function ``generator -> Task`` for
+    a distribution over configs.  ``lopt.task_transform(task, generator)`` is
+    applied to every training episode (not to validation).  Every
+    ``validate_every`` epochs the frozen meta-parameters are evaluated on the
+    ``"validation"`` split (seeds disjoint from the training seeds) and the best
+    ones are loaded into ``lopt`` at the end (the paper's early stopping).
+    A non-finite meta-loss or meta-gradient is counted, not learned from, and
+    the episode ends (the next starts from a fresh optimizee).  ``callback(row)``
+    runs after each episode; returning ``True`` stops training.
+    """
+    config = _as_config(config)
+    device = torch.device(device)
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    lopt.to(device)
+    lopt.train()
+    meta_params = [p for p in lopt.parameters() if p.requires_grad]
+    if not meta_params:
+        raise ConfigError("meta_train: the learned optimizer has no trainable meta-parameters")
+    meta_opt = torch.optim.Adam(meta_params, lr=config.lr)
+    rng = torch.Generator().manual_seed(config.seed)
+    draw_task = _task_source(task)
+    weights = horizon_weights(config)
+    spans = [(s, min(s + config.unroll, config.horizon)) for s in range(0, config.horizon, config.unroll)]
+
+    validate = config.validation_seeds > 0
+    val_tasks = _validation_tasks(task, validation_task, config) if validate else []
+    validation: dict[int, float] = {}
+    best_state: dict[str, Tensor] | None = None
+    best_epoch: int | None = None
+    best_val: float | None = None
+    val_s = 0.0
+
+    def run_validation(epoch: int) -> float:
+        nonlocal best_state, best_epoch, best_val, val_s
+        t0 = time.perf_counter()
+        val = validation_loss(lopt, val_tasks, config.horizon, device)
+        val_s += time.perf_counter() - t0
+        validation[epoch] = val
+        if best_val is None or val < best_val:
+            best_val, best_epoch = val, epoch
+            best_state = {k: v.detach().clone() for k, v in lopt.state_dict().items()}
+        return val
+
+    if validate:
+        run_validation(0)
+
+    history: list[dict[str, Any]] = []
+    skipped_total = 0
+    optimizee_steps = 0
+    stopped = "completed"
+    total = config.epochs * config.episodes_per_epoch
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, disable=not progress, desc="meta-train", unit="episode", dynamic_ncols=True)
+    last_val = validation.get(0)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            for episode in range(config.episodes_per_epoch):
+                seeds = torch.randint(TRAIN_SEED_LOW, _SEED_HIGH, (config.meta_batch,), generator=rng).tolist()
+                episode_task = lopt.task_transform(draw_task(rng), rng)
+                meta_loss, skipped, steps = _episode(lopt, episode_task, seeds, spans, weights, meta_opt,
+                                                     meta_params, config, device)
+                skipped_total += skipped
+                optimizee_steps += steps * config.meta_batch
+                row = {"epoch": epoch, "episode": (epoch - 1) * config.episodes_per_epoch + episode,
+                       "meta_loss": meta_loss, "val_loss": None, "skipped": skipped}
+                history.append(row)
+                over_time = config.time_limit_s is not None and time.perf_counter() - started > config.time_limit_s
+                last_of_epoch = episode == config.episodes_per_epoch - 1
+                if validate and ((last_of_epoch and (epoch % config.validate_every == 0 or epoch == config.epochs))
+                                 or over_time):
+                    row["val_loss"] = last_val = run_validation(epoch)
+                bar.update(1)
+                bar.set_postfix(meta_loss=f"{meta_loss:.4g}", val=f"{last_val:.4g}" if last_val is not None else "-",
+                                skipped=skipped_total, refresh=False)
+                if callback is not None and callback(row) is True:
+                    stopped = "callback"
+                elif over_time:
+                    stopped = "time limit"
+                if stopped != "completed":
+                    if validate and row["val_loss"] is None and not last_of_epoch:
+                        row["val_loss"] = run_validation(epoch)
+                    break
+            if stopped != "completed":
+                break
+    finally:
+        bar.close()
+
+    if best_state is not None:
+        lopt.load_state_dict(best_state)
+    wall = time.perf_counter() - started
+    return MetaTrainResult(history, validation, best_epoch, best_val, skipped_total, wall,
+                           wall - val_s, optimizee_steps, config, stopped)
+
+
+def _episode(lopt, task: Task, seeds: list[int], spans, weights, meta_opt, meta_params,
+             config: MetaTrainConfig, device) -> tuple[float, int, int]:
+    """One fresh optimizee batch through the horizon; returns (meta-loss, skipped, steps run)."""
+    opt = lopt.opt_fn(task.groups)
+    params = task.init(seeds, device=device)
+    state = opt.init(params)
+    stream = task.batches("train", seeds, device=device)
+    logged_total = torch.zeros((), dtype=params.dtype, device=params.device)
+    steps = 0
+    for start, stop in spans:
+        w = weights[start:stop]
+        with torch.set_grad_enabled(any(w)):
+            out = unroll(opt, task, params, state, stream, w, second_order=config.second_order)
+        steps += stop - start
+        logged_total = logged_total + out.logged
+        if out.meta_loss is not None:
+            meta_opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(out.logged) or not torch.isfinite(out.meta_loss):
+                return math.nan, 1, steps
+            out.meta_loss.backward()
+            grads = [p.grad for p in meta_params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+            if not torch.isfinite(norm):
+                meta_opt.zero_grad(set_to_none=True)
+                return math.nan, 1, steps
+            if config.clip is not None and grads:
+                torch.nn.utils.clip_grads_with_norm_(meta_params, config.clip, norm, foreach=True)
+            meta_opt.step()
+        elif not torch.isfinite(out.logged):
+            return math.nan, 1, steps
+        params = out.params.detach()
+        state = {k: v.detach() for k, v in out.state.items()}
+    return float(logged_total), 0, steps
