@@ -1,0 +1,45 @@
+"""The example plugin's own tests: l2obench's conformance kit first, then a few
+facts about this plugin that the kit cannot know."""
+import math
+
+import torch
+
+from l2obench import get_registry
+from l2obench.testing import parametrize_with_checks, registered_objects
+from l2obench_example import family, lion
+
+
+@parametrize_with_checks({"lion": lion(), "lion-decay": lion(weight_decay=0.1), "logistic": family})
+def test_conformance(obj, check):
+    check(obj)
+
+
+def test_registered_through_the_entry_point():
+    registry = get_registry()
+    assert registry.get("optimizer", "lion").distribution == "l2obench-example"
+    assert registry.get("task", "logistic-regression").distribution == "l2obench-example"
+    assert set(registered_objects(distribution="l2obench-example")) == {"lion", "logistic-regression"}
+
+
+def test_lion_steps_by_lr_along_the_sign_of_the_gradient():
+    opt = lion(lr=0.1)
+    params = torch.zeros(2, 3)
+    grads = torch.tensor([[1e-20, -3.0, 0.0], [5.0, 2.0, -1e20]])
+    updates, _ = opt.update(grads, opt.init(params), params)
+    assert torch.equal(updates, -0.1 * torch.sign(grads))
+
+
+def test_logistic_loss_at_zero_is_log_2():
+    task = family.task(features=4, batch_size=8)
+    batch = next(task.batches("train", [0, 1]))
+    assert batch[0].shape == (2, 8, 4) and batch[1].shape == (2, 8)
+    assert torch.allclose(task.loss(torch.zeros(2, task.dim), batch), torch.full((2,), math.log(2)))
+
+
+def test_splits_share_the_true_weights_but_not_the_examples():
+    task = family.task(features=3, samples=50, noise=0.0)
+    (x_train, y_train), (x_test, y_test) = task.data(7, "train"), task.data(7, "test")
+    assert not torch.equal(x_train, x_test)
+    # Noise-free labels of both splits are separated by one hyperplane: fit it on train, check test.
+    w = torch.linalg.lstsq(x_train, 2 * y_train - 1).solution
+    assert ((x_test @ w > 0).float() == y_test).float().mean() > 0.9
