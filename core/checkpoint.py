@@ -1,0 +1,193 @@
+"""Checkpoints of meta-trained optimizers: safetensors files that never unpickle.
+
+The tensors are the learned optimizer's ``state_dict``; the safetensors header
+metadata records the plugin name, the distribution and version that registered
+it, its hyperparameters and training config (JSON), the l2obench version, and a
+sha256 content hash over the tensors and the metadata.  Loading rebuilds the
+optimizer through the registry and refuses, in one line naming the file, a
+truncated, corrupted or modified file, an unknown plugin, a plugin version other
+than the one that saved it, or tensors that do not fit the hyperparameters.
+The hash detects corruption and edits; it is not a signature.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import CheckpointError, L2OError
+
+FORMAT = "l2obench-checkpoint/1"
+_KEYS = ("format", "plugin", "distribution", "version", "hyperparameters", "training", "l2obench_version")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about itself."""
+
+    path: str
+    plugin: str
+    distribution: str
+    version: str
+    hyperparameters: dict[str, Any]
+    training: dict[str, Any]
+    l2obench_version: str
+    content_hash: str
+
+
+def content_hash(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """sha256 over the metadata (canonical JSON, without the hash) and every tensor's
+    name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in metadata.items() if k != "sha256"}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, lopt: torch.nn.Module, name: str,
+                    training: Mapping[str, Any] | None = None, *, registry=None) -> str:
+    """Write ``lopt`` (registered as learned optimizer ``name``) to ``path`` atomically;
+    returns the content hash."""
+    from . import __version__
+    from .registry import get_registry
+
+    path = Path(path)
+    reg = registry if registry is not None else get_registry()
+    try:
+        entry = reg.get("learned", name)
+    except L2OError as exc:
+        raise CheckpointError(f"cannot save checkpoint {path}: {exc}") from None
+    hyper = getattr(lopt, "hyperparameters", None)
+    if not isinstance(hyper, Mapping):
+        raise CheckpointError(f"cannot save checkpoint {path}: learned optimizer {name!r} has no "
+                              f"hyperparameters dict to rebuild it from")
+    try:
+        hyper_json = json.dumps(dict(hyper), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot save checkpoint {path}: hyperparameters of {name!r} are not JSON ({exc})") \
+            from None
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in lopt.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "plugin": name,
+        "distribution": entry.distribution,
+        "version": entry.version,
+        "hyperparameters": hyper_json,
+        "training": json.dumps(dict(training or {}), sort_keys=True, default=str),
+        "l2obench_version": __version__,
+    }
+    metadata["sha256"] = digest = content_hash(tensors, metadata)
+
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return digest
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """The tensors and metadata of a checkpoint file, integrity-checked (no plugin needed)."""
+    path = Path(path)
+    where = f"checkpoint {path}"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    if len(data) < 8:
+        raise CheckpointError(f"{where}: truncated ({len(data)} bytes); re-create it with l2obench meta-train")
+    (n,) = struct.unpack("<Q", data[:8])
+    if 8 + n > len(data):
+        raise CheckpointError(f"{where}: truncated (header says {n} bytes, file has {len(data) - 8}); "
+                              f"re-create it with l2obench meta-train")
+    try:
+        header = json.loads(data[8:8 + n])
+        metadata = header.get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        raise CheckpointError(f"{where}: not a safetensors file (unreadable header)") from None
+    if metadata.get("format") != FORMAT or any(k not in metadata for k in _KEYS + ("sha256",)):
+        raise CheckpointError(f"{where}: not an l2obench checkpoint (missing {FORMAT!r} metadata)")
+
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except Exception as exc:  # safetensors raises its own error types for every malformation
+        raise CheckpointError(f"{where}: truncated or corrupted ({_first_line(exc)})") from None
+    digest = content_hash(tensors, metadata)
+    if digest != metadata["sha256"]:
+        raise CheckpointError(f"{where}: content hash mismatch (the file was modified or corrupted); "
+                              f"re-create it with l2obench meta-train")
+    try:
+        hyper = json.loads(metadata["hyperparameters"])
+        training = json.loads(metadata["training"])
+    except ValueError:
+        raise CheckpointError(f"{where}: metadata is not valid JSON") from None
+    info = CheckpointInfo(str(path), metadata["plugin"], metadata["distribution"], metadata["version"],
+                          hyper, training, metadata["l2obench_version"], digest)
+    return tensors, info
+
+
+def load_checkpoint(path: str | os.PathLike, registry=None, *, check_version: bool = True):
+    """Rebuild the learned optimizer saved at ``path``: ``(LearnedOptimizer, CheckpointInfo)``.
+
+    The plugin is looked up by name in ``registry`` (the installed plugins by
+    default); its distribution and version must match the ones that saved the
+    file unless ``check_version=False``.
+    """
+    from .registry import get_registry
+
+    tensors, info = read_checkpoint(path)
+    where = f"checkpoint {info.path}"
+    reg = registry if registry is not None else get_registry()
+    try:
+        entry = reg.get("learned", info.plugin)
+    except L2OError as exc:
+        raise CheckpointError(f"{where}: saved by {info.distribution} {info.version}, but {exc}") from None
+    if check_version and (entry.distribution, entry.version) != (info.distribution, info.version):
+        raise CheckpointError(
+            f"{where}: learned optimizer {info.plugin!r} was saved by {info.distribution} {info.version} "
+            f"but {entry.distribution} {entry.version} is installed; install that version or re-train"
+        )
+    try:
+        lopt = entry.create(**info.hyperparameters)
+    except L2OError as exc:
+        raise CheckpointError(f"{where}: cannot rebuild from its hyperparameters: {exc}") from None
+    expected = lopt.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{where}: tensors do not match {info.plugin!r} with its hyperparameters "
+                              f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, ref in expected.items():
+        if tuple(ref.shape) != tuple(tensors[key].shape):
+            raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(tensors[key].shape)} but "
+                                  f"{info.plugin!r} with its hyperparameters expects {tuple(ref.shape)}")
+    lopt.load_state_dict(tensors, strict=True)
+    return lopt, info
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,138 @@
+"""Checkpoints: a round trip gives the same optimizer; a truncated, tampered or
+mismatched file is refused with one line naming it; nothing is unpickled."""
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+
+import pytest
+import torch
+
+from l2obench import CheckpointError, Registry
+from l2obench.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+
+from test_metatrain import QUAD, TinyLearned, TinyPlugin
+
+
+@pytest.fixture
+def registry():
+    return Registry([TinyPlugin()], entry_points=False)
+
+
+@pytest.fixture
+def saved(tmp_path, registry):
+    torch.manual_seed(0)
+    lopt = TinyLearned(hidden=6, init_log_lr=-3.0)
+    path = tmp_path / "tiny.safetensors"
+    digest = save_checkpoint(path, lopt, "tiny", {"task": "quadratic", "config": {"horizon": 20}}, registry=registry)
+    return path, lopt, digest
+
+
+def refused(path, registry, match, **kw) -> str:
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path, registry, **kw)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def test_round_trip(saved, registry, tmp_path):
+    path, lopt, digest = saved
+    loaded, info = load_checkpoint(path, registry)
+    assert isinstance(loaded, TinyLearned)
+    for k, v in lopt.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    assert info.plugin == "tiny" and info.content_hash == digest
+    assert info.hyperparameters == {"hidden": 6, "init_log_lr": -3.0}
+    assert info.training == {"task": "quadratic", "config": {"horizon": 20}}
+    assert info.distribution == "<inline>" and info.l2obench_version
+    params = QUAD.init([1, 2])
+    grads = torch.randn_like(params)
+    a, _ = lopt.opt_fn().update(grads, lopt.opt_fn().init(params), params)
+    b, _ = loaded.opt_fn().update(grads, loaded.opt_fn().init(params), params)
+    assert torch.equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no temporary file left
+
+
+def test_truncated_file_is_refused(saved, registry):
+    path, _, _ = saved
+    data = path.read_bytes()
+    for cut in (0, 5, 8, 40, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        refused(path, registry, "truncated|corrupted|not a safetensors")
+
+
+def test_tampered_tensor_is_refused(saved, registry):
+    path, _, _ = saved
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40
+    path.write_bytes(bytes(data))
+    refused(path, registry, "content hash mismatch")
+
+
+def test_tampered_metadata_is_refused(saved, registry):
+    path, _, _ = saved
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = data[8:8 + n].decode()
+    edited = header.replace('\\"horizon\\": 20', '\\"horizon\\": 99')
+    assert edited != header and len(edited) == len(header)
+    path.write_bytes(data[:8] + edited.encode() + data[8 + n:])
+    refused(path, registry, "content hash mismatch")
+
+
+def test_unknown_plugin_is_refused(saved):
+    path, _, _ = saved
+    msg = refused(path, Registry(entry_points=False), "not installed|unknown learned optimizer 'tiny'")
+    assert "<inline>" in msg
+
+
+def test_version_mismatch_is_refused(saved):
+    path, _, _ = saved
+    other = Registry(entry_points=False)
+    other.add_plugin(TinyPlugin(), name="tinyplug", distribution="tiny-dist", version="2.0")
+    other._collect()
+    refused(path, other, "saved by <inline> - but tiny-dist 2.0 is installed")
+    lopt, info = load_checkpoint(path, other, check_version=False)
+    assert isinstance(lopt, TinyLearned)
+
+
+def test_hyperparameters_not_matching_tensors_are_refused(tmp_path, registry):
+    lopt = TinyLearned(hidden=8)
+    lopt.hyperparameters = {"hidden": 4, "init_log_lr": -6.0}
+    path = tmp_path / "bad.safetensors"
+    save_checkpoint(path, lopt, "tiny", registry=registry)
+    refused(path, registry, "has shape .* expects")
+
+
+def test_files_that_are_not_checkpoints_are_refused(tmp_path, registry):
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(3)}, plain)
+    refused(plain, registry, "not an l2obench checkpoint")
+    pickled = tmp_path / "evil.pt"
+    pickled.write_bytes(pickle.dumps({"x": 1}))
+    refused(pickled, registry, "truncated|not a safetensors")
+    refused(tmp_path / "missing.safetensors", registry, "no such file")
+
+
+def test_saving_checks_its_inputs(tmp_path, registry):
+    with pytest.raises(CheckpointError, match="unknown learned optimizer 'nope'"):
+        save_checkpoint(tmp_path / "x.safetensors", TinyLearned(), "nope", registry=registry)
+    lopt = TinyLearned()
+    lopt.hyperparameters = {"hidden": object()}
+    with pytest.raises(CheckpointError, match="not JSON"):
+        save_checkpoint(tmp_path / "x.safetensors", lopt, "tiny", registry=registry)
+
+
+def test_overwrite_is_atomic_and_metadata_is_readable_without_the_plugin(saved, registry):
+    path, lopt, first = saved
+    with torch.no_grad():
+        lopt.log_lr.add_(1.0)
+    second = save_checkpoint(path, lopt, "tiny", registry=registry)
+    assert second != first
+    tensors, info = read_checkpoint(path)
+    assert info.content_hash == second and torch.equal(tensors["log_lr"], lopt.log_lr.detach())
+    assert json.loads(json.dumps(info.training)) == {}

@@ -1,0 +1,118 @@
+"""``l2obench meta-train`` and ``l2obench evaluate`` end to end through ``cli.main``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import l2obench.registry
+from l2obench import Registry
+from l2obench.checkpoint import load_checkpoint
+from l2obench.cli import main
+from l2obench.plugins import baselines, quadratic
+
+from test_metatrain import TinyPlugin
+
+
+@pytest.fixture(autouse=True)
+def registry(monkeypatch):
+    reg = Registry([TinyPlugin(), baselines, quadratic], entry_points=False)
+    monkeypatch.setattr(l2obench.registry, "_default", reg)
+    return reg
+
+
+TRAIN = ["meta-train", "--optimizer", "tiny", "--param", "hidden=4", "--param", "init_log_lr=-5",
+         "--task", "quadratic", "--task-param", "dim=6", "--horizon", "10", "--unroll", "5", "--epochs", "2",
+         "--episodes-per-epoch", "3", "--meta-batch", "2", "--lr", "0.05", "--validation-seeds", "3", "--quiet"]
+
+
+def error_line(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("l2obench: error: ") and "\n" not in err
+    return err
+
+
+def test_meta_train_then_evaluate(tmp_path, capsys, registry):
+    ckpt = tmp_path / "tiny.safetensors"
+    assert main(TRAIN + ["--seed", "3", "--out", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert f"saved {ckpt}" in out and "validation summed loss" in out
+    lopt, info = load_checkpoint(ckpt, registry)
+    assert info.hyperparameters == {"hidden": 4, "init_log_lr": -5}
+    assert info.training["task"] == "quadratic" and info.training["task_config"]["dim"] == 6
+    assert info.training["config"]["horizon"] == 10 and info.training["config"]["seed"] == 3
+    assert set(info.training["validation"]) == {"0", "1", "2"}
+
+    again = tmp_path / "again.safetensors"
+    assert main(TRAIN + ["--seed", "3", "--out", str(again)]) == 0
+    capsys.readouterr()
+    lopt2, _ = load_checkpoint(again, registry)
+    assert all(torch.equal(a, b) for a, b in zip(lopt.state_dict().values(), lopt2.state_dict().values()))
+
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--task", "quadratic", "--task-param", "dim=6",
+            "--steps", "10", "--seeds", "5", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["seeds"] == 5 and report["steps"] == 10 and report["split"] == "test"
+    assert report["optimizer"].startswith("tiny[") and report["sha256"] == info.content_hash
+    assert report["final"]["low"] <= report["final"]["mean"] <= report["final"]["high"]
+    assert report["summed"]["mean"] >= report["final"]["mean"]
+
+
+def test_evaluate_baseline_text_and_json(capsys):
+    argv = ["evaluate", "--optimizer", "adam", "--param", "lr=0.1", "--task", "quadratic",
+            "--steps", "20", "--seeds", "8"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "adam[lr=0.1] on quadratic" in text and "final loss" in text and "±" in text
+    assert main(argv + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    from l2obench.evaluate import run
+    from l2obench.stats import mean_ci
+
+    reg = l2obench.registry._default
+    traj = run(reg.optimizer("adam", lr=0.1), reg.task("quadratic"), list(range(8)), 20, "test")
+    expected = mean_ci(traj.summed.tolist())
+    assert report["summed"]["mean"] == pytest.approx(expected.mean)
+    assert report["summed"]["ci95"] == pytest.approx(expected.half_width)
+
+
+def test_evaluate_untrained_learned_optimizer(capsys):
+    assert main(["evaluate", "--optimizer", "tiny", "--task", "quadratic", "--steps", "5", "--seeds", "3",
+                 "--json"]) == 0
+    assert "untrained" in json.loads(capsys.readouterr().out)["optimizer"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["meta-train", "--optimizer", "lstmm", "--task", "quadratic", "--out", "x.safetensors"],
+     "unknown learned optimizer 'lstmm'"),
+    (["meta-train", "--optimizer", "tiny", "--param", "depth=3", "--task", "quadratic", "--out", "x"],
+     "unknown parameter 'depth'"),
+    (["meta-train", "--optimizer", "tiny", "--task", "quadratic", "--task-param", "dim=-1", "--out", "x"],
+     "invalid dim=-1"),
+    (["meta-train", "--optimizer", "tiny", "--task", "quadratic", "--horizon", "0", "--out", "x"],
+     "meta-train config: invalid horizon=0"),
+    (["meta-train", "--optimizer", "tiny", "--task", "quadratic", "--device", "cuda:0", "--out", "x"]
+     if not torch.cuda.is_available() else
+     ["meta-train", "--optimizer", "tiny", "--task", "quadratic", "--device", "tpu", "--out", "x"],
+     "--device"),
+    (["meta-train", "--optimizer", "tiny", "--task", "quadratic", "--param", "hidden", "--out", "x"],
+     "expected key=value"),
+    (["evaluate", "--optimizer", "adamm", "--task", "quadratic"], "did you mean 'adam'"),
+    (["evaluate", "--optimizer", "adam", "--task", "quadratic", "--steps", "0"], "must be positive"),
+    (["evaluate", "--checkpoint", "nowhere.safetensors", "--task", "quadratic"], "no such file"),
+    (["evaluate", "--checkpoint", "x", "--param", "lr=1", "--task", "quadratic"], "--param applies"),
+])
+def test_bad_arguments_are_one_line_errors(capsys, tmp_path, monkeypatch, argv, match):
+    monkeypatch.chdir(tmp_path)
+    assert match in error_line(capsys, argv)
+    assert not list(tmp_path.iterdir())
+
+
+def test_argparse_refuses_bad_choices(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(TRAIN + ["--weights", "heavy", "--out", "x"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
