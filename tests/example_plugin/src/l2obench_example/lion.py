@@ -18,10 +18,7 @@ def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99) -> Optimizer:
     def update(grads, state, params):
         m = state["m"]
         direction = torch.sign(beta1 * m + (1 - beta1) * grads)
-        # Clamped so that gradients near the dtype's largest value cannot round m to inf.
-        big = torch.finfo(grads.dtype).max
-        m = (beta2 * m + (1 - beta2) * grads).clamp(-big, big)
-        return direction, {"m": m}
+        return direction, {"m": beta2 * m + (1 - beta2) * grads}
 
     return Optimizer(init, update)
 
