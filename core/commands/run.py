@@ -1,0 +1,64 @@
+"""``l2obench run SUITE --out DIR``: run a suite file, resumably."""
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a suite file (meta-train, tune, test); finished cells are kept",
+                       description="Run a suite file into DIR. A rerun skips the cells already finished, "
+                                   "so an interrupted run loses only the cells in flight.")
+    p.add_argument("suite", help="the suite file (TOML), e.g. suites/smoke.toml")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (created if missing)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="cells run at once (default: the number of cores)")
+    p.add_argument("--executor", default="local", help="a registered executor: local (default) or ray")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the suite's, else cpu)")
+    p.add_argument("--force", action="store_true", help="recompute every cell, even those already done")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and which are done; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    import re
+
+    from ..errors import ConfigError
+    from ..registry import get_registry
+    from ..runner import Runner
+    from ..suite import load_suite
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give a number of workers >= 1")
+    if args.device is not None and not re.match(r"^(cpu|cuda(:\d+)?|mps)$", args.device):
+        raise ConfigError(f"--device {args.device!r}: expected cpu, cuda, cuda:N or mps")
+    suite = load_suite(args.suite)
+    get_registry().get("executor", args.executor)
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {args.device}: torch sees no CUDA device on this machine")
+    runner = Runner(suite, args.out, device=args.device, force=args.force)
+    if args.dry_run:
+        done, to_run = runner.count()
+        for line in runner.describe():
+            print(line)
+        print(f"{suite.name}: {done} cells done already, {to_run} to run (dry run: nothing was run)")
+        return 0
+    summary = runner.run(args.executor, args.workers, progress=not args.no_progress,
+                         command=["l2obench", *sys.argv[1:]])
+    outside = summary.wall_s - summary.compute_union_s
+    print(f"{suite.name}: {summary.ran} cells run, {summary.done_before} were done already; "
+          f"results in {summary.out}")
+    if summary.ran:
+        print(f"time: {summary.wall_s:.1f} s wall; optimizer steps ran during {summary.compute_union_s:.1f} s of it "
+              f"({summary.compute_sum_s:.1f} s summed over cells, {summary.workers} workers); "
+              f"{outside:.1f} s ({100 * summary.outside_fraction:.1f}%) outside optimizer steps")
+    for cell, error in summary.failed:
+        print(f"l2obench: error: cell {cell!r} failed: {error}", file=sys.stderr)
+    if summary.failed:
+        print(f"l2obench: error: {len(summary.failed)} cells failed; fix the cause and rerun "
+              f"(finished cells are kept)", file=sys.stderr)
+        return 1
+    return 0

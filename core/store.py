@@ -1,0 +1,194 @@
+"""The results store: one tidy long table in a run directory (benchopt's parquet).
+
+Layout of a run directory ``DIR``::
+
+    DIR/manifest.json        what ran: suite text and hash, versions, device, times, the cells
+    DIR/cells/<key>.parquet  one file per finished cell, written atomically
+    DIR/checkpoints/         meta-trained optimizers (safetensors)
+    DIR/results.parquet      every cell of the suite in one file, written at the end
+
+A row is one (cell, seed, step, metric): ``loss`` rows for tuning (``kind =
+"tune"``, split validation) and test (``kind = "test"``) cells, ``meta_loss``
+and ``validation_loss`` rows for meta-training cells.  The columns are listed
+in :data:`COLUMNS`; every task config parameter is a column too (``dim``,
+``hidden``, ``activation``, ...; one that clashes with a column above is
+prefixed ``task_``).  Reports read this table and the manifest only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+#: The fixed columns of the results table, with what they hold.
+COLUMNS: dict[str, str] = {
+    "cell_id": "readable id, e.g. 'adam[lr=0.01] @ mnist-mlp[hidden=40] @ T=200'",
+    "cell_key": "hash of the cell's normalised config and plugin versions (the file name)",
+    "kind": "meta-train, tune or test",
+    "optimizer": "baseline name (adam) or the suite's name of a learned optimizer",
+    "optimizer_id": "the optimizer with its written settings, e.g. adam[lr=0.01]",
+    "optimizer_kind": "baseline or learned",
+    "optimizer_plugin": "the registered plugin (adam, lstm, ...)",
+    "optimizer_params": "all hyperparameters, JSON",
+    "lr": "the learning rate of a baseline (NaN for learned optimizers)",
+    "task": "task variant id, e.g. mnist-mlp[hidden=40,activation=relu]",
+    "family": "task family",
+    "task_config": "the full task config with defaults, JSON",
+    "horizon": "optimizer steps run (T)",
+    "split": "train, validation or test",
+    "seed": "optimizee seed (test: 0, 1, ...; validation: 1,000,000 + i)",
+    "step": "step t = 0..T-1 (the loss f(theta_t)); for meta-train rows the episode or epoch",
+    "metric": "loss, meta_loss or validation_loss",
+    "loss": "the value (NaN or inf after a divergence)",
+    "status": "ok or diverged (per seed)",
+    "diverged_step": "first non-finite step of this seed, -1 if none",
+    "checkpoint": "content hash of the learned optimizer's checkpoint ('' for baselines)",
+    "device": "where the cell ran",
+    "wall_time": "seconds the cell took in its worker",
+    "compute_time": "seconds of it inside optimizer steps (evaluate.run / meta_train)",
+    "versions": "plugin distributions and versions involved, JSON",
+}
+
+CELLS = "cells"
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+RESULTS = "results.parquet"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either nothing or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def cell_path(directory: str | os.PathLike, key: str) -> Path:
+    return Path(directory) / CELLS / f"{key}.parquet"
+
+
+def write_cell(directory: str | os.PathLike, key: str, frame) -> Path:
+    """Write one finished cell's rows atomically (tmp file + ``os.replace``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = cell_path(directory, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_cell(directory: str | os.PathLike, key: str, columns: list[str] | None = None):
+    import pandas as pd
+
+    return pd.read_parquet(cell_path(directory, key), columns=columns)
+
+
+def done_keys(directory: str | os.PathLike) -> set[str]:
+    """Keys of the cells finished in ``directory`` (leftover temporary files ignored)."""
+    cells = Path(directory) / CELLS
+    if not cells.is_dir():
+        return set()
+    return {p.name[: -len(".parquet")] for p in cells.iterdir()
+            if p.name.endswith(".parquet") and not p.name.startswith(".")}
+
+
+def remove_leftovers(directory: str | os.PathLike) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    n = 0
+    for sub in (CELLS, CHECKPOINTS):
+        folder = Path(directory) / sub
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp-*"):
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    atomic_write_bytes(Path(directory) / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    from .errors import ConfigError
+
+    path = Path(directory) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{directory}: no {MANIFEST}; is this a directory written by `l2obench run`?") from None
+    except ValueError:
+        raise ConfigError(f"{path}: not valid JSON; rerun `l2obench run` to rewrite it") from None
+
+
+def _concat(frames: Iterable):
+    import pandas as pd
+
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def combine(directory: str | os.PathLike, keys: Iterable[str]):
+    """Concatenate the given cells into ``DIR/results.parquet`` (atomically); returns the table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = Path(directory)
+    table = _concat(read_cell(directory, k) for k in keys if cell_path(directory, k).exists())
+    tmp = directory / f".{RESULTS}.tmp-{os.getpid()}"
+    try:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
+        os.replace(tmp, directory / RESULTS)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return table
+
+
+def load_results(directory: str | os.PathLike):
+    """The tidy results table of a run directory, as a pandas DataFrame.
+
+    After a complete run this is ``results.parquet``; during or after an
+    interrupted run, the finished cells the manifest lists (all cell files if
+    there is no manifest), so partial results can be looked at any time.
+    """
+    import pandas as pd
+
+    from .errors import ConfigError
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"results directory {str(directory)!r} does not exist")
+    manifest_path = directory / MANIFEST
+    manifest = read_manifest(directory) if manifest_path.exists() else {}
+    results = directory / RESULTS
+    if manifest.get("status") == "complete" and results.exists():
+        return pd.read_parquet(results)
+    keys = manifest.get("cells") or sorted(done_keys(directory))
+    if not keys and not (directory / CELLS).is_dir():
+        raise ConfigError(f"{directory}: no results (neither {RESULTS} nor {CELLS}/); run `l2obench run` first")
+    return _concat(read_cell(directory, k) for k in keys if cell_path(directory, k).exists())
+
+
+def now() -> str:
+    """The current time as ISO 8601 with the UTC offset."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
