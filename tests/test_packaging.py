@@ -176,3 +176,21 @@ def test_example_plugin_passes_its_own_tests(plugin_env):
     env, source = plugin_env
     proc = env.run("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=source, timeout=400)
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_example_plugin_runs_in_a_suite(plugin_env, tmp_path):
+    """tests/example_plugin/suite.toml tunes and tests Lion on logistic regression with ``l2obench run``."""
+    env, source = plugin_env
+    out = tmp_path / "run"
+    env.run("-m", "l2obench.cli", "run", "suite.toml", "--out", out, "--workers", "1", "--no-progress",
+            cwd=source, timeout=400)
+    summary = json.loads(env.run("-c", (
+        "import json, sys, l2obench; df = l2obench.load_results(sys.argv[1]);"
+        "test = df[df.split == 'test'];"
+        "print(json.dumps({'optimizers': sorted(test.optimizer.unique()), 'families': sorted(test.family.unique()),"
+        " 'lion_versions': sorted(test[test.optimizer == 'lion'].versions.unique()),"
+        " 'finite': bool(test.loss.notna().all()), 'seeds': sorted(int(s) for s in test.seed.unique())}))"),
+        out, cwd=tmp_path).stdout)
+    assert {k: v for k, v in summary.items() if k != "lion_versions"} == {
+        "optimizers": ["adam", "lion"], "families": ["logistic-regression"], "finite": True, "seeds": [0, 1, 2, 3]}
+    assert all("l2obench-example" in v for v in summary["lion_versions"]), summary["lion_versions"]
