@@ -23,6 +23,9 @@ class LearnedOptimizer(torch.nn.Module):
     """
 
     hyperparameters: dict
+    #: names of task parameter groups that have meta-parameters of their own
+    #: (e.g. ``("conv", "fc")``); the conformance kit unrolls on a task exposing them.
+    group_names: tuple[str, ...] = ()
 
     def opt_fn(self, groups: Mapping[str, slice] | None = None) -> Optimizer:
         """The optimizer these meta-parameters define. ``groups`` are the task's

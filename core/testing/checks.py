@@ -53,6 +53,22 @@ def _property(max_examples: int = 20):
                     suppress_health_check=list(HealthCheck), print_blob=False)
 
 
+def _kit_check(check: Callable) -> Callable:
+    """Run ``check`` on one CPU thread: its tensors are tiny, and on a loaded
+    machine torch's thread pool costs a hundred times the arithmetic."""
+
+    @functools.wraps(check)
+    def run(obj, *args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return check(obj, *args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
 def _applies_when(predicate: Callable[[Any], bool]):
     """Mark a check as applying only to objects for which ``predicate`` holds."""
 
@@ -148,6 +164,7 @@ def _spec(state: Mapping[str, Tensor]) -> dict[str, tuple]:
 # -- optimizer checks -------------------------------------------------------------
 
 
+@_kit_check
 def check_state_structure(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """``init`` returns a flat ``dict[str, Tensor]`` whose keys, shapes, dtypes and
     devices stay the same over several steps, and every update has the shape,
@@ -183,6 +200,7 @@ def check_state_structure(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEF
     prop()
 
 
+@_kit_check
 def check_inputs_unchanged(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """Neither ``init`` nor ``update`` writes into its inputs: params, grads, the
     state dict and its tensors are the same before and after every call."""
@@ -228,6 +246,7 @@ def check_inputs_unchanged(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DE
     prop()
 
 
+@_kit_check
 def check_updates_finite(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """Finite gradients of any magnitude (zeros, subnormals, below 1e-30, above
     1e30, mixed signs) give finite updates at every step."""
@@ -248,6 +267,7 @@ def check_updates_finite(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFA
     prop()
 
 
+@_kit_check
 def check_deterministic(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """The same params and gradients give bitwise the same updates and states
     when run twice from a fresh ``init``."""
@@ -273,6 +293,7 @@ def check_deterministic(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAU
 
 
 @_applies_when(lambda opt: opt.coordinatewise)
+@_kit_check
 def check_permutation_equivariant(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """An optimizer declared ``coordinatewise=True`` commutes with permuting
     coordinates: permuted params and gradients give the permuted updates."""
@@ -300,6 +321,7 @@ def check_permutation_equivariant(opt: Optimizer, *, dtypes: Sequence[torch.dtyp
 
 
 @_applies_when(lambda opt: opt.coordinatewise)
+@_kit_check
 def check_coordinates_independent(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """An optimizer declared ``coordinatewise=True`` keeps coordinates apart:
     changing the gradients of one coordinate leaves every other coordinate's
@@ -332,6 +354,7 @@ def check_coordinates_independent(opt: Optimizer, *, dtypes: Sequence[torch.dtyp
     prop()
 
 
+@_kit_check
 def check_batched_equals_rows(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """Running S optimizees batched as ``(S, D)`` gives, row for row, what running
     each one alone as ``(1, D)`` gives."""
@@ -353,6 +376,7 @@ def check_batched_equals_rows(opt: Optimizer, *, dtypes: Sequence[torch.dtype] =
 
 
 @_applies_when(lambda opt: opt.zero_grad == "no-op")
+@_kit_check
 def check_zero_grad(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """An optimizer declared ``zero_grad="no-op"`` returns exactly zero updates for
     zero gradients from a fresh state."""
@@ -371,6 +395,7 @@ def check_zero_grad(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_D
     prop()
 
 
+@_kit_check
 def check_descent_on_quadratic(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """On a well-conditioned quadratic ``0.5 * sum(a * (theta - c)**2)`` with
     curvatures ``a`` in [0.5, 1], the optimizer as given (default
@@ -433,20 +458,25 @@ def _on_opt_fn(check: Callable) -> Callable:
     return learned_check
 
 
+@_kit_check
 def check_meta_gradients(lopt: LearnedOptimizer) -> None:
-    """Unrolling ``lopt.opt_fn()`` for a few steps on a small quadratic and
+    """Unrolling ``lopt.opt_fn(groups)`` for a few steps on a small quadratic and
     backpropagating the final loss gives a finite, non-zero gradient for every
     meta-parameter (gradients of the optimizee are fed in as constants, the
-    paper's default, Sec. 2.1)."""
+    paper's default, Sec. 2.1).  ``groups`` gives one coordinate to each of
+    ``lopt.group_names``, so per-group networks are reached too."""
     name = "check_meta_gradients"
     dtype = _meta_dtypes(lopt)[0]
     meta = [(n, p) for n, p in lopt.named_parameters() if p.requires_grad]
     if not meta:
         raise AssertionError(f"{name}: the learned optimizer has no trainable meta-parameters")
 
+    names = tuple(getattr(lopt, "group_names", ()) or ())
+    groups = {n: slice(k, k + 1) for k, n in enumerate(names)} or None
+
     @st.composite
     def draw(draw_):
-        s, d = draw_(lst.shapes(1, 2, 2, 5))
+        s, d = draw_(lst.shapes(1, 2, len(names) + 2, len(names) + 5))
         a = draw_(lst.parameters((s, d), dtype, max_abs=2.0)).abs() + 0.5
         c = draw_(lst.parameters((s, d), dtype, max_abs=2.0))
         return a, c
@@ -456,7 +486,7 @@ def check_meta_gradients(lopt: LearnedOptimizer) -> None:
     def prop(example):
         a, c = example
         with torch.enable_grad():
-            opt = lopt.opt_fn()
+            opt = lopt.opt_fn(groups)
             params = torch.zeros_like(c)
             state = opt.init(params)
             for _ in range(5):
@@ -469,7 +499,10 @@ def check_meta_gradients(lopt: LearnedOptimizer) -> None:
             grads_meta = torch.autograd.grad(loss, [p for _, p in meta], allow_unused=True)
         missing = [n for (n, _), g in zip(meta, grads_meta) if g is None or not bool((g != 0).any())]
         if missing:
-            _fail(name, f"no meta-gradient reaches {', '.join(missing)} after a 5-step unroll", curvatures=a, centre=c)
+            listed = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            _fail(name, f"no meta-gradient reaches {listed} after a 5-step unroll with groups "
+                        f"{groups} (a learned optimizer with per-group meta-parameters lists their names in "
+                        f"group_names)", curvatures=a, centre=c)
         bad = [n for (n, _), g in zip(meta, grads_meta) if not bool(torch.isfinite(g).all())]
         if bad:
             _fail(name, f"non-finite meta-gradient for {', '.join(bad)} after a 5-step unroll", curvatures=a, centre=c)
@@ -492,6 +525,7 @@ def _candidate_factories(lopt: LearnedOptimizer) -> list[tuple[str, Callable]]:
     return out
 
 
+@_kit_check
 def check_state_round_trip(lopt: LearnedOptimizer, factory: Callable[..., LearnedOptimizer] | None = None) -> None:
     """``hyperparameters`` are plain JSON values, and a fresh instance built from
     them (by ``factory``, else by the registry entry or class that accepts them)
@@ -565,6 +599,7 @@ def _loss_and_grad(task, params: Tensor, batch) -> tuple[Tensor, Tensor]:
     return loss.detach(), grad
 
 
+@_kit_check
 def check_task_finite_at_init(family: TaskFamily) -> None:
     """For sampled small configs, ``init(seeds)`` is a finite ``(S, dim)`` floating
     tensor, the groups are slices inside ``dim``, and on the first minibatch of
@@ -605,6 +640,7 @@ def _first_losses(task, seeds: Sequence[int], params: Tensor, batches: int = 2) 
     return out
 
 
+@_kit_check
 def check_task_batching(family: TaskFamily) -> None:
     """The batching contract: row ``i`` of ``init(seeds)`` and of the losses on
     the minibatches of every split depends on ``seeds[i]`` alone, so a batched
@@ -632,6 +668,7 @@ def check_task_batching(family: TaskFamily) -> None:
     prop()
 
 
+@_kit_check
 def check_task_deterministic(family: TaskFamily) -> None:
     """Building the task twice from one config and calling it with the same
     seeds gives bitwise the same initial parameters and minibatch losses."""
@@ -660,6 +697,7 @@ def check_task_deterministic(family: TaskFamily) -> None:
 _WRONG_VALUES = ("not-a-number", 3.5, object())
 
 
+@_kit_check
 def check_config_errors(family: TaskFamily) -> None:
     """A config mistake is a :class:`~l2obench.ConfigError` with a one-line
     message naming the key: an unknown key, and a value of the wrong type for

@@ -1,1 +1,97 @@
-"""pytest plugin of the conformance kit (entry point ``pytest11``)."""
+"""pytest plugin of the conformance kit, loaded through the ``pytest11`` entry point
+wherever l2obench is installed.
+
+It offers a plugin package's test suite two things:
+
+- ``pytest --l2obench-conformance=DIST`` collects one test per object and
+  check for every optimizer, learned optimizer and task family that the
+  distribution ``DIST`` registers (``all`` for every installed one); the option
+  repeats.  Ids read ``l2obench[DIST]::NAME-CHECK``, for instance
+  ``l2obench[my-plugin]::myopt-check_zero_grad``.  Known failures are listed
+  in the ini option ``l2obench_expected_failures``, one ``NAME-CHECK: reason``
+  a line, and run as ``xfail(strict=True)``.
+- the fixture ``l2obench_check``: ``l2obench_check(obj, expected_failed_checks=None)``
+  runs every applicable check on an optimizer, learned optimizer or task
+  family and fails with one message listing the failures.
+
+For tests written by hand, ``l2obench.testing.parametrize_with_checks`` is the
+same thing as a decorator.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+OPTION = "--l2obench-conformance"
+INI_EXPECTED = "l2obench_expected_failures"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("l2obench", "l2obench conformance kit")
+    group.addoption(OPTION, action="append", default=[], metavar="DIST",
+                    help="collect the l2obench conformance checks of everything the distribution DIST "
+                         "registers ('all' for every installed plugin); may repeat")
+    parser.addini(INI_EXPECTED, type="linelist", default=[],
+                  help="l2obench conformance checks expected to fail: 'NAME-CHECK: reason' per line")
+
+
+class ConformanceItem(pytest.Item):
+    """One conformance check run on one registered object."""
+
+    def __init__(self, *, obj: Any, check: Callable[[Any], None], **kwargs):
+        super().__init__(**kwargs)
+        self.obj = obj
+        self.check = check
+
+    def runtest(self) -> None:
+        self.check(self.obj)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, AssertionError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, self.nodeid
+
+
+def _expected(config: pytest.Config) -> dict[str, str]:
+    out = {}
+    for line in config.getini(INI_EXPECTED):
+        test_id, _, reason = line.partition(":")
+        out[test_id.strip()] = reason.strip() or "listed in l2obench_expected_failures"
+    return out
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Append the conformance items before ``-k``/``-m`` deselect, so they filter like any test."""
+    dists = config.getoption(OPTION)
+    if not dists:
+        return
+    from .checks import checks_for, registered_objects
+
+    expected = _expected(config)
+    for dist in dists:
+        objects = registered_objects(distribution=None if dist == "all" else dist)
+        if not objects:
+            raise pytest.UsageError(f"{OPTION}={dist}: the distribution registers no optimizer, learned "
+                                    f"optimizer or task family; is it installed and spelled as in 'l2obench list'?")
+        for name, obj in objects.items():
+            for check in checks_for(obj):
+                test_id = f"{name}-{check.__name__}"
+                item = ConformanceItem.from_parent(session, name=test_id, nodeid=f"l2obench[{dist}]::{test_id}",
+                                                   obj=obj, check=check)
+                if test_id in expected:
+                    item.add_marker(pytest.mark.xfail(strict=True, reason=expected[test_id]))
+                items.append(item)
+
+
+@pytest.fixture
+def l2obench_check() -> Callable[..., None]:
+    """``l2obench_check(obj, expected_failed_checks=None)``: run every applicable
+    conformance check on ``obj`` (see ``l2obench.testing.check_object``)."""
+    from .checks import check_object
+
+    return check_object
