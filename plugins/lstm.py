@@ -1,1 +1,479 @@
-"""Placeholder: filled in by its owner."""
+"""Learned LSTM optimizers: the paper's coordinatewise LSTM (Andrychowicz et al.
+2016, Sec. 2.1 and 3), its global averaging cells (Sec. 2.3.1), one LSTM per
+parameter group (Sec. 3.3, CIFAR), and RNNprop (Lv et al. 2017).
+
+Every variant is the same few pieces put together differently::
+
+    gradient -> preprocessor -> [input layer] -> stacked LSTM -> head -> update
+
+A *preprocessor* turns gradients ``(S, D)`` into features ``(S, F, D)`` (identity,
+the paper's log/sign of Appendix A, or RNNprop's Adam-like normalised inputs);
+the LSTM is shared by all coordinates and keeps one state per coordinate;
+the *head* maps the top hidden state to one number per coordinate (linear or
+tanh, times a scale).  Tensors inside the network are feature-major,
+``(S, features, D)``, so every gate matrix product is one large ``mm`` and
+gate slices are contiguous.
+
+Speed (issue 6): one LSTM layer step is one :class:`torch.autograd.Function`
+(:func:`lstm_cell`) with a hand-written backward, numerically the step of
+:class:`torch.nn.LSTMCell` (whose modules hold the meta-parameters, so
+initialisation and parameter layout are torch's).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from l2obench import hookimpl
+from l2obench.errors import ConfigError
+from l2obench.learned import LearnedOptimizer
+from l2obench.optimizer import Optimizer, State, step_count
+
+# -- the fused LSTM cell ---------------------------------------------------------
+
+
+def _mm(weight: Tensor, x: Tensor) -> Tensor:
+    """``weight @ x`` for feature-major ``x (S, K, D)``: one ``mm`` when ``S == 1``."""
+    if x.shape[0] == 1:
+        return torch.mm(weight, x[0]).unsqueeze(0)
+    return torch.matmul(weight, x)
+
+
+def _mm_t_sum(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_s a[s] @ b[s].T`` for ``a (S, M, D)``, ``b (S, K, D)``: a weight gradient ``(M, K)``."""
+    if a.shape[0] == 1:
+        return torch.mm(a[0], b[0].t())
+    return torch.bmm(a, b.transpose(1, 2)).sum(0)
+
+
+@functools.lru_cache(maxsize=None)
+def _gate_order(hidden: int, device: torch.device) -> Tensor:
+    """Row index taking torch's gate order i, f, g, o to i, f, o, g (and back: it is an involution)."""
+    blocks = [torch.arange(k * hidden, (k + 1) * hidden) for k in (0, 1, 3, 2)]
+    return torch.cat(blocks).to(device)
+
+
+class _LSTMCell(torch.autograd.Function):
+    """One step of an LSTM layer for all coordinates, with a hand-written backward.
+
+    Gate rows are packed in the order ``i, f, o, g`` with the bias as the last
+    input column, so the forward is one ``mm`` and a single ``sigmoid`` over all
+    gates (``tanh(z) = 2 sigmoid(2z) - 1``: torch's CPU ``tanh`` is several times
+    slower than its ``sigmoid``).  The backward uses the saved activations and
+    ``sigmoid' = s (1 - s)`` for every gate at once.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        hidden = h.shape[-2]
+        n_in = x.shape[-2]
+        S, _, D = h.shape
+        order = _gate_order(hidden, w_ih.device)
+        weight = torch.cat([w_ih, w_hh, (b_ih + b_hh).unsqueeze(1)], 1).index_select(0, order)
+        forward_weight = weight.clone()
+        forward_weight[3 * hidden:] *= 2
+        ones = torch.ones((), dtype=x.dtype, device=x.device).expand(S, 1, D)
+        inputs = torch.cat([x, h, ones], -2)  # (S, n_in + hidden + 1, D)
+        act = _mm(forward_weight, inputs).sigmoid_()  # i, f, o, sigmoid(2 z_g)
+        i, f, o, s_g = act.split(hidden, -2)
+        minus_one = torch.full((), -1.0, dtype=x.dtype, device=x.device)
+        g = torch.add(minus_one, s_g, alpha=2)  # tanh(z_g)
+        c_new = f * c
+        c_new.addcmul_(i, g)
+        tanh_c = torch.add(minus_one, torch.sigmoid(c_new * 2), alpha=2)
+        h_new = o * tanh_c
+        ctx.save_for_backward(inputs, act, g, c, tanh_c, weight)
+        ctx.sizes = (n_in, hidden)
+        ctx.set_materialize_grads(False)
+        return h_new, c_new
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_h, d_c):
+        need = ctx.needs_input_grad
+        if d_h is None and d_c is None:
+            return (None,) * 7
+        inputs, act, g, c, tanh_c, weight = ctx.saved_tensors
+        n_in, hidden = ctx.sizes
+        i, f, o, s_g = act.split(hidden, -2)
+        d_gates = torch.empty_like(act)
+        d_i, d_f, d_o, d_g = d_gates.split(hidden, -2)
+        if d_h is not None:
+            torch.mul(d_h, tanh_c, out=d_o)
+            d_tanh = d_h * o
+            d_c_total = torch.addcmul(d_tanh, d_tanh * tanh_c, tanh_c, value=-1)
+            if d_c is not None:
+                d_c_total.add_(d_c)
+        else:
+            d_o.zero_()
+            d_c_total = d_c
+        torch.mul(d_c_total, g, out=d_i)
+        torch.mul(d_c_total, c, out=d_f)
+        torch.mul(d_c_total, i, out=d_g)
+        # s (1 - s) for every gate; for g = tanh(z) = 2 s - 1 with s = sigmoid(2z),
+        # dg/dz = 4 s (1 - s): that factor 4 is applied to the small weight matrices.
+        d_gates.mul_(torch.rsub(act, 1).mul_(act))
+        weight = weight.clone()
+        weight[3 * hidden:] *= 4
+        d_x = d_h_prev = d_c_prev = None
+        if need[2]:
+            d_c_prev = d_c_total * f
+        if need[0] or need[1]:
+            rows = slice(0 if need[0] else n_in, n_in + hidden if need[1] else n_in)
+            d_inputs = _mm(weight[:, rows].t(), d_gates)
+            start = rows.start
+            if need[0]:
+                d_x = d_inputs[:, :n_in]
+            if need[1]:
+                d_h_prev = d_inputs[:, n_in - start:n_in - start + hidden]
+        d_w_ih = d_w_hh = d_bias = None
+        if any(need[3:]):
+            d_weight = _mm_t_sum(d_gates, inputs)
+            d_weight[3 * hidden:] *= 4
+            d_weight = d_weight.index_select(0, _gate_order(hidden, d_weight.device))  # torch's order
+            d_w_ih, d_w_hh, d_bias = d_weight[:, :n_in], d_weight[:, n_in:n_in + hidden], d_weight[:, -1]
+        return (d_x, d_h_prev, d_c_prev, d_w_ih if need[3] else None, d_w_hh if need[4] else None,
+                d_bias if need[5] else None, d_bias if need[6] else None)
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell) -> tuple[Tensor, Tensor]:
+    """``cell``'s step for feature-major ``x (S, in, D)``, ``h, c (S, hidden, D)``: the
+    same numbers as ``cell(x_row, (h_row, c_row))`` for each of the ``S * D`` coordinates."""
+    return _LSTMCell.apply(x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+
+
+# -- preprocessors: gradients (S, D) -> features (S, F, D) ------------------------
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Gradients ``(S, D)`` to LSTM input features ``(S, features, D)``, with optional
+    state (``init(grads_like) -> state``, ``apply(grads, state) -> (features, state)``)."""
+
+    features: int
+    apply: Callable[[Tensor, State], "tuple[Tensor, State]"]
+    init: Callable[[Tensor], State] = lambda params: {}
+
+
+def identity() -> Preprocessor:
+    """The raw gradient as the only feature (the paper's quadratics)."""
+    return Preprocessor(1, lambda g, state: (g.unsqueeze(-2), state))
+
+
+def log_sign(p: float = 10.0) -> Preprocessor:
+    """Appendix A: ``(log|g| / p, sign g)`` if ``|g| >= e^-p``, else ``(-1, e^p g)``."""
+    threshold, scale = math.exp(-p), math.exp(p)
+
+    def apply(g: Tensor, state: State):
+        magnitude = g.abs()
+        big = magnitude >= threshold
+        log_part = torch.where(big, magnitude.clamp_min(1e-30).log() / p, -1.0)
+        sign_part = torch.where(big, g.sign(), g * scale)
+        return torch.stack([log_part, sign_part], -2), state
+
+    return Preprocessor(2, apply)
+
+
+def adam_normalised(beta1: float = 0.95, beta2: float = 0.95, eps: float = 1e-8) -> Preprocessor:
+    """RNNprop's inputs (Lv et al. 2017, Sec. 4): ``g / sqrt(v_hat)`` and ``m_hat / sqrt(v_hat)``
+    with Adam's bias-corrected running averages ``m``, ``v`` (``+ eps`` on the root)."""
+
+    def init(params: Tensor) -> State:
+        return {"m": torch.zeros_like(params), "v": torch.zeros_like(params), "count": step_count(params)}
+
+    def apply(g: Tensor, state: State):
+        count = state["count"] + 1
+        m = beta1 * state["m"] + (1 - beta1) * g
+        v = beta2 * state["v"] + (1 - beta2) * g * g
+        c = count.unsqueeze(-1)
+        root = (v / (1 - beta2**c)).sqrt() + eps
+        features = torch.stack([g / root, m / (1 - beta1**c) / root], -2)
+        return features, {"m": m, "v": v, "count": count}
+
+    return Preprocessor(2, apply, init)
+
+
+# -- network pieces -----------------------------------------------------------------
+
+
+class InputLayer(nn.Module):
+    """A dense layer with ELU from the features to the LSTM (RNNprop's input layer)."""
+
+    def __init__(self, features: int, hidden: int):
+        super().__init__()
+        self.linear = nn.Linear(features, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.elu(torch.matmul(self.linear.weight, x) + self.linear.bias.unsqueeze(-1))
+
+
+class StackedLSTM(nn.Module):
+    """A stack of LSTM layers shared by all coordinates, one state per coordinate.
+
+    ``averaged`` units of every layer are global averaging cells (Sec. 2.3.1):
+    their outputs are replaced, at every step, by their mean over the ``D``
+    coordinates of the same optimizee, so coordinates share information.
+    """
+
+    def __init__(self, input_size: int, hidden: int = 20, layers: int = 2, averaged: int = 0):
+        super().__init__()
+        if layers < 1 or hidden < 1:
+            raise ConfigError(f"LSTM: hidden={hidden} and layers={layers} must be at least 1")
+        if not 0 <= averaged <= hidden:
+            raise ConfigError(f"LSTM: averaged={averaged} global averaging cells must be between 0 and hidden={hidden}")
+        self.cells = nn.ModuleList(nn.LSTMCell(input_size if k == 0 else hidden, hidden) for k in range(layers))
+        self.hidden, self.averaged = hidden, averaged
+
+    def init(self, grads: Tensor) -> State:
+        shape = (*grads.shape[:-1], self.hidden, grads.shape[-1])
+        state = {}
+        for k in range(len(self.cells)):
+            state[f"h{k}"] = grads.new_zeros(shape)
+            state[f"c{k}"] = grads.new_zeros(shape)
+        return state
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        new = {}
+        for k, cell in enumerate(self.cells):
+            h, c = lstm_cell(x, state[f"h{k}"], state[f"c{k}"], cell)
+            if self.averaged:
+                shared = h[..., :self.averaged, :].mean(-1, keepdim=True).expand(*h.shape[:-2], self.averaged, h.shape[-1])
+                h = torch.cat([shared, h[..., self.averaged:, :]], -2)
+            new[f"h{k}"], new[f"c{k}"] = h, c
+            x = h
+        return x, new
+
+
+class Head(nn.Module):
+    """The top hidden state ``(S, hidden, D)`` to one update per coordinate ``(S, D)``:
+    ``scale * squash(w . h + b)`` with ``squash`` the identity (paper) or tanh (RNNprop)."""
+
+    def __init__(self, hidden: int, scale: float = 0.1, squash: str = "linear"):
+        super().__init__()
+        if squash not in ("linear", "tanh"):
+            raise ConfigError(f"LSTM head: squash={squash!r} must be 'linear' or 'tanh'")
+        self.linear = nn.Linear(hidden, 1)
+        self.scale, self.squash = scale, squash
+
+    def forward(self, h: Tensor) -> Tensor:
+        out = torch.matmul(self.linear.weight, h).squeeze(-2) + self.linear.bias
+        if self.squash == "tanh":
+            out = torch.tanh(out)
+        return out * self.scale
+
+
+class LSTMNetwork(nn.Module):
+    """preprocessor -> [input layer] -> stacked LSTM -> head, for some coordinates of an optimizee."""
+
+    def __init__(self, preprocessor: Preprocessor, lstm: StackedLSTM, head: Head, encoder: nn.Module | None = None):
+        super().__init__()
+        self.preprocessor, self.encoder, self.lstm, self.head = preprocessor, encoder, lstm, head
+
+    def init(self, params: Tensor) -> State:
+        return {**_prefixed("pre.", self.preprocessor.init(params)), **self.lstm.init(params)}
+
+    def step(self, grads: Tensor, state: State) -> tuple[Tensor, State]:
+        x, pre = self.preprocessor.apply(grads, _unprefixed("pre.", state))
+        if self.encoder is not None:
+            x = self.encoder(x)
+        top, lstm_state = self.lstm(x, state)
+        return self.head(top), {**_prefixed("pre.", pre), **lstm_state}
+
+
+def _prefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _unprefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+# -- the learned optimizer ----------------------------------------------------------
+
+DEFAULT = "default"
+
+
+class LearnedLSTM(LearnedOptimizer):
+    """Meta-parameters = one or more :class:`LSTMNetwork`; ``opt_fn`` turns them into
+    an :class:`~l2obench.optimizer.Optimizer` whose update is differentiable in them.
+
+    ``networks[DEFAULT]`` serves every coordinate, except those of a task group
+    that has a network of its own name (the paper's conv / fc LSTMs).
+    ``transform(task, generator)`` changes training tasks per episode (RNNprop's
+    random scaling); ``coordinatewise`` is False for variants that mix coordinates.
+    """
+
+    def __init__(self, networks: Mapping[str, LSTMNetwork], hyperparameters: dict, *, coordinatewise: bool = True,
+                 transform: Callable | None = None):
+        super().__init__()
+        if DEFAULT not in networks:
+            raise ConfigError(f"learned LSTM: a {DEFAULT!r} network is required, got {sorted(networks)}")
+        self.networks = nn.ModuleDict(networks)
+        self.hyperparameters = dict(hyperparameters)
+        self.coordinatewise = coordinatewise
+        self._transform = transform
+
+    def task_transform(self, task, generator: torch.Generator):
+        return task if self._transform is None else self._transform(task, generator)
+
+    def segments(self, groups: Mapping[str, slice] | None, dim: int) -> list[tuple[str, slice]]:
+        """``(network name, coordinate slice)`` covering ``0 .. dim`` in order: a task group
+        with a network of its own goes to it, every other coordinate to the default network."""
+        own = sorted(((sl.indices(dim), name) for name, sl in (groups or {}).items()
+                      if name in self.networks and name != DEFAULT), key=lambda item: item[0][0])
+        out, at = [], 0
+        for (start, stop, step), name in own:
+            if step != 1 or start < at:
+                raise ConfigError(f"learned LSTM: task group {name!r} ({start}:{stop}:{step}) overlaps another "
+                                  "or has a step; groups must be disjoint contiguous slices")
+            if start > at:
+                out.append((DEFAULT, slice(at, start)))
+            if stop > start:
+                out.append((name, slice(start, stop)))
+            at = max(at, stop)
+        if at < dim or not out:
+            out.append((DEFAULT, slice(at, dim)))
+        return out
+
+    def opt_fn(self, groups: Mapping[str, slice] | None = None) -> Optimizer:
+        networks = self.networks
+
+        def init(params: Tensor) -> State:
+            segments = self.segments(groups, params.shape[-1])
+            if len(segments) == 1:
+                return networks[segments[0][0]].init(params)
+            state: State = {}
+            for k, (name, sl) in enumerate(segments):
+                state.update(_prefixed(f"{k}.{name}.", networks[name].init(params[..., sl])))
+            return state
+
+        def update(grads: Tensor, state: State, params: Tensor):
+            segments = self.segments(groups, grads.shape[-1])
+            if len(segments) == 1:
+                return networks[segments[0][0]].step(grads, state)
+            parts, new_state = [], {}
+            for k, (name, sl) in enumerate(segments):
+                prefix = f"{k}.{name}."
+                u, s = networks[name].step(grads[..., sl], _unprefixed(prefix, state))
+                parts.append(u)
+                new_state.update(_prefixed(prefix, s))
+            return torch.cat(parts, -1), new_state
+
+        # Coordinates served by different networks are not interchangeable.
+        split = any(name in networks and name != DEFAULT for name in (groups or {}))
+        return Optimizer(init, update, coordinatewise=self.coordinatewise and not split, zero_grad="any")
+
+
+# -- task transforms ----------------------------------------------------------------
+
+
+class RandomlyScaled:
+    """``f(c * theta)`` with ``c = exp(U(-r, r))`` drawn per coordinate (Lv et al. 2017, Sec. 3.2:
+    random scaling), started from ``theta_0 / c`` so the optimizee starts at the same function value."""
+
+    def __init__(self, task, scale: Tensor):
+        self.task, self.scale = task, scale
+        self.dim, self.groups = task.dim, task.groups
+
+    def init(self, seeds, device="cpu"):
+        return self.task.init(seeds, device=device) / self.scale.to(device)
+
+    def batches(self, split, seeds, device="cpu"):
+        return self.task.batches(split, seeds, device=device)
+
+    def loss(self, params, batch):
+        return self.task.loss(params * self.scale.to(params.device), batch)
+
+
+def random_scaling(r: float) -> Callable:
+    """A ``task_transform`` drawing a fresh :class:`RandomlyScaled` task per episode (``r = 0``: off)."""
+
+    def transform(task, generator: torch.Generator):
+        if r == 0:
+            return task
+        c = torch.exp((torch.rand(task.dim, generator=generator) * 2 - 1) * r)
+        return RandomlyScaled(task, c)
+
+    return transform
+
+
+# -- the registered variants ----------------------------------------------------------
+
+
+def _network(preprocessor: Preprocessor, hidden: int, layers: int, output_scale: float, *,
+             squash: str = "linear", averaged: int = 0, input_layer: bool = False) -> LSTMNetwork:
+    # Creation order (encoder, LSTM layers, head) fixes how torch's RNG initialises them.
+    encoder = InputLayer(preprocessor.features, hidden) if input_layer else None
+    lstm_in = hidden if input_layer else preprocessor.features
+    core = StackedLSTM(lstm_in, hidden, layers, averaged)
+    return LSTMNetwork(preprocessor, core, Head(hidden, output_scale, squash), encoder)
+
+
+def _paper_preprocessor(preprocess: bool, p: float) -> Preprocessor:
+    if preprocess and p <= 0:
+        raise ConfigError(f"p={p} must be positive (Appendix A preprocessing)")
+    return log_sign(p) if preprocess else identity()
+
+
+def lstm(hidden: int = 20, layers: int = 2, preprocess: bool = True, p: float = 10.0,
+         output_scale: float = 0.1) -> LearnedLSTM:
+    """The paper's coordinatewise LSTM optimizer (Sec. 2.1): 2 layers of 20 units shared by all
+    coordinates, log/sign preprocessing with ``p`` (Appendix A), linear output times ``output_scale``."""
+    net = _network(_paper_preprocessor(preprocess, p), hidden, layers, output_scale)
+    return LearnedLSTM({DEFAULT: net}, dict(hidden=hidden, layers=layers, preprocess=preprocess, p=p,
+                                            output_scale=output_scale))
+
+
+def lstm_gac(hidden: int = 20, layers: int = 2, preprocess: bool = True, p: float = 10.0,
+             output_scale: float = 0.1, averaged: int = 5) -> LearnedLSTM:
+    """LSTM+GAC (Sec. 2.3.1): the paper's LSTM with ``averaged`` units per layer whose outputs
+    are averaged over all coordinates of the optimizee at every step (not coordinatewise)."""
+    net = _network(_paper_preprocessor(preprocess, p), hidden, layers, output_scale, averaged=averaged)
+    return LearnedLSTM({DEFAULT: net}, dict(hidden=hidden, layers=layers, preprocess=preprocess, p=p,
+                                            output_scale=output_scale, averaged=averaged), coordinatewise=False)
+
+
+def rnnprop(hidden: int = 20, layers: int = 2, beta1: float = 0.95, beta2: float = 0.95, eps: float = 1e-8,
+            output_scale: float = 0.1, random_scale: float = 3.0) -> LearnedLSTM:
+    """RNNprop (Lv et al. 2017): Adam-like normalised inputs ``g / sqrt(v)``, ``m / sqrt(v)``, a dense
+    ELU input layer, the stacked LSTM, update ``-output_scale * tanh(.)``; meta-trained on randomly
+    scaled functions ``f(c * theta)``, ``c = exp(U(-random_scale, random_scale))`` per coordinate and
+    episode (defaults from the authors' code: beta 0.95, 0.95; scale 0.1; r = 3)."""
+    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise ConfigError(f"rnnprop: beta1={beta1}, beta2={beta2} must be in [0, 1)")
+    if random_scale < 0:
+        raise ConfigError(f"rnnprop: random_scale={random_scale} must be non-negative")
+    net = _network(adam_normalised(beta1, beta2, eps), hidden, layers, -output_scale, squash="tanh",
+                   input_layer=True)
+    return LearnedLSTM({DEFAULT: net}, dict(hidden=hidden, layers=layers, beta1=beta1, beta2=beta2, eps=eps,
+                                            output_scale=output_scale, random_scale=random_scale),
+                       transform=random_scaling(random_scale))
+
+
+def lstm_groups(groups: str = "conv,fc", hidden: int = 20, layers: int = 2, preprocess: bool = True,
+                p: float = 10.0, output_scale: float = 0.1) -> LearnedLSTM:
+    """One paper LSTM per named parameter group (Sec. 3.3: conv and fully connected layers of
+    the CIFAR net), matched to the task's ``groups``; other coordinates use a default LSTM."""
+    names = [n.strip() for n in groups.split(",") if n.strip()]
+    if not names or len(set(names)) != len(names) or DEFAULT in names:
+        raise ConfigError(f"lstm-groups: groups={groups!r} must be distinct comma-separated names "
+                          f"other than {DEFAULT!r}, e.g. 'conv,fc'")
+    pre = _paper_preprocessor(preprocess, p)
+    networks = {name: _network(pre, hidden, layers, output_scale) for name in [*names, DEFAULT]}
+    return LearnedLSTM(networks, dict(groups=groups, hidden=hidden, layers=layers, preprocess=preprocess, p=p,
+                                      output_scale=output_scale))
+
+
+@hookimpl
+def register_learned_optimizers(register):
+    register("lstm", lstm)
+    register("lstm-gac", lstm_gac)
+    register("rnnprop", rnnprop)
+    register("lstm-groups", lstm_groups)
