@@ -3,6 +3,8 @@ optax). Each follows the arithmetic of the torch.optim optimizer it mirrors, so
 the built-in baselines match torch.optim step for step."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -13,7 +15,7 @@ def add_decayed_weights(weight_decay: float) -> Optimizer:
     """``g + weight_decay * params`` (L2 regularisation, torch's ``weight_decay``)."""
     if weight_decay == 0:
         return stateless(lambda g, p: g)
-    return stateless(lambda g, p: g + weight_decay * p, zero_grad="any")
+    return stateless(lambda g, p: g.add(p, alpha=weight_decay), zero_grad="any")
 
 
 def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> Optimizer:
@@ -24,8 +26,8 @@ def trace(momentum: float, dampening: float = 0.0, nesterov: bool = False) -> Op
 
     def update(g: Tensor, state: State, params: Tensor):
         first = (state["count"] == 0).unsqueeze(-1)
-        buf = torch.where(first, g, momentum * state["buf"] + (1 - dampening) * g)
-        out = g + momentum * buf if nesterov else buf
+        buf = torch.where(first, g, state["buf"].mul(momentum).add(g, alpha=1 - dampening))
+        out = g.add(buf, alpha=momentum) if nesterov else buf
         return out, {"buf": buf, "count": state["count"] + 1}
 
     return Optimizer(init, update)
@@ -41,14 +43,14 @@ def scale_by_rms(alpha: float = 0.99, eps: float = 1e-8, centered: bool = False)
         return state
 
     def update(g: Tensor, state: State, params: Tensor):
-        sq = alpha * state["square_avg"] + (1 - alpha) * g * g
+        sq = state["square_avg"].mul(alpha).addcmul(g, g, value=1 - alpha)
         new = {"square_avg": sq}
         if centered:
-            ga = alpha * state["grad_avg"] + (1 - alpha) * g
+            ga = state["grad_avg"].lerp(g, 1 - alpha)
             new["grad_avg"] = ga
-            avg = (sq - ga * ga).sqrt() + eps
+            avg = sq.addcmul(ga, ga, value=-1).sqrt().add(eps)
         else:
-            avg = sq.sqrt() + eps
+            avg = sq.sqrt().add(eps)
         return g / avg, new
 
     return Optimizer(init, update)
@@ -63,15 +65,19 @@ def scale_by_adam(beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -
 
     def update(g: Tensor, state: State, params: Tensor):
         count = state["count"] + 1
-        m = beta1 * state["exp_avg"] + (1 - beta1) * g
-        v = beta2 * state["exp_avg_sq"] + (1 - beta2) * g * g
+        m = state["exp_avg"].lerp(g, 1 - beta1)
+        v = state["exp_avg_sq"].mul(beta2).addcmul(g, g, value=1 - beta2)
         c = count.unsqueeze(-1)
-        bc1 = 1 - beta1**c
-        bc2_sqrt = (1 - beta2**c).sqrt()
-        out = (m / bc1) / (v.sqrt() / bc2_sqrt + eps)
+        out = (m / _one_minus_power(beta1, c)) / (v.sqrt() / _one_minus_power(beta2, c).sqrt()).add(eps)
         return out, {"exp_avg": m, "exp_avg_sq": v, "count": count}
 
     return Optimizer(init, update)
+
+
+def _one_minus_power(beta: float, count: Tensor) -> Tensor:
+    """``1 - beta**count`` without the cancellation of float32 ``1 - 0.999**t`` (Adam's bias correction)."""
+    log_beta = math.log(beta) if beta > 0 else -math.inf
+    return -torch.expm1(count * log_beta)
 
 
 def scale_by_adagrad(lr_decay: float = 0.0, initial_accumulator_value: float = 0.0,
@@ -83,9 +89,9 @@ def scale_by_adagrad(lr_decay: float = 0.0, initial_accumulator_value: float = 0
 
     def update(g: Tensor, state: State, params: Tensor):
         count = state["count"] + 1
-        acc = state["sum"] + g * g
+        acc = state["sum"].addcmul(g, g)
         decay = 1 / (1 + (count - 1) * lr_decay)
-        return decay.unsqueeze(-1) * g / (acc.sqrt() + eps), {"sum": acc, "count": count}
+        return decay.unsqueeze(-1) * g / acc.sqrt().add(eps), {"sum": acc, "count": count}
 
     return Optimizer(init, update)
 
