@@ -176,14 +176,20 @@ def test_entry_points_can_be_faked_with_monkeypatch(plugin_env):
     module.register_optimizers = register_optimizers
     plugin_env.setitem(sys.modules, "monkey_plugin", module)
 
-    class Dist:
-        name, version = "l2obench-monkey", "9.9"
+    class FakeDistribution(md.Distribution):
+        files = {"METADATA": "Metadata-Version: 2.1\nName: l2obench-monkey\nVersion: 9.9\n",
+                 "entry_points.txt": "[l2obench]\nmonkey = monkey_plugin\n"}
 
-    ep = md.EntryPoint("monkey", "monkey_plugin", "l2obench")
-    ep = ep._for(Dist()) if hasattr(ep, "_for") else ep
+        def read_text(self, filename):
+            return self.texts.get(filename)
+
+        def locate_file(self, path):
+            return Path(path)
+
+    fake = list(FakeDistribution().entry_points.select(group="l2obench"))
     real = md.entry_points
     plugin_env.setattr(md, "entry_points",
-                       lambda **kw: [*real(**kw), ep] if kw.get("group") == "l2obench" else real(**kw))
+                       lambda **kw: [*real(**kw), *fake] if kw.get("group") == "l2obench" else real(**kw))
     entry = Registry().get("optimizer", "monkey")
     assert (entry.distribution, entry.version) == ("l2obench-monkey", "9.9")
 
