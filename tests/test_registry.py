@@ -177,7 +177,7 @@ def test_entry_points_can_be_faked_with_monkeypatch(plugin_env):
     plugin_env.setitem(sys.modules, "monkey_plugin", module)
 
     class FakeDistribution(md.Distribution):
-        files = {"METADATA": "Metadata-Version: 2.1\nName: l2obench-monkey\nVersion: 9.9\n",
+        texts = {"METADATA": "Metadata-Version: 2.1\nName: l2obench-monkey\nVersion: 9.9\n",
                  "entry_points.txt": "[l2obench]\nmonkey = monkey_plugin\n"}
 
         def read_text(self, filename):
