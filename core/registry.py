@@ -86,8 +86,12 @@ class Entry:
         """Refuse unknown or ill-typed hyperparameters with one line."""
         known = self.parameters()
         noun = KINDS[self.kind][1]
+        takes_any = self.kind != "task" and any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(self.obj).parameters.values())
         for key, value in params.items():
             if key not in known:
+                if takes_any:
+                    continue
                 raise ConfigError(
                     f"{noun} {self.name!r}: unknown parameter {key!r} (value {value!r}); "
                     f"allowed: {', '.join(known) or 'none'}"
@@ -199,7 +203,7 @@ class Registry:
                     continue
             try:
                 module = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise PluginError(
                     f"plugin {ep.name!r} of distribution {dist} {version} failed to import "
                     f"({type(exc).__name__}: {_one_line(exc)}); {SWITCH_OFF}"

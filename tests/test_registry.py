@@ -274,6 +274,7 @@ def test_hook_without_the_decorator_names_its_plugin(fake_dist):
     ("import l2obench_no_such_dependency\n", "ModuleNotFoundError"),
     ("def broken(:\n", "SyntaxError"),
     ("raise RuntimeError('no GPU\\nfound')\n", "RuntimeError: no GPU; found"),
+    ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
 ])
 def test_plugin_that_fails_to_import(fake_dist, source, what):
     fake_dist("l2obench-noimport", {"noimport": source}, version="0.0.1")
@@ -446,6 +447,19 @@ def test_hyperparameters_are_checked_in_one_line(plugin_env, params, needles):
     with pytest.raises(ConfigError) as err:
         get_registry().optimizer("adam", **params)
     assert_one_line(str(err.value), "optimizer 'adam'", *needles)
+
+
+def test_factory_with_var_keywords_takes_any_hyperparameter():
+    class Plugin:
+        @hookimpl
+        def register_optimizers(self, register):
+            def wrapped(lr: float = 0.1, **extra):
+                assert extra == {"anything": 1}
+                return scale(-lr)
+
+            register("wrapped", wrapped)
+
+    Registry(plugins=[Plugin()], entry_points=False).optimizer("wrapped", lr=0.2, anything=1)
 
 
 def test_package_exports_the_registry():
