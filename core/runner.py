@@ -189,10 +189,13 @@ def _meta_train(spec: dict[str, Any]) -> dict[str, Any]:
     from .metatrain import MetaTrainConfig, meta_train
     from .registry import get_registry
 
+    import torch
+
     reg = get_registry()
+    config = MetaTrainConfig.from_params(**spec["train"])
+    torch.manual_seed(config.seed)  # the initial meta-parameters too: the same seed, the same optimizer
     lopt = reg.learned(spec["plugin"], **spec["params"])
     task = reg.task(spec["task"]["family"], **spec["task"]["config"])
-    config = MetaTrainConfig.from_params(**spec["train"])
     t0 = time.time()
     result = meta_train(lopt, task, config, device=spec["device"], progress=False)
     t1 = time.time()
@@ -459,14 +462,18 @@ class Runner:
 
     # -- running --------------------------------------------------------------------
     def run(self, executor: str = "local", workers: Optional[int] = None, progress: bool = True,
-            stream: TextIO = sys.stdout, command: Optional[list[str]] = None) -> RunSummary:
-        """Run every cell not done yet; returns a :class:`RunSummary`."""
+            stream: Optional[TextIO] = None, command: Optional[list[str]] = None, *, pool: Any = None,
+            started: Optional[float] = None) -> RunSummary:
+        """Run every cell not done yet; returns a :class:`RunSummary`.
+
+        ``pool`` is an executor already started (by :func:`start_executor`, so its
+        workers warm up while the suite is validated); it is shut down at the end.
+        ``started`` is when the wall-time clock started (default: now)."""
         from tqdm.auto import tqdm
 
-        from .registry import get_registry
-
-        workers = max(1, workers or os.cpu_count() or 1)
-        started = time.time()
+        workers = max(1, workers or default_workers())
+        started = time.time() if started is None else started
+        stream = sys.stdout if stream is None else stream
         done_before, to_run = self.count()
         print(f"{self.suite.name}: {done_before} cells done already, {to_run} to run"
               + (" (--force: recomputing all)" if self.force else ""), file=stream, flush=True)
@@ -477,11 +484,13 @@ class Runner:
         failures: list[tuple[str, str]] = []
         compute: list[tuple[float, float]] = []
         ran = 0
+        if not to_run and pool is not None:
+            pool.shutdown(cancel=True)
         if to_run:
-            factory = get_registry().get("executor", executor).obj
             bar = tqdm(total=to_run, unit="cell", dynamic_ncols=True, disable=not progress, file=sys.stderr,
                        desc=self.suite.name)
-            pool = factory(workers)
+            if pool is None:
+                pool = start_executor(executor, workers)
             futures: dict[cf.Future, Cell] = {}
             failed_names: set[str] = set()
             threads = getattr(pool, "threads", None)
@@ -544,9 +553,10 @@ class Runner:
                                         if new.key in self.done:
                                             bar.update(1)
                                         submit(new)
-                        manifest["cells"] = [c.key for c in self.all_known_cells()]
-                        manifest["tuning"] = self.tuning
-                        store.write_manifest(self.out, manifest)
+                        known = [c.key for c in self.all_known_cells()]
+                        if known != manifest["cells"]:
+                            manifest["cells"], manifest["tuning"] = known, self.tuning
+                            store.write_manifest(self.out, manifest)
             except BaseException:
                 pool.shutdown(cancel=True)
                 bar.close()
@@ -612,6 +622,39 @@ class Runner:
         }
 
 
+def default_workers() -> int:
+    """Cells at once by default: one per core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def start_executor(name: str, workers: Optional[int] = None):
+    """Start the registered executor ``name`` with ``workers`` workers (default: one per core)."""
+    from .registry import get_registry
+
+    return get_registry().get("executor", name).obj(max(1, workers or default_workers()))
+
+
+def process_started() -> float:
+    """When this process started (epoch seconds), so a command's wall time includes its
+    start-up; now, if this process is not the ``l2obench`` command (e.g. a test calling ``main``)."""
+    from . import cli
+
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "l2obench" and argv0.resolve() != Path(cli.__file__).resolve():
+        return time.time()
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):  # pragma: no cover - not Linux
+        return time.time()
+
+
 def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -623,10 +666,11 @@ def _one_line(exc: BaseException) -> str:
 
 def run_suite(path: str | os.PathLike, out: str | os.PathLike, *, executor: str = "local",
               workers: Optional[int] = None, device: Optional[str] = None, force: bool = False,
-              progress: bool = True, stream: TextIO = sys.stdout, command: Optional[list[str]] = None) -> RunSummary:
+              progress: bool = True, stream: Optional[TextIO] = None,
+              command: Optional[list[str]] = None) -> RunSummary:
     """Validate the suite at ``path`` and run it into ``out`` (the library form of ``l2obench run``)."""
     from .registry import get_registry
 
-    suite = load_suite(path)
     get_registry().get("executor", executor)
+    suite = load_suite(path)
     return Runner(suite, out, device=device, force=force).run(executor, workers, progress, stream, command)

@@ -138,30 +138,52 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON; rerun `l2obench run` to rewrite it") from None
 
 
-def _concat(frames: Iterable):
-    import pandas as pd
-
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(columns=list(COLUMNS))
-    return pd.concat(frames, ignore_index=True, sort=False)
-
-
-def combine(directory: str | os.PathLike, keys: Iterable[str]):
-    """Concatenate the given cells into ``DIR/results.parquet`` (atomically); returns the table."""
+def _read_cells(directory: Path, keys: Iterable[str]):
+    """The given finished cells as one pyarrow Table (columns missing in a cell are nulls)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    tables = [pq.read_table(cell_path(directory, k)) for k in keys if cell_path(directory, k).exists()]
+    if not tables:
+        return pa.table({c: pa.array([], pa.null()) for c in COLUMNS})
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # a task parameter with different types in different families: keep it as text
+        types: dict[str, set] = {}
+        for t in tables:
+            for f in t.schema:
+                if f.type != pa.null():
+                    types.setdefault(f.name, set()).add(f.type)
+        mixed = {name for name, ts in types.items() if len(ts) > 1}
+        tables = [_as_text(t, mixed) for t in tables]
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _as_text(table, names: set[str]):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, f in enumerate(table.schema):
+        if f.name in names and f.type != pa.string():
+            table = table.set_column(i, f.name, pc.cast(table.column(i), pa.string()))
+    return table
+
+
+def combine(directory: str | os.PathLike, keys: Iterable[str]) -> int:
+    """Concatenate the given cells into ``DIR/results.parquet`` (atomically); returns its rows."""
+    import pyarrow.parquet as pq
+
     directory = Path(directory)
-    table = _concat(read_cell(directory, k) for k in keys if cell_path(directory, k).exists())
+    table = _read_cells(directory, keys)
     tmp = directory / f".{RESULTS}.tmp-{os.getpid()}"
     try:
-        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
+        pq.write_table(table, tmp)
         os.replace(tmp, directory / RESULTS)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return table
+    return table.num_rows
 
 
 def load_results(directory: str | os.PathLike):
@@ -186,7 +208,7 @@ def load_results(directory: str | os.PathLike):
     keys = manifest.get("cells") or sorted(done_keys(directory))
     if not keys and not (directory / CELLS).is_dir():
         raise ConfigError(f"{directory}: no results (neither {RESULTS} nor {CELLS}/); run `l2obench run` first")
-    return _concat(read_cell(directory, k) for k in keys if cell_path(directory, k).exists())
+    return _read_cells(directory, keys).to_pandas()
 
 
 def now() -> str:

@@ -415,7 +415,9 @@ def parse_suite(text: str, path: str | Path = "<suite>", registry=None) -> Suite
     try:
         model = SuiteFile.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise SuiteError(f"{path}: {_pydantic_message(exc.errors()[0], SuiteFile)}") from None
+        # an unknown key is usually a misspelt one, and the cause of a "missing" error
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        raise SuiteError(f"{path}: {_pydantic_message(errors[0], SuiteFile)}") from None
     return _Validator(path, text, model, registry if registry is not None else get_registry()).suite()
 
 
@@ -491,10 +493,18 @@ class _Validator:
         return origin in (list, tuple)
 
     def params(self, entry, params: dict[str, Any], where: str) -> None:
-        try:
-            entry.check_parameters(params)
-        except L2OError as exc:
-            self.fail(where, str(exc))
+        """Each hyperparameter against the factory's signature, the key named in the path."""
+        known = entry.parameters()
+        for key, value in params.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.fail(f"{where}.{key}", f"unknown parameter of {entry.name!r} (value {value!r}); {hint}"
+                                            f"allowed: {', '.join(known) or 'none'}")
+            try:
+                entry.check_parameters({key: value})
+            except L2OError as exc:
+                self.fail(f"{where}.{key}", str(exc))
 
     def suite(self) -> Suite:
         m = self.model

@@ -9,9 +9,11 @@ data, so a worker needs nothing but the installed plugins.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import multiprocessing
 import os
+import sys
 from typing import Any, Callable, Iterable, Iterator
 
 from l2obench import hookimpl
@@ -25,10 +27,44 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _quick_exit() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the runner dies (SIGKILL leaves no time to stop the pool)."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="l2obench-parent-watch", daemon=True).start()
+
+
 def _init_worker(threads: int) -> None:
+    """Set torch threads and load what every cell needs, once per worker.  A worker
+    ends without tearing down torch (seconds on a busy machine): the pool has
+    flushed its queues by the time the interpreter exits."""
+    atexit.register(_quick_exit)
+    _exit_with_parent()
     import torch
 
     torch.set_num_threads(threads)
+    import l2obench.runner  # noqa: F401
+    from l2obench.registry import get_registry
+
+    get_registry()
+
+
+def _ready() -> int:
+    return os.getpid()
 
 
 def _as_finished(executor, fn: Callable, items: Iterable[Any]) -> Iterator[Any]:
@@ -39,13 +75,16 @@ def _as_finished(executor, fn: Callable, items: Iterable[Any]) -> Iterator[Any]:
 
 class LocalExecutor:
     """``workers`` processes (spawn context, so no state leaks from the parent), each
-    with ``max(1, cores // workers)`` torch threads."""
+    with ``max(1, cores // workers)`` torch threads.  They start at once and load
+    torch and the plugins while the caller does other work."""
 
     def __init__(self, workers: int):
         self.workers = max(1, int(workers))
         self.threads = max(1, _cores() // self.workers)
         self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_init_worker, initargs=(self.threads,))
+        for _ in range(self.workers):  # the pool starts one process per submission
+            self._pool.submit(_ready)
 
     def submit(self, fn: Callable, *args) -> cf.Future:
         return self._pool.submit(fn, *args)
@@ -54,11 +93,16 @@ class LocalExecutor:
         return _as_finished(self, fn, items)
 
     def shutdown(self, cancel: bool = False) -> None:
-        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        """Stop the workers without waiting for them to wind down; ``cancel``: drop queued
+        cells and stop running ones."""
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=cancel)
         if cancel:
-            for proc in list(getattr(self._pool, "_processes", {}).values() or []):
+            for proc in processes:
                 if proc.is_alive():
                     proc.terminate()
+            for proc in processes:
+                proc.join(timeout=5)
 
     def __enter__(self):
         return self

@@ -25,21 +25,29 @@ def cmd_run(args) -> int:
 
     from ..errors import ConfigError
     from ..registry import get_registry
-    from ..runner import Runner
+    from ..runner import Runner, process_started, start_executor
     from ..suite import load_suite
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give a number of workers >= 1")
     if args.device is not None and not re.match(r"^(cpu|cuda(:\d+)?|mps)$", args.device):
         raise ConfigError(f"--device {args.device!r}: expected cpu, cuda, cuda:N or mps")
-    suite = load_suite(args.suite)
     get_registry().get("executor", args.executor)
     if args.device and args.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: torch sees no CUDA device on this machine")
-    runner = Runner(suite, args.out, device=args.device, force=args.force)
+    # The workers start (and import torch) while the suite is validated; nothing is
+    # written before validation passes, and they are stopped if it fails.
+    pool = None if args.dry_run else start_executor(args.executor, args.workers)
+    try:
+        suite = load_suite(args.suite)
+        runner = Runner(suite, args.out, device=args.device, force=args.force)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(cancel=True)
+        raise
     if args.dry_run:
         done, to_run = runner.count()
         for line in runner.describe():
@@ -47,12 +55,12 @@ def cmd_run(args) -> int:
         print(f"{suite.name}: {done} cells done already, {to_run} to run (dry run: nothing was run)")
         return 0
     summary = runner.run(args.executor, args.workers, progress=not args.no_progress,
-                         command=["l2obench", *sys.argv[1:]])
+                         command=["l2obench", *sys.argv[1:]], pool=pool, started=process_started())
     outside = summary.wall_s - summary.compute_union_s
     print(f"{suite.name}: {summary.ran} cells run, {summary.done_before} were done already; "
           f"results in {summary.out}")
     if summary.ran:
-        print(f"time: {summary.wall_s:.1f} s wall; optimizer steps ran during {summary.compute_union_s:.1f} s of it "
+        print(f"time: {summary.wall_s:.1f} s wall since the command started; optimizer steps ran during {summary.compute_union_s:.1f} s of it "
               f"({summary.compute_sum_s:.1f} s summed over cells, {summary.workers} workers); "
               f"{outside:.1f} s ({100 * summary.outside_fraction:.1f}%) outside optimizer steps")
     for cell, error in summary.failed:
