@@ -41,6 +41,15 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def single_threaded():
+    """Tiny tensors: a second intra-op thread only spins, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_quadratic(seed: int, S: int, D: int, dtype):
     """Per-row quadratics ``0.5 ||A_s x_s - b_s||^2`` and a starting point, shapes ``(S, D)``."""
     g = torch.Generator().manual_seed(seed)
