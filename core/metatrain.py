@@ -353,7 +353,7 @@ def meta_train(
                 elif over_time:
                     stopped = "time limit"
                 if stopped != "completed":
-                    if validate and row["val_loss"] is None and not last_of_epoch:
+                    if validate and row["val_loss"] is None:
                         row["val_loss"] = run_validation(epoch)
                     break
             if stopped != "completed":

@@ -360,3 +360,11 @@ def test_time_limit_stops_and_validates():
     assert result.stopped == "time limit"
     assert len(result.history) < 250
     assert result.history[-1]["val_loss"] is not None
+
+
+def test_callback_stops_training_and_the_stopping_point_is_validated():
+    torch.manual_seed(0)
+    result = meta_train(TinyLearned(), QUAD, small_config(epochs=4, validate_every=3),
+                        progress=False, callback=lambda row: row["episode"] == 2)
+    assert result.stopped == "callback" and len(result.history) == 3
+    assert set(result.validation) == {0, 1} and result.history[-1]["val_loss"] == result.validation[1]
