@@ -6,13 +6,13 @@ Every variant is the same few pieces put together differently::
 
     gradient -> preprocessor -> [input layer] -> stacked LSTM -> head -> update
 
-A *preprocessor* turns gradients ``(S, D)`` into features ``(S, F, D)`` (identity,
+A *preprocessor* turns gradients ``(S, D)`` into features ``(F, S, D)`` (identity,
 the paper's log/sign of Appendix A, or RNNprop's Adam-like normalised inputs);
 the LSTM is shared by all coordinates and keeps one state per coordinate;
 the *head* maps the top hidden state to one number per coordinate (linear or
 tanh, times a scale).  Tensors inside the network are feature-major,
-``(S, features, D)``, so every gate matrix product is one large ``mm`` and
-gate slices are contiguous.
+``(features, S, D)``, so every gate matrix product is one thin matrix product
+over all seeds' coordinates and gate slices are contiguous.
 
 Speed (issue 6): one LSTM layer step is one :class:`torch.autograd.Function`
 (:func:`lstm_cell`) with a hand-written backward, numerically the step of
@@ -39,18 +39,30 @@ from l2obench.optimizer import Optimizer, State, step_count
 # -- the fused LSTM cell ---------------------------------------------------------
 
 
-def _mm(weight: Tensor, x: Tensor) -> Tensor:
-    """``weight @ x`` for feature-major ``x (S, K, D)``: one ``mm`` when ``S == 1``."""
-    if x.shape[0] == 1:
-        return torch.mm(weight, x[0]).unsqueeze(0)
-    return torch.matmul(weight, x)
+def _onednn_linear():
+    """oneDNN's matmul on ordinary tensors, if this torch build has it.  On CPUs
+    where MKL takes a slow path (AMD), it runs these thin products 2-3x faster."""
+    try:
+        if torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        pass
+    return None
 
 
-def _mm_t_sum(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_s a[s] @ b[s].T`` for ``a (S, M, D)``, ``b (S, K, D)``: a weight gradient ``(M, K)``."""
-    if a.shape[0] == 1:
-        return torch.mm(a[0], b[0].t())
-    return torch.bmm(a, b.transpose(1, 2)).sum(0)
+_ONEDNN = _onednn_linear()
+
+
+def _mm_nt(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b.T`` for 2-d tensors, through oneDNN for float32 on the CPU."""
+    global _ONEDNN
+    if (_ONEDNN is not None and a.dtype == torch.float32 and b.dtype == torch.float32 and a.device.type == "cpu"
+            and torch.backends.mkldnn.enabled and a.numel() and b.numel()):
+        try:
+            return _ONEDNN(a, b, None, "none", [], "")
+        except RuntimeError:  # pragma: no cover - a build whose oneDNN refuses; torch.mm always works
+            _ONEDNN = None
+    return torch.mm(a, b.t())
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,34 +75,31 @@ def _gate_order(hidden: int, device: torch.device) -> Tensor:
 class _LSTMCell(torch.autograd.Function):
     """One step of an LSTM layer for all coordinates, with a hand-written backward.
 
+    Tensors are feature-major ``(features, M)`` with ``M`` coordinates (all seeds'),
+    so each product is one thin matrix product and gate slices are contiguous.
     Gate rows are packed in the order ``i, f, o, g`` with the bias as the last
-    input column, so the forward is one ``mm`` and a single ``sigmoid`` over all
-    gates (``tanh(z) = 2 sigmoid(2z) - 1``: torch's CPU ``tanh`` is several times
-    slower than its ``sigmoid``).  The backward uses the saved activations and
-    ``sigmoid' = s (1 - s)`` for every gate at once.
+    input column (the input gets a row of ones), so the forward is one product
+    and one ``sigmoid`` over all gates: ``tanh(z) = 2 sigmoid(2z) - 1``, since
+    torch's CPU ``tanh`` is several times slower than its ``sigmoid``.  The
+    backward uses the saved activations and ``sigmoid' = s (1 - s)`` for every
+    gate at once; weight gradients are one product per step.
     """
 
     @staticmethod
     def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
-        hidden = h.shape[-2]
-        n_in = x.shape[-2]
-        S, _, D = h.shape
-        order = _gate_order(hidden, w_ih.device)
-        weight = torch.cat([w_ih, w_hh, (b_ih + b_hh).unsqueeze(1)], 1).index_select(0, order)
+        hidden = h.shape[0]
+        weight = torch.cat([w_ih, w_hh, (b_ih + b_hh).unsqueeze(1)], 1).index_select(0, _gate_order(hidden, h.device))
         forward_weight = weight.clone()
         forward_weight[3 * hidden:] *= 2
-        ones = torch.ones((), dtype=x.dtype, device=x.device).expand(S, 1, D)
-        inputs = torch.cat([x, h, ones], -2)  # (S, n_in + hidden + 1, D)
-        act = _mm(forward_weight, inputs).sigmoid_()  # i, f, o, sigmoid(2 z_g)
-        i, f, o, s_g = act.split(hidden, -2)
-        minus_one = torch.full((), -1.0, dtype=x.dtype, device=x.device)
-        g = torch.add(minus_one, s_g, alpha=2)  # tanh(z_g)
+        act = _mm_nt(forward_weight, _with_ones(x, h).t()).sigmoid_()  # i, f, o, sigmoid(2 z_g)
+        i, f, o, s_g = act.split(hidden, 0)
+        g = _two_x_minus_one(s_g)  # tanh(z_g)
         c_new = f * c
         c_new.addcmul_(i, g)
-        tanh_c = torch.add(minus_one, torch.sigmoid(c_new * 2), alpha=2)
+        tanh_c = _two_x_minus_one(torch.sigmoid(c_new * 2))
         h_new = o * tanh_c
-        ctx.save_for_backward(inputs, act, g, c, tanh_c, weight)
-        ctx.sizes = (n_in, hidden)
+        # x, h and c are kept alive by the graph anyway; the stacked inputs and g are rebuilt.
+        ctx.save_for_backward(x, h, c, act, tanh_c, weight)
         ctx.set_materialize_grads(False)
         return h_new, c_new
 
@@ -100,11 +109,11 @@ class _LSTMCell(torch.autograd.Function):
         need = ctx.needs_input_grad
         if d_h is None and d_c is None:
             return (None,) * 7
-        inputs, act, g, c, tanh_c, weight = ctx.saved_tensors
-        n_in, hidden = ctx.sizes
-        i, f, o, s_g = act.split(hidden, -2)
+        x, h, c, act, tanh_c, weight = ctx.saved_tensors
+        n_in, hidden = x.shape[0], h.shape[0]
+        i, f, o, s_g = act.split(hidden, 0)
         d_gates = torch.empty_like(act)
-        d_i, d_f, d_o, d_g = d_gates.split(hidden, -2)
+        d_i, d_f, d_o, d_g = d_gates.split(hidden, 0)
         if d_h is not None:
             torch.mul(d_h, tanh_c, out=d_o)
             d_tanh = d_h * o
@@ -114,28 +123,28 @@ class _LSTMCell(torch.autograd.Function):
         else:
             d_o.zero_()
             d_c_total = d_c
-        torch.mul(d_c_total, g, out=d_i)
+        torch.mul(d_c_total, _two_x_minus_one(s_g), out=d_i)
         torch.mul(d_c_total, c, out=d_f)
         torch.mul(d_c_total, i, out=d_g)
         # s (1 - s) for every gate; for g = tanh(z) = 2 s - 1 with s = sigmoid(2z),
         # dg/dz = 4 s (1 - s): that factor 4 is applied to the small weight matrices.
-        d_gates.mul_(torch.rsub(act, 1).mul_(act))
-        weight = weight.clone()
-        weight[3 * hidden:] *= 4
+        d_gates.mul_(torch.addcmul(act, act, act, value=-1))
         d_x = d_h_prev = d_c_prev = None
         if need[2]:
             d_c_prev = d_c_total * f
         if need[0] or need[1]:
-            rows = slice(0 if need[0] else n_in, n_in + hidden if need[1] else n_in)
-            d_inputs = _mm(weight[:, rows].t(), d_gates)
-            start = rows.start
+            weight = weight.clone()
+            weight[3 * hidden:] *= 4
+            first = 0 if need[0] else n_in
+            last = n_in + hidden if need[1] else n_in
+            d_inputs = _mm_nt(weight[:, first:last].t(), d_gates.t())
             if need[0]:
-                d_x = d_inputs[:, :n_in]
+                d_x = d_inputs[:n_in]
             if need[1]:
-                d_h_prev = d_inputs[:, n_in - start:n_in - start + hidden]
+                d_h_prev = d_inputs[n_in - first:]
         d_w_ih = d_w_hh = d_bias = None
         if any(need[3:]):
-            d_weight = _mm_t_sum(d_gates, inputs)
+            d_weight = _mm_nt(d_gates, _with_ones(x, h))
             d_weight[3 * hidden:] *= 4
             d_weight = d_weight.index_select(0, _gate_order(hidden, d_weight.device))  # torch's order
             d_w_ih, d_w_hh, d_bias = d_weight[:, :n_in], d_weight[:, n_in:n_in + hidden], d_weight[:, -1]
@@ -143,18 +152,56 @@ class _LSTMCell(torch.autograd.Function):
                 d_bias if need[5] else None, d_bias if need[6] else None)
 
 
+def _with_ones(x: Tensor, h: Tensor) -> Tensor:
+    """The stacked cell input ``[x; h; 1]``, ``(n_in + hidden + 1, M)``."""
+    ones = torch.ones((), dtype=h.dtype, device=h.device).expand(1, h.shape[1])
+    return torch.cat([x, h, ones], 0)
+
+
+def _two_x_minus_one(x: Tensor) -> Tensor:
+    return torch.add(torch.full((), -1.0, dtype=x.dtype, device=x.device), x, alpha=2)
+
+
+class _Linear(torch.autograd.Function):
+    """``weight @ x + bias[:, None]`` for feature-major ``x (K, M)``, products through :func:`_mm_nt`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return _mm_nt(weight, x.t()).add_(bias.unsqueeze(1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out):
+        x, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_x = _mm_nt(weight.t(), d_out.t()) if need[0] else None
+        d_weight = _mm_nt(d_out, x) if need[1] else None
+        d_bias = d_out.sum(1) if need[2] else None
+        return d_x, d_weight, d_bias
+
+
+def linear(x: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer`` applied to every coordinate of feature-major ``x (in, ...)``: ``(out, ...)``."""
+    out = _Linear.apply(x.reshape(x.shape[0], -1), layer.weight, layer.bias)
+    return out.view(-1, *x.shape[1:])
+
+
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell) -> tuple[Tensor, Tensor]:
-    """``cell``'s step for feature-major ``x (S, in, D)``, ``h, c (S, hidden, D)``: the
-    same numbers as ``cell(x_row, (h_row, c_row))`` for each of the ``S * D`` coordinates."""
-    return _LSTMCell.apply(x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    """``cell``'s step for feature-major ``x (in, ...)``, ``h, c (hidden, ...)``: the same
+    numbers as ``cell(x_row, (h_row, c_row))`` for every coordinate (column)."""
+    shape = h.shape
+    h_new, c_new = _LSTMCell.apply(x.reshape(x.shape[0], -1), h.reshape(shape[0], -1), c.reshape(shape[0], -1),
+                                   cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    return h_new.view(shape), c_new.view(shape)
 
 
-# -- preprocessors: gradients (S, D) -> features (S, F, D) ------------------------
+# -- preprocessors: gradients (S, D) -> features (F, S, D) ------------------------
 
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """Gradients ``(S, D)`` to LSTM input features ``(S, features, D)``, with optional
+    """Gradients ``(S, D)`` to LSTM input features ``(features, S, D)``, with optional
     state (``init(grads_like) -> state``, ``apply(grads, state) -> (features, state)``)."""
 
     features: int
@@ -164,7 +211,7 @@ class Preprocessor:
 
 def identity() -> Preprocessor:
     """The raw gradient as the only feature (the paper's quadratics)."""
-    return Preprocessor(1, lambda g, state: (g.unsqueeze(-2), state))
+    return Preprocessor(1, lambda g, state: (g.unsqueeze(0), state))
 
 
 def log_sign(p: float = 10.0) -> Preprocessor:
@@ -176,7 +223,7 @@ def log_sign(p: float = 10.0) -> Preprocessor:
         big = magnitude >= threshold
         log_part = torch.where(big, magnitude.clamp_min(1e-30).log() / p, -1.0)
         sign_part = torch.where(big, g.sign(), g * scale)
-        return torch.stack([log_part, sign_part], -2), state
+        return torch.stack([log_part, sign_part]), state
 
     return Preprocessor(2, apply)
 
@@ -194,7 +241,7 @@ def adam_normalised(beta1: float = 0.95, beta2: float = 0.95, eps: float = 1e-8)
         v = beta2 * state["v"] + (1 - beta2) * g * g
         c = count.unsqueeze(-1)
         root = (v / (1 - beta2**c)).sqrt() + eps
-        features = torch.stack([g / root, m / (1 - beta1**c) / root], -2)
+        features = torch.stack([g / root, m / (1 - beta1**c) / root])
         return features, {"m": m, "v": v, "count": count}
 
     return Preprocessor(2, apply, init)
@@ -211,7 +258,7 @@ class InputLayer(nn.Module):
         self.linear = nn.Linear(features, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.elu(torch.matmul(self.linear.weight, x) + self.linear.bias.unsqueeze(-1))
+        return F.elu(linear(x, self.linear))
 
 
 class StackedLSTM(nn.Module):
@@ -232,7 +279,7 @@ class StackedLSTM(nn.Module):
         self.hidden, self.averaged = hidden, averaged
 
     def init(self, grads: Tensor) -> State:
-        shape = (*grads.shape[:-1], self.hidden, grads.shape[-1])
+        shape = (self.hidden, *grads.shape)
         state = {}
         for k in range(len(self.cells)):
             state[f"h{k}"] = grads.new_zeros(shape)
@@ -244,15 +291,15 @@ class StackedLSTM(nn.Module):
         for k, cell in enumerate(self.cells):
             h, c = lstm_cell(x, state[f"h{k}"], state[f"c{k}"], cell)
             if self.averaged:
-                shared = h[..., :self.averaged, :].mean(-1, keepdim=True).expand(*h.shape[:-2], self.averaged, h.shape[-1])
-                h = torch.cat([shared, h[..., self.averaged:, :]], -2)
+                shared = h[:self.averaged].mean(-1, keepdim=True).expand(self.averaged, *h.shape[1:])
+                h = torch.cat([shared, h[self.averaged:]])
             new[f"h{k}"], new[f"c{k}"] = h, c
             x = h
         return x, new
 
 
 class Head(nn.Module):
-    """The top hidden state ``(S, hidden, D)`` to one update per coordinate ``(S, D)``:
+    """The top hidden state ``(hidden, S, D)`` to one update per coordinate ``(S, D)``:
     ``scale * squash(w . h + b)`` with ``squash`` the identity (paper) or tanh (RNNprop)."""
 
     def __init__(self, hidden: int, scale: float = 0.1, squash: str = "linear"):
@@ -263,7 +310,7 @@ class Head(nn.Module):
         self.scale, self.squash = scale, squash
 
     def forward(self, h: Tensor) -> Tensor:
-        out = torch.matmul(self.linear.weight, h).squeeze(-2) + self.linear.bias
+        out = linear(h, self.linear)[0]
         if self.squash == "tanh":
             out = torch.tanh(out)
         return out * self.scale
@@ -316,6 +363,7 @@ class LearnedLSTM(LearnedOptimizer):
         if DEFAULT not in networks:
             raise ConfigError(f"learned LSTM: a {DEFAULT!r} network is required, got {sorted(networks)}")
         self.networks = nn.ModuleDict(networks)
+        self.group_names = tuple(name for name in networks if name != DEFAULT)
         self.hyperparameters = dict(hyperparameters)
         self.coordinatewise = coordinatewise
         self._transform = transform
