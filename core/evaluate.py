@@ -61,5 +61,6 @@ def run(
         updates, state = optimizer.update(grad, state, params)
         params = params + updates
     bad = ~torch.isfinite(losses)
-    first = torch.where(bad.any(dim=1), bad.float().argmax(dim=1), torch.full_like(bad[:, 0], -1, dtype=torch.long))
+    never = torch.full((len(seeds),), -1, dtype=torch.long, device=losses.device)
+    first = torch.where(bad.any(dim=1), bad.float().argmax(dim=1), never) if steps else never
     return Trajectory(losses.cpu(), first.cpu())

@@ -263,3 +263,14 @@ def test_device_is_respected(family, device):
     if device == "cuda":
         cpu = run(get_registry().optimizer("sgd", lr=0.1), task, [0, 1], steps=3, device="cpu")
         torch.testing.assert_close(trajectory.losses, cpu.losses, rtol=1e-3, atol=1e-4)
+
+
+def test_run_records_the_first_non_finite_step_per_seed():
+    task = _task("quadratic", dim=5)
+    trajectory = run(get_registry().optimizer("sgd", lr=5.0), task, [0, 1, 2], steps=40)
+    for row, at in zip(trajectory.losses, trajectory.diverged_at.tolist()):
+        finite = torch.isfinite(row)
+        assert at == (-1 if finite.all() else int((~finite).nonzero()[0]))
+    assert (trajectory.diverged_at >= 0).any()
+    empty = run(get_registry().optimizer("sgd"), task, [0, 1], steps=0)
+    assert empty.losses.shape == (2, 0) and empty.diverged_at.tolist() == [-1, -1]
