@@ -356,8 +356,14 @@ class Runner:
         self.learned_tests: list[Cell] = []
         self.baseline_tests: list[tuple[tuple[str, str, int], int]] = []
         seen_tests: set[str] = set()
+        # A baseline is tuned once per task variant, to the longest horizon any [[test]] entry
+        # asks of it there; entries that overlap share their cells.
+        longest: dict[tuple[str, str], int] = {}
         for tv in s.tests:
-            hmax = max(tv.horizons)
+            for name in tv.optimizers:
+                key = (name, tv.task.id)
+                longest[key] = max(longest.get(key, 0), *tv.horizons)
+        for tv in s.tests:
             for name in tv.optimizers:
                 if name in s.learned:
                     opt = _learned_spec(s.learned[name], self.sources[name])
@@ -368,6 +374,7 @@ class Runner:
                             seen_tests.add(cell.key)
                             self.learned_tests.append(cell)
                     continue
+                hmax = longest[(name, tv.task.id)]
                 gkey = (name, tv.task.id, hmax)
                 group = self.groups.get(gkey)
                 if group is None:
@@ -608,7 +615,8 @@ class Runner:
             "suite_text": self.suite.text, "description": self.suite.model.suite.description,
             "references": self.suite.references, "status": "running",
             "variants": [{"task": tv.task.id, "family": tv.task.family, "horizons": list(tv.horizons),
-                          "optimizers": list(tv.optimizers), "entry": tv.entry} for tv in self.suite.tests],
+                          "optimizers": list(tv.optimizers), "entry": tv.entry, "config": tv.task.config}
+                         for tv in self.suite.tests],
             "baselines": list(self.suite.baselines), "learned": list(self.suite.learned),
             "tune_rule": self.suite.tune_rule, "test_seeds": self.suite.test_seeds,
             "validation_seeds": self.suite.validation_seeds,

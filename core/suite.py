@@ -592,16 +592,6 @@ class _Validator:
                                                  "[baselines]")
             for variant in self.task(t.task, f"{where}.task", grid=True):
                 tests.append(TestVariant(variant, tuple(dict.fromkeys(t.horizons)), chosen, i))
-        ids = {}
-        for tv in tests:
-            for h in tv.horizons:
-                for o in tv.optimizers:
-                    k = (o, tv.task.id, h)
-                    if k in ids:
-                        self.fail(f"test[{tv.entry}]", f"{o} @ {tv.task.id} @ T={h} is already tested by "
-                                                       f"test[{ids[k]}]; each cell once")
-                    ids[k] = tv.entry
-
         references = []
         variants = {(tv.task.id, h) for tv in tests for h in tv.horizons}
         for i, r in enumerate(m.reference):

@@ -237,3 +237,16 @@ def test_cell_keys_are_stable_and_editing_the_suite_keeps_finished_cells(tmp_pat
     assert set(keys) & fewer_seeds == {c.key for c in base.all_known_cells() if c.kind != "test"}
     spec = base.meta["lstm-tiny"].spec
     assert cell_key("meta-train", {**spec, "version": "l2obench 9.9"}) != base.meta["lstm-tiny"].key
+
+
+def test_overlapping_test_entries_share_cells(tmp_path):
+    overlap = TINY + '\n[[test]]\ntask = { family = "quadratic", dim = 8 }\nhorizons = [30, 10]\noptimizers = ["sgd"]\n'
+    runner = Runner(parse_suite(overlap, tmp_path / "s.toml"), tmp_path)
+    cells = runner.all_known_cells()
+    assert len({c.key for c in cells}) == len(cells)
+    tune8 = [c for g in runner.groups.values() if g.task.id == "quadratic[dim=8]" for c in g.cells]
+    assert {c.spec["horizon"] for c in tune8 if c.spec["optimizer"]["name"] == "sgd"} == {30}
+    assert {c.spec["horizon"] for c in tune8 if c.spec["optimizer"]["name"] == "adam"} == {20}
+    lines = runner.describe()
+    assert sum("sgd[tuned] @ quadratic[dim=8] @ T=10" in x for x in lines) == 1
+    assert sum("sgd[tuned] @ quadratic[dim=8] @ T=30" in x for x in lines) == 1
