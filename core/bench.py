@@ -1,0 +1,156 @@
+"""Speed benchmarks (issue 6): meta-training throughput on the paper's MNIST
+workload, and batched against one-seed-at-a-time evaluation.
+
+The meta-training workload is the paper's MNIST experiment (Sec. 3.2) exactly
+as ``naive_reference.py`` states it: the ``mnist-mlp`` task 784-20-10 sigmoid
+with minibatches of 128, the ``lstm`` optimizer (2 layers of 20 units,
+log/sign preprocessing with p = 10, output x 0.1), 100-step episodes, unrolls
+of 20, Adam(1e-3) on the meta-parameters, no clipping, second derivatives
+dropped, one optimizee per episode.  It runs through :func:`l2obench.metatrain.meta_train`;
+only the episodes after a warm-up episode are timed.  Ratios against the
+reference are measured in one invocation, the two interleaved, so both see the
+same machine load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+#: The paper's MNIST workload (Sec. 3.2), as naive_reference.py states it.
+LEARNED = ("lstm", dict(hidden=20, layers=2, preprocess=True, p=10.0, output_scale=0.1))
+TASK = ("mnist-mlp", dict(hidden=20, layers=1, activation="sigmoid", batch_size=128))
+HORIZON, UNROLL, META_LR = 100, 20, 1e-3
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: CPU model, cores, torch version and threads, device."""
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def metatrain_throughput(episodes: int = 5, *, horizon: int = HORIZON, unroll: int = UNROLL,
+                         device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Optimizee steps per second meta-training the paper's MNIST LSTM with
+    :func:`~l2obench.metatrain.meta_train`: one warm-up episode, then ``episodes``
+    timed ones (the clock runs from the end of the warm-up to the end of the last)."""
+    from .metatrain import MetaTrainConfig, meta_train
+    from .registry import get_registry
+
+    if episodes < 1:
+        raise ConfigError(f"bench metatrain: --episodes {episodes} must be at least 1")
+    reg = get_registry()
+    torch.manual_seed(seed)
+    lopt = reg.learned(LEARNED[0], **LEARNED[1])
+    task = reg.task(TASK[0], **TASK[1])
+    config = MetaTrainConfig(horizon=horizon, unroll=unroll, epochs=1, episodes_per_epoch=episodes + 1,
+                             meta_batch=1, lr=META_LR, clip=None, validation_seeds=0, seed=seed)
+    ends: list[float] = []
+    result = meta_train(lopt, task, config, device=device, progress=False,
+                        callback=lambda row: ends.append(time.perf_counter()) and None)
+    if _is_cuda(device):
+        torch.cuda.synchronize()
+    elapsed = ends[-1] - ends[0]
+    meta_losses = [row["meta_loss"] for row in result.history[1:]]
+    return {"steps_per_s": episodes * horizon / elapsed, "episodes": episodes, "horizon": horizon,
+            "unroll": unroll, "seconds": elapsed, "optimizee_dim": task.dim,
+            "final_meta_loss": meta_losses[-1], "skipped": result.skipped}
+
+
+def reference_throughput(path: str | os.PathLike, episodes: int, threads: int,
+                         data_dir: str | None = None) -> dict[str, Any]:
+    """Run the straightforward reference script (``naive_reference.py``) in a
+    subprocess and return its JSON line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"bench metatrain: --reference {str(path)!r} is not a file; "
+                          "point it at naive_reference.py")
+    cmd = [sys.executable, str(path), "--episodes", str(episodes), "--threads", str(threads)]
+    data_dir = data_dir or os.environ.get("L2OBENCH_DATA_DIR")
+    if data_dir:
+        cmd += ["--data", data_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"bench metatrain: the reference {path.name} failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
+def compare_metatrain(episodes: int, rounds: int, reference: str | os.PathLike, *, threads: int,
+                      device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The reference and ours, interleaved ``rounds`` times in one invocation; the
+    ratio of the medians, and each round's ratio."""
+    if rounds < 1:
+        raise ConfigError(f"bench metatrain: --rounds {rounds} must be at least 1")
+    ref_runs, our_runs = [], []
+    for _ in range(rounds):
+        ref_runs.append(reference_throughput(reference, episodes, threads)["steps_per_s"])
+        our_runs.append(metatrain_throughput(episodes, device=device)["steps_per_s"])
+    ours, ref = statistics.median(our_runs), statistics.median(ref_runs)
+    return {"steps_per_s": ours, "reference_steps_per_s": ref, "ratio": ours / ref,
+            "rounds": [{"ours": o, "reference": r, "ratio": o / r} for o, r in zip(our_runs, ref_runs)],
+            "episodes": episodes}
+
+
+def evaluate_throughput(optimizers: Sequence[str] = ("adam", "lstm"), *, seeds: int = 32, steps: int = 100,
+                        device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Seed-steps per second of :func:`l2obench.evaluate.run` on ``mnist-mlp``: all
+    ``seeds`` in one batched run against one run per seed, one after another.
+    ``max_abs_diff`` compares the two runs' losses (rows are independent, so it is ~0)."""
+    from .evaluate import run
+    from .registry import get_registry
+
+    if seeds < 1 or steps < 1:
+        raise ConfigError(f"bench evaluate: --seeds {seeds} and --steps {steps} must be at least 1")
+    reg = get_registry()
+    task = reg.task(TASK[0], **TASK[1])
+    seed_list = list(range(seeds))
+    out: dict[str, Any] = {}
+    for name in optimizers:
+        if name in reg.entries["learned"]:
+            torch.manual_seed(0)
+            lopt = reg.learned(name).to(device)
+            opt = lopt.opt_fn(task.groups)
+        else:
+            opt = reg.optimizer(name)
+        run(opt, task, seed_list[:2], 2, "test", device)  # warm-up: data on the device, first allocations
+        t0 = time.perf_counter()
+        batched = run(opt, task, seed_list, steps, "test", device)
+        t1 = time.perf_counter()
+        sequential = [run(opt, task, [s], steps, "test", device) for s in seed_list]
+        t2 = time.perf_counter()
+        one_by_one = torch.cat([traj.losses for traj in sequential])
+        diff = (batched.losses - one_by_one).abs().nan_to_num(nan=float("inf")).max()
+        b, s = seeds * steps / (t1 - t0), seeds * steps / (t2 - t1)
+        out[name] = {"batched_seed_steps_per_s": b, "sequential_seed_steps_per_s": s, "ratio": b / s,
+                     "max_abs_diff": float(diff)}
+    return {"task": TASK[0], "seeds": seeds, "steps": steps, "optimizers": out}
+
+
+def _is_cuda(device) -> bool:
+    return torch.device(device).type == "cuda"

@@ -1,0 +1,103 @@
+"""``l2obench bench``: speed benchmarks of meta-training and batched evaluation (issue 6)."""
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="speed benchmarks: meta-training and batched evaluation",
+                       description="Speed benchmarks on the paper's MNIST workload (see results/benchmarks.md).")
+    which = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+
+    m = which.add_parser("metatrain", help="optimizee steps per second meta-training the paper's MNIST LSTM",
+                         description="Meta-train the paper's MNIST LSTM (784-20-10 sigmoid MLP, batch 128, "
+                                     "2x20 LSTM, p=10, 100-step episodes, unrolls of 20, Adam 1e-3) and print "
+                                     "optimizee steps per second, timed after a warm-up episode.")
+    m.add_argument("--episodes", type=int, default=5, help="timed episodes (default 5)")
+    m.add_argument("--horizon", type=int, default=100, help="steps per episode (default 100, the workload's)")
+    m.add_argument("--unroll", type=int, default=20, help="steps per unroll (default 20, the workload's)")
+    m.add_argument("--reference", metavar="PATH",
+                   help="also run this naive_reference.py, interleaved with ours, and print the ratio")
+    m.add_argument("--rounds", type=int, default=1, help="interleaved reference/ours rounds with --reference")
+    _common(m)
+    m.set_defaults(func=cmd_metatrain)
+
+    e = which.add_parser("evaluate", help="seed-steps per second: 32 seeds batched against 32 runs in turn",
+                         description="Evaluate optimizers on mnist-mlp for many seeds in one batched run and "
+                                     "in one run per seed, and print seed-steps per second and the ratio.")
+    e.add_argument("--optimizers", default="adam,lstm", help="comma-separated optimizers (default adam,lstm)")
+    e.add_argument("--seeds", type=int, default=32, help="seeds (default 32)")
+    e.add_argument("--steps", type=int, default=100, help="steps per run (default 100)")
+    _common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _common(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, all cores)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+
+
+def _setup(args):
+    import torch
+
+    from ..errors import ConfigError
+    from .metatrain import resolve_device
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads} must be at least 1")
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def cmd_metatrain(args) -> int:
+    from .. import bench
+
+    device = _setup(args)
+    if args.reference:
+        if (args.horizon, args.unroll) != (bench.HORIZON, bench.UNROLL):
+            from ..errors import ConfigError
+
+            raise ConfigError("bench metatrain: --reference runs the paper's workload; leave --horizon and "
+                              "--unroll at their defaults")
+        out = bench.compare_metatrain(args.episodes, args.rounds, args.reference,
+                                      threads=_threads(), device=device)
+    else:
+        out = bench.metatrain_throughput(args.episodes, horizon=args.horizon, unroll=args.unroll, device=device)
+    out.update(device=str(device), machine=bench.machine())
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"meta-training: {out['steps_per_s']:.1f} optimizee steps/s ({args.episodes} episodes, "
+          f"{device}, {out['machine']['threads']} threads, {out['machine']['cpu']})")
+    if "ratio" in out:
+        for k, r in enumerate(out["rounds"], 1):
+            print(f"  round {k}: ours {r['ours']:.1f}, reference {r['reference']:.1f}, ratio {r['ratio']:.2f}")
+        print(f"reference: {out['reference_steps_per_s']:.1f} steps/s; ratio (medians) {out['ratio']:.2f}x")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .. import bench
+
+    device = _setup(args)
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
+    out = bench.evaluate_throughput(names, seeds=args.seeds, steps=args.steps, device=device)
+    out.update(device=str(device), machine=bench.machine())
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"evaluation on {out['task']}, {out['seeds']} seeds x {out['steps']} steps ({device}, "
+          f"{out['machine']['threads']} threads):")
+    for name, r in out["optimizers"].items():
+        print(f"  {name}: batched {r['batched_seed_steps_per_s']:.0f} seed-steps/s, one seed at a time "
+              f"{r['sequential_seed_steps_per_s']:.0f}, ratio {r['ratio']:.2f}x (max |loss diff| "
+              f"{r['max_abs_diff']:.2g})")
+    return 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

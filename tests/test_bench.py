@@ -1,0 +1,80 @@
+"""``l2obench bench``: the benchmarks run on tiny sizes and print valid JSON (speeds
+are not asserted here; results/benchmarks.md holds the measured figures)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from l2obench.cli import main
+
+
+def run_json(capsys, *argv):
+    assert main(["bench", *argv, "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    return json.loads(lines[0])
+
+
+def test_bench_metatrain_json(capsys):
+    out = run_json(capsys, "metatrain", "--episodes", "1", "--horizon", "4", "--unroll", "2", "--threads", "1")
+    assert out["steps_per_s"] > 0 and out["episodes"] == 1 and out["horizon"] == 4
+    assert out["optimizee_dim"] == 784 * 20 + 20 + 20 * 10 + 10  # the paper's 784-20-10 MLP
+    assert out["machine"]["threads"] == 1 and out["device"] == "cpu"
+
+
+def test_bench_metatrain_against_a_reference(capsys, tmp_path):
+    fake = tmp_path / "reference.py"
+    fake.write_text("import json, sys\nassert '--episodes' in sys.argv and '--threads' in sys.argv\n"
+                    "print('loading'); print(json.dumps({'steps_per_s': 1e9, 'episodes': 1}))\n")
+    out = run_json(capsys, "metatrain", "--episodes", "1", "--reference", str(fake))
+    assert len(out["rounds"]) == 1
+    assert out["reference_steps_per_s"] == 1e9
+    assert out["ratio"] == pytest.approx(out["steps_per_s"] / 1e9)
+
+
+def test_compare_metatrain_interleaves_rounds_and_takes_medians(monkeypatch):
+    from l2obench import bench
+
+    calls = []
+    ours, theirs = iter([30.0, 10.0, 20.0]), iter([5.0, 4.0, 100.0])
+    monkeypatch.setattr(bench, "metatrain_throughput",
+                        lambda episodes, device: calls.append("ours") or {"steps_per_s": next(ours)})
+    monkeypatch.setattr(bench, "reference_throughput",
+                        lambda path, episodes, threads: calls.append("reference") or {"steps_per_s": next(theirs)})
+    out = bench.compare_metatrain(2, 3, "naive_reference.py", threads=2)
+    assert calls == ["reference", "ours"] * 3
+    assert (out["steps_per_s"], out["reference_steps_per_s"], out["ratio"]) == (20.0, 5.0, 4.0)
+    assert [r["ratio"] for r in out["rounds"]] == [6.0, 2.5, 0.2]
+
+
+def test_bench_metatrain_reference_errors_are_one_line(capsys, tmp_path):
+    assert main(["bench", "metatrain", "--reference", str(tmp_path / "missing.py")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    broken = tmp_path / "broken.py"
+    broken.write_text("import sys\nsys.exit('no MNIST here')\n")
+    assert main(["bench", "metatrain", "--episodes", "1", "--reference", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reference broken.py failed" in err and "no MNIST here" in err and len(err.splitlines()) == 1
+    assert main(["bench", "metatrain", "--reference", sys.executable, "--horizon", "10"]) == 2
+    assert "leave --horizon" in capsys.readouterr().err
+
+
+def test_bench_evaluate_json(capsys):
+    out = run_json(capsys, "evaluate", "--seeds", "3", "--steps", "2", "--optimizers", "adam,lstm")
+    assert set(out["optimizers"]) == {"adam", "lstm"}
+    for r in out["optimizers"].values():
+        assert r["batched_seed_steps_per_s"] > 0 and r["sequential_seed_steps_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["batched_seed_steps_per_s"] / r["sequential_seed_steps_per_s"])
+        assert r["max_abs_diff"] < 1e-4  # batched rows are the one-seed runs
+
+
+def test_bench_rejects_bad_sizes_and_devices(capsys):
+    assert main(["bench", "evaluate", "--seeds", "0"]) == 2
+    assert main(["bench", "metatrain", "--episodes", "0"]) == 2
+    assert main(["bench", "evaluate", "--threads", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("l2obench: error:") for line in err)
+    assert main(["bench", "evaluate", "--optimizers", "nosuch"]) == 2
+    assert "unknown optimizer 'nosuch'" in capsys.readouterr().err
