@@ -21,7 +21,7 @@ import json
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -48,9 +48,11 @@ DESCENT_STEPS = 50
 
 def _property(max_examples: int = 20):
     """``@given`` settings of the kit: few examples, no deadline, derandomized (the
-    same examples on every run, so CI verdicts are stable), no example database."""
+    same examples on every run, so CI verdicts are stable), no example database,
+    and no explain phase (it reruns a failure hundreds of times to annotate it)."""
     return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck), print_blob=False)
+                    suppress_health_check=list(HealthCheck), print_blob=False,
+                    phases=(Phase.explicit, Phase.generate, Phase.shrink))
 
 
 def _kit_check(check: Callable) -> Callable:
@@ -130,11 +132,13 @@ def _identical(a: Tensor, b: Tensor) -> bool:
 
 
 def _run(opt: Optimizer, params: Tensor, grads: Sequence[Tensor]) -> tuple[list[Tensor], list[dict]]:
-    """Step ``opt`` through ``grads`` from ``init(params)``, adding each update to params."""
-    state = opt.init(params)
+    """Step ``opt`` through ``grads`` from ``init(params)``, adding each update to params.
+    Inputs are passed as copies, so an optimizer that writes into them fails
+    ``check_inputs_unchanged`` alone, not every check."""
+    state = opt.init(params.clone())
     updates, states = [], [state]
     for g in grads:
-        u, state = opt.update(g, state, params)
+        u, state = opt.update(g.clone(), state, params.clone())
         updates.append(u)
         states.append(state)
         params = params + u
@@ -463,7 +467,8 @@ def check_meta_gradients(lopt: LearnedOptimizer) -> None:
     """Unrolling ``lopt.opt_fn(groups)`` for a few steps on a small quadratic and
     backpropagating the final loss gives a finite, non-zero gradient for every
     meta-parameter (gradients of the optimizee are fed in as constants, the
-    paper's default, Sec. 2.1).  ``groups`` gives one coordinate to each of
+    paper's default, Sec. 2.1).  The unroll starts at 0, at least 0.5 from the
+    minimum in every coordinate.  ``groups`` gives one coordinate to each of
     ``lopt.group_names``, so per-group networks are reached too."""
     name = "check_meta_gradients"
     dtype = _meta_dtypes(lopt)[0]
@@ -477,9 +482,9 @@ def check_meta_gradients(lopt: LearnedOptimizer) -> None:
     @st.composite
     def draw(draw_):
         s, d = draw_(lst.shapes(1, 2, len(names) + 2, len(names) + 5))
-        a = draw_(lst.parameters((s, d), dtype, max_abs=2.0)).abs() + 0.5
-        c = draw_(lst.parameters((s, d), dtype, max_abs=2.0))
-        return a, c
+        a = draw_(lst.parameters((s, d), dtype, max_abs=0.5)).abs() + 0.5
+        c = draw_(lst.parameters((s, d), dtype, max_abs=1.5))
+        return a, c + 0.5 * torch.where(c < 0, -1.0, 1.0).to(dtype)
 
     @_property(3)
     @given(draw())
@@ -559,15 +564,19 @@ def check_state_round_trip(lopt: LearnedOptimizer, factory: Callable[..., Learne
         try:
             fresh = make(**hp)
         except (TypeError, ValueError, L2OError) as exc:
+            if label.startswith("registry"):
+                continue  # another learned optimizer, with other hyperparameters
             tried.append(f"{label}: {type(exc).__name__}: {exc}")
             continue
         if type(fresh) is not type(lopt):
-            tried.append(f"{label}: built a {type(fresh).__name__}")
+            if not label.startswith("registry"):
+                tried.append(f"{label}: built a {type(fresh).__name__}")
             continue
         try:
             fresh.load_state_dict(saved)
         except (RuntimeError, KeyError) as exc:
-            tried.append(f"{label}: load_state_dict failed: {str(exc).splitlines()[0]}")
+            detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            tried.append(f"{label}: load_state_dict failed: {detail[:300]}")
             continue
         with torch.no_grad():
             got, _ = _run(fresh.opt_fn(), params, grads)

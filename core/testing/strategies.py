@@ -18,6 +18,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import types
@@ -70,6 +71,7 @@ def _exactly(dtype: torch.dtype, x: float) -> float:
     return float(DTYPES[dtype](x))
 
 
+@functools.lru_cache(maxsize=None)
 def _tensor(dtype: torch.dtype, shape: Shape, elements: st.SearchStrategy[float]) -> st.SearchStrategy[torch.Tensor]:
     return arrays(DTYPES[dtype], shape, elements=elements).map(torch.from_numpy)
 
@@ -85,6 +87,7 @@ def _signed(magnitudes: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
     return st.tuples(st.booleans(), magnitudes).map(lambda t: -t[1] if t[0] else t[1])
 
 
+@functools.lru_cache(maxsize=None)
 def _magnitude(kind: str, dtype: torch.dtype) -> st.SearchStrategy[float]:
     info = np.finfo(DTYPES[dtype])
     w = _width(dtype)
@@ -104,18 +107,29 @@ def _magnitude(kind: str, dtype: torch.dtype) -> st.SearchStrategy[float]:
     raise ValueError(f"unknown gradient magnitude {kind!r}; choose from {', '.join(MAGNITUDES)}")
 
 
+@functools.lru_cache(maxsize=None)
+def _param_elements(dtype: torch.dtype, max_abs: float) -> st.SearchStrategy[float]:
+    return st.floats(-max_abs, max_abs, width=_width(dtype), allow_subnormal=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_elements(dtype: torch.dtype, magnitudes: tuple[str, ...]) -> st.SearchStrategy[float]:
+    return st.one_of(*[_signed(_magnitude(m, dtype)) for m in magnitudes])
+
+
+# Strategies are built once at import and take their arguments when drawn, since
+# building a strategy inside a draw costs more than the draw.
+@st.composite
+def _drawn_tensor(draw, shape, dtype, elements: Callable[[torch.dtype], st.SearchStrategy[float]]) -> torch.Tensor:
+    dt = draw(_as_strategy(dtype, dtypes()))
+    sh = draw(_as_strategy(shape, shapes()))
+    return draw(_tensor(dt, tuple(sh), elements(dt)))
+
+
 def parameters(shape: Shape | st.SearchStrategy | None = None, dtype: torch.dtype | st.SearchStrategy | None = None,
                max_abs: float = 10.0) -> st.SearchStrategy[torch.Tensor]:
     """Finite parameter tensors ``(S, D)`` with entries in ``[-max_abs, max_abs]``."""
-
-    @st.composite
-    def draw_params(draw):
-        dt = draw(_as_strategy(dtype, dtypes()))
-        sh = draw(_as_strategy(shape, shapes()))
-        elements = st.floats(-max_abs, max_abs, width=_width(dt), allow_subnormal=False)
-        return draw(_tensor(dt, tuple(sh), elements))
-
-    return draw_params()
+    return _drawn_tensor(shape, dtype, functools.partial(_param_elements, max_abs=float(max_abs)))
 
 
 def gradients(shape: Shape | st.SearchStrategy | None = None, dtype: torch.dtype | st.SearchStrategy | None = None,
@@ -123,22 +137,22 @@ def gradients(shape: Shape | st.SearchStrategy | None = None, dtype: torch.dtype
     """Finite gradient tensors ``(S, D)`` of mixed signs whose entries mix the
     ``magnitudes`` classes: exact zeros, subnormals, tiny (below 1e-30),
     moderate (1e-30 to 1e30) and huge (above 1e30) values."""
+    for m in magnitudes:
+        if m not in MAGNITUDES:
+            raise ValueError(f"unknown gradient magnitude {m!r}; choose from {', '.join(MAGNITUDES)}")
+    return _drawn_tensor(shape, dtype, functools.partial(_grad_elements, magnitudes=tuple(magnitudes)))
 
-    @st.composite
-    def draw_grads(draw):
-        dt = draw(_as_strategy(dtype, dtypes()))
-        sh = draw(_as_strategy(shape, shapes()))
-        elements = st.one_of(*[_signed(_magnitude(m, dt)) for m in magnitudes])
-        return draw(_tensor(dt, tuple(sh), elements))
 
-    return draw_grads()
+@st.composite
+def _sequence(draw, shape, dtype, steps, magnitudes) -> list[torch.Tensor]:
+    n = draw(steps)
+    return draw(st.lists(gradients(shape, dtype, magnitudes), min_size=n, max_size=n))
 
 
 def gradient_sequences(shape: Shape, dtype: torch.dtype, steps: int | st.SearchStrategy = st.integers(1, 3),
                        magnitudes: tuple[str, ...] = MAGNITUDES) -> st.SearchStrategy[list[torch.Tensor]]:
     """Lists of gradients of one shape and dtype, one per optimizer step."""
-    steps = _as_strategy(steps, st.integers(1, 3))
-    return steps.flatmap(lambda n: st.lists(gradients(shape, dtype, magnitudes), min_size=n, max_size=n))
+    return _sequence(shape, dtype, _as_strategy(steps, st.integers(1, 3)), tuple(magnitudes))
 
 
 # -- hyperparameters and configs --------------------------------------------------
