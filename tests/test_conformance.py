@@ -6,10 +6,7 @@ from l2obench.testing import parametrize_with_checks, registered_objects
 REGISTERED = registered_objects()
 
 #: registry name -> {check: reason}; each runs as xfail(strict=True), so a fix is noticed.
-EXPECTED_FAILURES: dict[str, dict[str, str]] = {
-    "lstm-groups": {"check_meta_gradients": "LearnedLSTM does not declare group_names ('conv', 'fc'), so the "
-                                            "kit's unroll cannot reach the per-group networks"},
-}
+EXPECTED_FAILURES: dict[str, dict[str, str]] = {}
 
 _NAMES = {id(obj): name for name, obj in REGISTERED.items()}
 
