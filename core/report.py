@@ -140,25 +140,33 @@ def curves_figure(test, task: str, horizon: int, palette, path: Path) -> None:
 
     plt, _ = _setup_matplotlib()
     data = test[(test["task"] == task) & (test["horizon"] == horizon)]
+    lows, tops = [], []
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.92)  # fixed: tight_layout is slow
     for (optimizer, opt_id), g in data.groupby(["optimizer", "optimizer_id"], sort=False):
         m = g.pivot_table(index="seed", columns="step", values="loss", aggfunc="first", dropna=False)
         values = m.to_numpy(dtype=float)
         values = np.where(np.isfinite(values), values, np.inf)
         steps = m.columns.to_numpy()
-        med = np.median(values, axis=0)
-        lo, hi = np.percentile(values, [2.5, 97.5], axis=0)
+        with np.errstate(invalid="ignore"):  # inf (diverged) seeds sit at the top of the band
+            med = np.median(values, axis=0)
+            lo, hi = np.percentile(values, [2.5, 97.5], axis=0)
         ok = np.isfinite(med) & (med > 0)
+        if ok.any():
+            tops.append(med[ok].max())
+            lows.append(np.nanmin(np.where(np.isfinite(lo) & (lo > 0), lo, np.nan)) if (lo > 0).any() else med[ok].min())
         color = palette.get(optimizer)
         ax.plot(steps[ok], med[ok], label=opt_id, color=color, lw=1.4)
         band = np.isfinite(lo) & np.isfinite(hi) & (lo > 0)
         ax.fill_between(steps[band], lo[band], hi[band], color=color, alpha=0.15, lw=0)
     ax.set_yscale("log")
+    if tops:  # a diverging seed's band would stretch the axis over dozens of decades
+        finite_lows = [x for x in lows if np.isfinite(x)]
+        ax.set_ylim(bottom=0.7 * min(finite_lows) if finite_lows else None, top=3 * max(tops))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"{task} @ T={horizon}", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -197,6 +205,7 @@ def meta_train_figure(meta, path: Path) -> None:
     plt, _ = _setup_matplotlib()
     names = list(dict.fromkeys(meta["optimizer"]))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.95, wspace=0.3)
     palette = _palette(names)
     for name in names:
         g = meta[meta["optimizer"] == name]
@@ -204,11 +213,10 @@ def meta_train_figure(meta, path: Path) -> None:
         va = g[g["metric"] == "validation_loss"].sort_values("step")
         axes[0].plot(tr["step"], tr["loss"], lw=0.8, color=palette[name], label=name)
         axes[1].plot(va["step"], va["loss"], marker="o", ms=3, color=palette[name], label=name)
-    axes[0].set(xlabel="episode", ylabel="meta-loss (weighted, summed over the horizon)", yscale="log")
-    axes[1].set(xlabel="epoch", ylabel="validation summed loss", yscale="log")
+    axes[0].set(xlabel="episode", ylabel="meta-loss", yscale="log")
+    axes[1].set(xlabel="epoch", ylabel="validation loss (summed)", yscale="log")
     for ax in axes:
         ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

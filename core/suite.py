@@ -584,8 +584,7 @@ class _Validator:
             else:
                 for j, name in enumerate(t.optimizers):
                     if name not in names:
-                        self.fail(f"{where}.optimizers[{j}]", unknown_name_message(
-                            "optimizer of this suite", name, names) + " (meta_train, checkpoint and baselines)")
+                        self.fail(f"{where}.optimizers[{j}]", _not_in_suite(name, names))
                 chosen = tuple(dict.fromkeys(t.optimizers))
             if not chosen:
                 self.fail(f"{where}.optimizers", "no optimizer to test; add [[meta_train]], [[checkpoint]] or "
@@ -597,7 +596,7 @@ class _Validator:
         for i, r in enumerate(m.reference):
             where = f"reference[{i}]"
             if r.optimizer not in names:
-                self.fail(f"{where}.optimizer", unknown_name_message("optimizer of this suite", r.optimizer, names))
+                self.fail(f"{where}.optimizer", _not_in_suite(r.optimizer, names))
             if (r.task, r.horizon) not in variants:
                 known = sorted({f"{v} @ T={h}" for v, h in variants})
                 close = difflib.get_close_matches(f"{r.task} @ T={r.horizon}", known, n=1)
@@ -606,6 +605,13 @@ class _Validator:
                                  f"variants: {', '.join(known[:8])}{' ...' if len(known) > 8 else ''}")
             references.append(r.model_dump())
         return Suite(self.path, self.text, m, learned, baselines, tests, references)
+
+
+def _not_in_suite(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"{name!r} is not an optimizer of this suite; {hint}its optimizers (from meta_train, checkpoint "
+            f"and baselines): {', '.join(names) or 'none'}")
 
 
 def _strip_annotated(annotation: Any) -> Any:
