@@ -10,11 +10,14 @@ out, they are drawn from :func:`shapes` and :func:`dtypes`.
 
 Example::
 
+    import torch
     from hypothesis import given
     from l2obench.testing import strategies as lst
 
-    @given(lst.gradients(shape=(2, 5), dtype=torch.float32))
-    def test_my_optimizer_is_finite(grads): ...
+    @given(lst.parameters(shape=(2, 5), dtype=torch.float32), lst.gradients(shape=(2, 5), dtype=torch.float32))
+    def test_my_optimizer_is_finite(params, grads):
+        updates, _ = my_optimizer().update(grads, my_optimizer().init(params), params)
+        assert torch.isfinite(updates).all()
 """
 from __future__ import annotations
 
