@@ -286,15 +286,19 @@ def cell_frame(cell: Cell, result: dict[str, Any]):
     return frame
 
 
-def _loss_matrix(frame):
-    """``(seeds, steps)`` losses of an evaluation cell's rows, seeds in the cell's order."""
+def _loss_matrix(directory: Path, key: str):
+    """``(seeds, steps)`` losses of a finished evaluation cell, seeds in the cell's order."""
     import numpy as np
+    import pyarrow.parquet as pq
 
-    seeds = list(dict.fromkeys(frame["seed"].tolist()))
-    T = int(frame["step"].max()) + 1
-    order = {s: i for i, s in enumerate(seeds)}
-    out = np.full((len(seeds), T), np.nan)
-    out[[order[s] for s in frame["seed"]], frame["step"].to_numpy()] = frame["loss"].to_numpy()
+    table = pq.read_table(store.cell_path(directory, key), columns=["seed", "step", "loss"])
+    seed, step, loss = (table.column(c).to_numpy() for c in ("seed", "step", "loss"))
+    seeds, rows = np.unique(seed, return_inverse=True)
+    order = np.argsort(np.unique(seed, return_index=True)[1])  # first-appearance order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    out = np.full((len(seeds), int(step.max()) + 1), np.nan)
+    out[rank[rows], step] = loss
     return out
 
 
@@ -394,7 +398,7 @@ class Runner:
         for gkey, group in self.groups.items():
             if all(c.key in self.done for c in group.cells):
                 for c in group.cells:
-                    self._losses[c.key] = _loss_matrix(store.read_cell(self.out, c.key, ["seed", "step", "loss"]))
+                    self._losses[c.key] = _loss_matrix(self.out, c.key)
                 self._choose(gkey)
 
     def _checkpoint_ok(self, name: str, cell: Cell) -> bool:
