@@ -13,10 +13,16 @@ A suite expands to three kinds of cells:
 
 Every cell runs all its seeds in one batched :func:`l2obench.evaluate.run`.  A
 finished cell is written at once and atomically to ``DIR/cells/<key>.parquet``,
-``key`` a hash of the cell's normalised config (full task config with defaults,
-all hyperparameters, seeds, split, horizon, device, the checkpoint it uses) and
-the versions of the plugins involved; a rerun skips finished cells, so a crash,
-Ctrl-C or SIGKILL loses only the cells in flight.
+``key`` a hash of the cell's normalised config (its id, the full task config with
+defaults, all hyperparameters, seeds, split, horizon, device, the meta-training
+cell or checkpoint it uses) and the versions of the plugins involved; a rerun
+skips finished cells, so a crash, Ctrl-C or SIGKILL loses only the cells in
+flight, and editing a suite reruns only the cells whose definition changed.
+
+``l2obench run`` prints how the wall time was spent: the time during which at
+least one optimizer step (inside :func:`~l2obench.evaluate.run` or
+:func:`~l2obench.metatrain.meta_train`) was running, against the wall time since
+the command started; the rest is start-up, scheduling, loading and writing.
 
 Cells run on an *executor* (plugin kind ``"executor"``, hook
 ``register_executors``): ``factory(workers) -> executor`` with
