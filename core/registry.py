@@ -135,8 +135,6 @@ class _RegisterError(PluginError):
 
 #: What every message about a third-party plugin tells the user to do.
 SWITCH_OFF = f"uninstall it, or switch it off with {DISABLE_ENV}=1 or an allow-list in {ALLOW_ENV}"
-
-
 SEE_HOOKS = "the hooks and their signatures are under 'Writing a plugin' in the l2obench README"
 
 
