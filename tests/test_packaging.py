@@ -194,3 +194,13 @@ def test_example_plugin_runs_in_a_suite(plugin_env, tmp_path):
     assert {k: v for k, v in summary.items() if k != "lion_versions"} == {
         "optimizers": ["adam", "lion"], "families": ["logistic-regression"], "finite": True, "seeds": [0, 1, 2, 3]}
     assert all("l2obench-example" in v for v in summary["lion_versions"]), summary["lion_versions"]
+
+
+def test_kit_pytest_plugin_checks_the_installed_distribution(plugin_env, tmp_path):
+    """``pytest --l2obench-conformance=l2obench-example``, as the README offers, with no test file at all."""
+    env, _ = plugin_env
+    proc = env.run("-m", "pytest", "-q", "-p", "no:cacheprovider", "--l2obench-conformance=l2obench-example",
+                   "-rA", cwd=tmp_path, timeout=400)
+    assert "l2obench[l2obench-example]::lion-check_zero_grad" in proc.stdout
+    assert "logistic-regression-check_task_batching" in proc.stdout
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
