@@ -103,18 +103,24 @@ def reference_throughput(path: str | os.PathLike, episodes: int, threads: int,
 
 def compare_metatrain(episodes: int, rounds: int, reference: str | os.PathLike, *, threads: int,
                       device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The reference and ours, interleaved ``rounds`` times in one invocation; the
-    ratio of the medians, and each round's ratio."""
+    """The reference and ours measured back to back ``rounds`` times in one
+    invocation (order alternating, reference first in odd rounds), so each
+    round's ratio compares runs that saw the same machine load.  ``ratio`` is the
+    median of the rounds' ratios."""
     if rounds < 1:
         raise ConfigError(f"bench metatrain: --rounds {rounds} must be at least 1")
-    ref_runs, our_runs = [], []
-    for _ in range(rounds):
-        ref_runs.append(reference_throughput(reference, episodes, threads)["steps_per_s"])
-        our_runs.append(metatrain_throughput(episodes, device=device)["steps_per_s"])
-    ours, ref = statistics.median(our_runs), statistics.median(ref_runs)
-    return {"steps_per_s": ours, "reference_steps_per_s": ref, "ratio": ours / ref,
-            "rounds": [{"ours": o, "reference": r, "ratio": o / r} for o, r in zip(our_runs, ref_runs)],
-            "episodes": episodes}
+    rows = []
+    for k in range(rounds):
+        first_reference = k % 2 == 0
+        if first_reference:
+            ref = reference_throughput(reference, episodes, threads)["steps_per_s"]
+        ours = metatrain_throughput(episodes, device=device)["steps_per_s"]
+        if not first_reference:
+            ref = reference_throughput(reference, episodes, threads)["steps_per_s"]
+        rows.append({"ours": ours, "reference": ref, "ratio": ours / ref})
+    return {"steps_per_s": statistics.median(r["ours"] for r in rows),
+            "reference_steps_per_s": statistics.median(r["reference"] for r in rows),
+            "ratio": statistics.median(r["ratio"] for r in rows), "rounds": rows, "episodes": episodes}
 
 
 def evaluate_throughput(optimizers: Sequence[str] = ("adam", "lstm"), *, seeds: int = 32, steps: int = 100,

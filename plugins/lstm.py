@@ -116,10 +116,11 @@ class _LSTMCell(torch.autograd.Function):
         d_i, d_f, d_o, d_g = d_gates.split(hidden, 0)
         if d_h is not None:
             torch.mul(d_h, tanh_c, out=d_o)
-            d_tanh = d_h * o
-            d_c_total = torch.addcmul(d_tanh, d_tanh * tanh_c, tanh_c, value=-1)
+            d_tanh_c = torch.addcmul(torch.ones((), dtype=o.dtype, device=o.device), tanh_c, tanh_c, value=-1).mul_(o)
             if d_c is not None:
-                d_c_total.add_(d_c)
+                d_c_total = torch.addcmul(d_c, d_h, d_tanh_c)
+            else:
+                d_c_total = d_tanh_c.mul_(d_h)
         else:
             d_o.zero_()
             d_c_total = d_c

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     m.add_argument("--unroll", type=int, default=20, help="steps per unroll (default 20, the workload's)")
     m.add_argument("--reference", metavar="PATH",
                    help="also run this naive_reference.py, interleaved with ours, and print the ratio")
-    m.add_argument("--rounds", type=int, default=1, help="interleaved reference/ours rounds with --reference")
+    m.add_argument("--rounds", type=int, default=1,
+                   help="with --reference: back-to-back reference/ours pairs, order alternating (default 1)")
     _common(m)
     m.set_defaults(func=cmd_metatrain)
 
@@ -74,7 +75,8 @@ def cmd_metatrain(args) -> int:
     if "ratio" in out:
         for k, r in enumerate(out["rounds"], 1):
             print(f"  round {k}: ours {r['ours']:.1f}, reference {r['reference']:.1f}, ratio {r['ratio']:.2f}")
-        print(f"reference: {out['reference_steps_per_s']:.1f} steps/s; ratio (medians) {out['ratio']:.2f}x")
+        print(f"reference: {out['reference_steps_per_s']:.1f} steps/s (median); ratio {out['ratio']:.2f}x "
+              f"(median of the rounds' ratios)")
     return 0
 
 
