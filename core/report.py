@@ -402,7 +402,7 @@ def write_report(directory: str | Path) -> dict[str, Path]:
         agg = first.groupby(["kind", "cell_id"], sort=False).agg(
             seeds=("seed", "size"), first_step=("diverged_step", "min"),
             seed_list=("seed", lambda s: ", ".join(map(str, list(s)[:8])) + (" ..." if len(s) > 8 else ""))
-        ).reset_index()
+        ).reset_index().sort_values("kind", key=lambda k: k != "test", kind="stable")
         blocks.append(Block("p", "A run diverged when its loss became NaN or inf; it is recorded with the "
                                  "first non-finite step and counted as inf when tuning and ranking."))
         blocks.append(Block("table", agg.rename(columns={"seeds": "diverged seeds", "first_step": "first step",
