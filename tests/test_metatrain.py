@@ -368,3 +368,59 @@ def test_callback_stops_training_and_the_stopping_point_is_validated():
                         progress=False, callback=lambda row: row["episode"] == 2)
     assert result.stopped == "callback" and len(result.history) == 3
     assert set(result.validation) == {0, 1} and result.history[-1]["val_loss"] == result.validation[1]
+
+
+def _straightforward_adam_loop(net: TinyLSTM, task, seeds, unrolls, steps, lr):
+    """The naive reference's training loop (shared/bench/naive_reference.py), on ``task``."""
+    adam = torch.optim.Adam(net.parameters(), lr)
+    theta = task.init(seeds).requires_grad_()
+    stream = task.batches("train", seeds)
+    state = net.initial_state(theta.numel())
+    for _ in range(unrolls):
+        meta = 0.0
+        for _ in range(steps):
+            loss = task.loss(theta, next(stream))
+            (g,) = torch.autograd.grad(loss.sum(), theta, retain_graph=True)
+            update, state = net(g.detach().reshape(-1), state)
+            theta = theta + update.reshape(theta.shape)
+            meta = meta + loss.mean()
+        adam.zero_grad()
+        meta.backward()
+        adam.step()
+        theta = theta.detach().requires_grad_()
+        state = tuple((h.detach(), c.detach()) for h, c in state)
+
+
+@pytest.mark.parametrize("family, config", [("quadratic", {"dim": 10}), ("mnist-mlp", {})])
+def test_lstm_plugin_in_meta_train_matches_the_naive_reference(family, config):
+    """Issue 6: the fast path (plugin LSTM, surrogate meta-loss) gives the numbers of the
+    straightforward implementation: same meta-parameters after two Adam steps."""
+    from l2obench import DataError, get_registry
+
+    reg = get_registry()
+    try:
+        task = FixedSeeds(reg.task(family, **config), [7])
+        task.init([0])
+    except DataError as exc:
+        pytest.skip(f"MNIST not available: {exc}")
+    torch.manual_seed(0)
+    lopt = reg.learned("lstm", hidden=20, p=10.0, output_scale=0.1)
+    naive = TinyLSTM(hidden=20, p=10.0, scale=0.1)
+    params = dict(lopt.named_parameters())
+    pairs = {"cell1": "lstm.cells.0", "cell2": "lstm.cells.1", "out": "head.linear"}
+    with torch.no_grad():
+        for name, p in naive.named_parameters():
+            prefix, leaf = name.rsplit(".", 1)
+            p.copy_(params[f"networks.default.{pairs[prefix]}.{leaf}"])
+    initial = {k: v.clone() for k, v in lopt.state_dict().items()}
+    config = MetaTrainConfig(horizon=6, unroll=3, epochs=1, episodes_per_epoch=1, lr=1e-3, clip=None,
+                             validation_seeds=0)
+    meta_train(lopt, task, config, progress=False)
+    _straightforward_adam_loop(naive, task, [7], unrolls=2, steps=3, lr=1e-3)
+    params = dict(lopt.named_parameters())
+    for name, p in naive.named_parameters():
+        prefix, leaf = name.rsplit(".", 1)
+        ours = params[f"networks.default.{pairs[prefix]}.{leaf}"]
+        assert torch.allclose(ours, p, rtol=1e-4, atol=1e-6), name
+        moved = ours - initial[f"networks.default.{pairs[prefix]}.{leaf}"]
+        assert moved.abs().max() > 1e-4, name  # two Adam steps moved it far beyond the tolerance
