@@ -54,10 +54,11 @@ _ONEDNN = _onednn_linear()
 
 
 def _mm_nt(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b.T`` for 2-d tensors, through oneDNN for float32 on the CPU."""
+    """``a @ b.T`` for 2-d tensors, through oneDNN for float32 on the CPU unless a
+    dimension is tiny (matrix-vector shapes, where MKL is faster)."""
     global _ONEDNN
     if (_ONEDNN is not None and a.dtype == torch.float32 and b.dtype == torch.float32 and a.device.type == "cpu"
-            and torch.backends.mkldnn.enabled and a.numel() and b.numel()):
+            and torch.backends.mkldnn.enabled and min(a.shape[0], a.shape[1], b.shape[0]) >= 16):
         try:
             return _ONEDNN(a, b, None, "none", [], "")
         except RuntimeError:  # pragma: no cover - a build whose oneDNN refuses; torch.mm always works
@@ -70,6 +71,33 @@ def _gate_order(hidden: int, device: torch.device) -> Tensor:
     """Row index taking torch's gate order i, f, g, o to i, f, o, g (and back: it is an involution)."""
     blocks = [torch.arange(k * hidden, (k + 1) * hidden) for k in (0, 1, 3, 2)]
     return torch.cat(blocks).to(device)
+
+
+def _packed_weights(w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
+    """The cell's weights for the fused step: rows in gate order i, f, o, g, the bias as
+    last column; the forward copy has the g rows doubled (``tanh(z) = 2 sigmoid(2z) - 1``),
+    the backward copy has them times 4 (``tanh'(z) = 4 s (1 - s)``)."""
+    hidden = w_hh.shape[1]
+    weight = torch.cat([w_ih, w_hh, (b_ih + b_hh).unsqueeze(1)], 1).index_select(0, _gate_order(hidden, w_ih.device))
+    forward, backward = weight.clone(), weight
+    forward[3 * hidden:] *= 2
+    backward[3 * hidden:] *= 4
+    return forward, backward
+
+
+#: columns per chunk when no graph is kept: the gates of one chunk stay in cache
+NO_GRAD_CHUNK = 16384
+
+
+def _cell_forward(weight: Tensor, x: Tensor, h: Tensor, c: Tensor):
+    """The fused step's arithmetic: activations (i, f, o, sigmoid(2 z_g)), c', tanh(c'), h'."""
+    hidden = h.shape[0]
+    act = _mm_nt(weight, _with_ones(x, h).t()).sigmoid_()
+    i, f, o, s_g = act.split(hidden, 0)
+    c_new = f * c
+    c_new.addcmul_(i, _two_x_minus_one(s_g))  # + i * tanh(z_g)
+    tanh_c = _two_x_minus_one(torch.sigmoid(c_new * 2))
+    return act, c_new, tanh_c, o * tanh_c
 
 
 class _LSTMCell(torch.autograd.Function):
@@ -87,19 +115,10 @@ class _LSTMCell(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
-        hidden = h.shape[0]
-        weight = torch.cat([w_ih, w_hh, (b_ih + b_hh).unsqueeze(1)], 1).index_select(0, _gate_order(hidden, h.device))
-        forward_weight = weight.clone()
-        forward_weight[3 * hidden:] *= 2
-        act = _mm_nt(forward_weight, _with_ones(x, h).t()).sigmoid_()  # i, f, o, sigmoid(2 z_g)
-        i, f, o, s_g = act.split(hidden, 0)
-        g = _two_x_minus_one(s_g)  # tanh(z_g)
-        c_new = f * c
-        c_new.addcmul_(i, g)
-        tanh_c = _two_x_minus_one(torch.sigmoid(c_new * 2))
-        h_new = o * tanh_c
+        forward_weight, backward_weight = _packed_weights(w_ih, w_hh, b_ih, b_hh)
+        act, c_new, tanh_c, h_new = _cell_forward(forward_weight, x, h, c)
         # x, h and c are kept alive by the graph anyway; the stacked inputs and g are rebuilt.
-        ctx.save_for_backward(x, h, c, act, tanh_c, weight)
+        ctx.save_for_backward(x, h, c, act, tanh_c, backward_weight)
         ctx.set_materialize_grads(False)
         return h_new, c_new
 
@@ -128,14 +147,12 @@ class _LSTMCell(torch.autograd.Function):
         torch.mul(d_c_total, c, out=d_f)
         torch.mul(d_c_total, i, out=d_g)
         # s (1 - s) for every gate; for g = tanh(z) = 2 s - 1 with s = sigmoid(2z),
-        # dg/dz = 4 s (1 - s): that factor 4 is applied to the small weight matrices.
+        # dg/dz = 4 s (1 - s): that factor 4 is in the g rows of the backward weights.
         d_gates.mul_(torch.addcmul(act, act, act, value=-1))
         d_x = d_h_prev = d_c_prev = None
         if need[2]:
             d_c_prev = d_c_total * f
         if need[0] or need[1]:
-            weight = weight.clone()
-            weight[3 * hidden:] *= 4
             first = 0 if need[0] else n_in
             last = n_in + hidden if need[1] else n_in
             d_inputs = _mm_nt(weight[:, first:last].t(), d_gates.t())
@@ -144,13 +161,26 @@ class _LSTMCell(torch.autograd.Function):
             if need[1]:
                 d_h_prev = d_inputs[n_in - first:]
         d_w_ih = d_w_hh = d_bias = None
-        if any(need[3:]):
+        if any(need[3:7]):
             d_weight = _mm_nt(d_gates, _with_ones(x, h))
             d_weight[3 * hidden:] *= 4
             d_weight = d_weight.index_select(0, _gate_order(hidden, d_weight.device))  # torch's order
             d_w_ih, d_w_hh, d_bias = d_weight[:, :n_in], d_weight[:, n_in:n_in + hidden], d_weight[:, -1]
         return (d_x, d_h_prev, d_c_prev, d_w_ih if need[3] else None, d_w_hh if need[4] else None,
                 d_bias if need[5] else None, d_bias if need[6] else None)
+
+
+def _cell_no_grad(x: Tensor, h: Tensor, c: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """The forward alone, ``NO_GRAD_CHUNK`` columns at a time (evaluation of many seeds)."""
+    columns = h.shape[1]
+    if columns <= NO_GRAD_CHUNK:
+        _, c_new, _, h_new = _cell_forward(weight, x, h, c)
+        return h_new, c_new
+    h_new, c_new = torch.empty_like(h), torch.empty_like(c)
+    for start in range(0, columns, NO_GRAD_CHUNK):
+        cols = slice(start, start + NO_GRAD_CHUNK)
+        _, c_new[:, cols], _, h_new[:, cols] = _cell_forward(weight, x[:, cols], h[:, cols], c[:, cols])
+    return h_new, c_new
 
 
 def _with_ones(x: Tensor, h: Tensor) -> Tensor:
@@ -192,8 +222,12 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell) -> tuple[Tenso
     """``cell``'s step for feature-major ``x (in, ...)``, ``h, c (hidden, ...)``: the same
     numbers as ``cell(x_row, (h_row, c_row))`` for every coordinate (column)."""
     shape = h.shape
-    h_new, c_new = _LSTMCell.apply(x.reshape(x.shape[0], -1), h.reshape(shape[0], -1), c.reshape(shape[0], -1),
-                                   cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    x, h, c = x.reshape(x.shape[0], -1), h.reshape(shape[0], -1), c.reshape(shape[0], -1)
+    if torch.is_grad_enabled():
+        h_new, c_new = _LSTMCell.apply(x, h, c, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    else:
+        forward_weight, _ = _packed_weights(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        h_new, c_new = _cell_no_grad(x, h, c, forward_weight)
     return h_new.view(shape), c_new.view(shape)
 
 
