@@ -12,7 +12,7 @@ from l2obench.checkpoint import load_checkpoint
 from l2obench.cli import main
 from l2obench.plugins import baselines, quadratic
 
-from test_metatrain import TinyPlugin
+from test_metatrain import TinyPlugin, single_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(autouse=True)
