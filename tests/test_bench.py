@@ -10,6 +10,16 @@ import pytest
 from l2obench.cli import main
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """``--threads`` sets torch's thread count for the whole process; put it back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_json(capsys, *argv):
     assert main(["bench", *argv, "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -28,7 +38,7 @@ def test_bench_metatrain_against_a_reference(capsys, tmp_path):
     fake = tmp_path / "reference.py"
     fake.write_text("import json, sys\nassert '--episodes' in sys.argv and '--threads' in sys.argv\n"
                     "print('loading'); print(json.dumps({'steps_per_s': 1e9, 'episodes': 1}))\n")
-    out = run_json(capsys, "metatrain", "--episodes", "1", "--reference", str(fake))
+    out = run_json(capsys, "metatrain", "--episodes", "1", "--reference", str(fake), "--threads", "1")
     assert len(out["rounds"]) == 1
     assert out["reference_steps_per_s"] == 1e9
     assert out["ratio"] == pytest.approx(out["steps_per_s"] / 1e9)
@@ -62,7 +72,7 @@ def test_bench_metatrain_reference_errors_are_one_line(capsys, tmp_path):
 
 
 def test_bench_evaluate_json(capsys):
-    out = run_json(capsys, "evaluate", "--seeds", "3", "--steps", "2", "--optimizers", "adam,lstm")
+    out = run_json(capsys, "evaluate", "--seeds", "3", "--steps", "2", "--optimizers", "adam,lstm", "--threads", "1")
     assert set(out["optimizers"]) == {"adam", "lstm"}
     for r in out["optimizers"].values():
         assert r["batched_seed_steps_per_s"] > 0 and r["sequential_seed_steps_per_s"] > 0
