@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .atomic import atomic_write_bytes
 from .errors import CheckpointError, L2OError
 
 FORMAT = "l2obench-checkpoint/1"
@@ -91,17 +92,7 @@ def save_checkpoint(path: str | os.PathLike, lopt: torch.nn.Module, name: str,
     from safetensors.torch import save
 
     data = save(tensors, metadata=metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, data)
     return digest
 
 

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from .atomic import atomic_write_bytes
+
 #: The fixed columns of the results table, with what they hold.
 COLUMNS: dict[str, str] = {
     "cell_id": "readable id, e.g. 'adam[lr=0.01] @ mnist-mlp[hidden=40] @ T=200'",
@@ -55,21 +57,6 @@ CELLS = "cells"
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either nothing or the whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def cell_path(directory: str | os.PathLike, key: str) -> Path:
