@@ -403,8 +403,6 @@ class Runner:
         self.chosen: dict[tuple[tuple[str, str, int], int], Cell] = {}
         for gkey, group in self.groups.items():
             if all(c.key in self.done for c in group.cells):
-                for c in group.cells:
-                    self._losses[c.key] = _loss_matrix(self.out, c.key)
                 self._choose(gkey)
 
     def _checkpoint_ok(self, name: str, cell: Cell) -> bool:
@@ -427,6 +425,9 @@ class Runner:
     def _choose(self, gkey) -> list[Cell]:
         """Once a tuning group is complete: the baseline's test cells with the chosen settings."""
         group = self.groups[gkey]
+        for c in group.cells:  # cells finished by an earlier, interrupted run are read back
+            if c.key not in self._losses:
+                self._losses[c.key] = _loss_matrix(self.out, c.key)
         new = []
         for h in group.horizons:
             best, scores = choose(group, self._losses, h, self.suite.tune_rule)

@@ -190,6 +190,25 @@ def test_thread_executor_gives_the_same_table_and_plans_resume(suite_file, refer
     assert Runner(load_suite(suite_file), tmp_path, force=True).count() == (0, CELLS)
 
 
+def test_resume_with_a_tuning_group_half_done(suite_file, reference, tmp_path):
+    """A run stopped between two tuning cells of one group resumes from the cells on disk."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    runner = Runner(load_suite(suite_file), copy)
+    group = next(iter(runner.groups.values()))
+    removed = [group.cells[-1].key] + [c.key for c in runner.chosen.values()]
+    for key in removed:
+        store.cell_path(copy, key).unlink()
+    runner = Runner(load_suite(suite_file), copy)
+    assert not any(k[0] == next(iter(runner.groups)) for k in runner.chosen)
+    summary = runner.run(pool=ThreadExecutor(1), progress=False, stream=open(os.devnull, "w"))
+    assert summary.ran == len(removed) and not summary.failed
+    pd.testing.assert_frame_equal(canonical(l2obench.load_results(copy)),
+                                  canonical(l2obench.load_results(reference)), check_exact=False, rtol=1e-6)
+
+
 def test_a_deleted_checkpoint_means_meta_training_again(suite_file, reference, tmp_path):
     import shutil
 
