@@ -3,10 +3,30 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from .errors import CheckpointError, ConfigError, DataError, L2OError, PluginError
 from .hookspecs import hookimpl
-from .learned import LearnedOptimizer
-from .optimizer import Optimizer, chain, scale, stateless
 from .registry import Registry, get_registry
-from .task import Task, TaskConfig, TaskFamily
+
+# The names below need torch; they are imported on first use, so that commands
+# that never touch a tensor (``l2obench report``, ``schema``, ``--help``) start fast.
+_LAZY = {
+    "LearnedOptimizer": "learned",
+    "Optimizer": "optimizer", "chain": "optimizer", "scale": "optimizer", "stateless": "optimizer",
+    "Task": "task", "TaskConfig": "task", "TaskFamily": "task",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'l2obench' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 try:
     __version__ = _version("l2obench")
