@@ -145,13 +145,20 @@ def read_file(key: str) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _load_pair(source: str) -> tuple[Tensor, Tensor]:
-    images = torch.from_numpy(read_file(f"{source}-images").astype(np.float32) / 255.0)
+    images = torch.from_numpy(read_file(f"{source}-images").copy())
     labels = torch.from_numpy(read_file(f"{source}-labels").astype(np.int64))
     return images, labels
 
 
-def load_mnist(split: str) -> tuple[Tensor, Tensor]:
-    """Images ``(N, 28, 28)`` float32 in [0, 1] and labels ``(N,)`` int64 of ``split``.
+def to_float(images: Tensor) -> Tensor:
+    """uint8 pixels to float32 in [0, 1]: ``pixel / 255``, the same bits as numpy's
+    ``astype(float32) / 255``."""
+    return images.to(torch.float32).div_(255)
+
+
+def load_mnist(split: str, *, raw: bool = False) -> tuple[Tensor, Tensor]:
+    """Images ``(N, 28, 28)`` float32 in [0, 1] (``raw=True``: the uint8 pixels) and
+    labels ``(N,)`` int64 of ``split``.
 
     Read and verified once per process; the tensors are shared, so do not
     change them in place.
@@ -160,9 +167,17 @@ def load_mnist(split: str) -> tuple[Tensor, Tensor]:
         raise ConfigError(f"unknown MNIST split {split!r}; allowed: {', '.join(SPLITS)}")
     source, rows = SPLITS[split]
     images, labels = _load_pair(source)
+    if not raw:
+        images = _float_images(source)
     return images[rows], labels[rows]
+
+
+@functools.lru_cache(maxsize=None)
+def _float_images(source: str) -> Tensor:
+    return to_float(_load_pair(source)[0])
 
 
 def clear_cache() -> None:
     """Forget the loaded data (tests, or after changing ``L2OBENCH_DATA_DIR``)."""
     _load_pair.cache_clear()
+    _float_images.cache_clear()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2obench import hookimpl
-from l2obench.data import load_mnist
+from l2obench.data import load_mnist, to_float
 from l2obench.task import TaskConfig, TaskFamily, seed_generator
 
 ACTIVATIONS = {
@@ -99,12 +99,13 @@ _DATA: dict[tuple[str, str, str], tuple[Tensor, Tensor]] = {}
 
 
 def split_data(split: str, digits: str, device) -> tuple[Tensor, Tensor]:
-    """Flat images ``(N, 784)`` and labels ``(N,)`` (indices into ``digits``) of
-    ``split`` on ``device``, kept once per process and device."""
+    """Flat uint8 images ``(N, 784)`` and labels ``(N,)`` (indices into ``digits``) of
+    ``split`` on ``device``, kept once per process and device.  Pixels stay uint8
+    until a minibatch is gathered: a quarter of the bytes to move."""
     device = torch.empty(0, device=device).device
     key = (split, digits, str(device))
     if key not in _DATA:
-        images, labels = load_mnist(split)
+        images, labels = load_mnist(split, raw=True)
         images = images.reshape(-1, PIXELS)
         if digits != "0123456789":
             wanted = torch.tensor([int(c) for c in digits])
@@ -119,15 +120,16 @@ def split_data(split: str, digits: str, device) -> tuple[Tensor, Tensor]:
 
 def minibatches(images: Tensor, labels: Tensor, split: str, seeds: Sequence[int],
                 batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless ``(x (S, B, 784), y (S, B))`` minibatches, row ``i`` drawn with
-    ``seed_generator(seeds[i], "batches", split)`` alone."""
+    """Endless ``(x (S, B, 784) float32, y (S, B))`` minibatches from uint8 ``images``,
+    row ``i`` drawn with ``seed_generator(seeds[i], "batches", split)`` alone."""
     generators = [seed_generator(s, "batches", split) for s in seeds]
     n, S = images.shape[0], len(seeds)
     while True:
         index = torch.stack([torch.randint(n, (_INDEX_CHUNK, batch_size), generator=g) for g in generators], 1)
         for rows in index.to(images.device):
             flat = rows.reshape(-1)
-            yield images.index_select(0, flat).view(S, batch_size, -1), labels.index_select(0, flat).view(S, batch_size)
+            x = to_float(images.index_select(0, flat)).view(S, batch_size, -1)
+            yield x, labels.index_select(0, flat).view(S, batch_size)
 
 
 # -- networks --------------------------------------------------------------------
@@ -147,15 +149,11 @@ class Layer:
 
 
 def _unflatten(params: Tensor, layers: Sequence[Layer]) -> list[tuple[Tensor, Tensor]]:
-    """Per-layer views ``(S, *weight)`` and ``(S, bias)`` of flat ``(S, dim)`` parameters."""
-    out, start = [], 0
-    for layer in layers:
-        n = math.prod(layer.weight)
-        w = params[:, start:start + n].unflatten(1, layer.weight)
-        b = params[:, start + n:start + layer.size]
-        out.append((w, b))
-        start += layer.size
-    return out
+    """Per-layer views ``(S, *weight)`` and ``(S, bias)`` of flat ``(S, dim)`` parameters,
+    taken by one ``split`` (its backward writes every piece's gradient into one tensor)."""
+    sizes = [n for layer in layers for n in (math.prod(layer.weight), layer.bias)]
+    pieces = params.split(sizes, dim=1)
+    return [(w.unflatten(1, layer.weight), b) for layer, w, b in zip(layers, pieces[0::2], pieces[1::2])]
 
 
 def _init(config: MNISTConfig, layers: Sequence[Layer], seeds, device) -> Tensor:

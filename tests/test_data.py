@@ -6,6 +6,7 @@ import gzip
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,6 +78,20 @@ def test_train_and_validation_are_the_two_ends_of_the_training_file():
     whole = torch.from_numpy(data.read_file("train-images").copy()).float() / 255
     assert torch.equal(train[0], whole[0]) and torch.equal(train[-1], whole[49_999])
     assert torch.equal(validation[0], whole[50_000]) and torch.equal(validation[-1], whole[-1])
+
+
+def test_to_float_gives_numpys_bits_for_every_pixel_value():
+    pixels = np.arange(256, dtype=np.uint8)
+    expected = torch.from_numpy(pixels.astype(np.float32) / 255.0)
+    assert torch.equal(data.to_float(torch.from_numpy(pixels)), expected)
+
+
+@needs_data
+def test_raw_images_are_the_uint8_pixels_of_the_float_ones():
+    raw, labels = data.load_mnist("validation", raw=True)
+    images, same_labels = data.load_mnist("validation")
+    assert raw.dtype == torch.uint8 and raw.shape == images.shape
+    assert torch.equal(data.to_float(raw), images) and torch.equal(labels, same_labels)
 
 
 @needs_data
