@@ -51,6 +51,14 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def _diff_text(mean: float, low: float, high: float) -> str:
+    """A paired difference with its 95% interval, marked when the interval excludes 0."""
+    if not math.isfinite(mean):
+        return ""
+    mark = " (lower)" if high < 0 else " (higher)" if low > 0 else ""
+    return f"{_ci_text(mean, low, high)}{mark}"
+
+
 def _ci_text(mean: float, low: float, high: float) -> str:
     if not math.isfinite(mean):
         return "diverged" if math.isinf(mean) or math.isnan(mean) else _fmt(mean)
@@ -107,11 +115,44 @@ def summarize(seeds, order: list[tuple[str, int]] | None = None):
     ref = table.set_index(["task", "horizon"]).index.map(lambda k: best.get(k, np.nan))
     with np.errstate(divide="ignore", invalid="ignore"):
         table["log10_vs_best_baseline"] = np.log10(table["final_mean"].to_numpy() / np.asarray(ref, dtype=float))
+    for metric in ("final", "summed"):
+        paired = _paired_vs_best_baseline(seeds, table, metric)
+        for end in ("mean", "low", "high"):
+            table[f"{metric}_vs_best_{end}"] = [paired.get(i, (np.nan,) * 3)[("mean", "low", "high").index(end)]
+                                               for i in table.index]
     if order:
         rank = {v: i for i, v in enumerate(order)}
         table["_o"] = [rank.get((t, h), len(rank)) for t, h in zip(table["task"], table["horizon"])]
         table = table.sort_values(["_o", "rank_final"], kind="stable").drop(columns="_o")
     return table.reset_index(drop=True)
+
+
+def _paired_vs_best_baseline(seeds, table, metric: str) -> dict[int, tuple[float, float, float]]:
+    """Per row of ``table`` (by index): the mean over shared test seeds of its ``metric``
+    minus that of the variant's best tuned baseline (lowest mean ``metric``), with a 95%
+    t-interval.  Every optimizer of a variant runs on the same test optimizees, so the
+    paired difference is what says "lower" with confidence.  NaN where a seed diverged."""
+    import numpy as np
+
+    out: dict[int, tuple[float, float, float]] = {}
+    for (task, horizon), rows in table.groupby(["task", "horizon"], sort=False):
+        baselines = rows[rows["optimizer_kind"] == "baseline"]
+        if baselines.empty:
+            continue
+        best = baselines.loc[baselines[f"{metric}_mean"].astype(float).idxmin(), "optimizer_id"]
+        part = seeds[(seeds["task"] == task) & (seeds["horizon"] == horizon)]
+        wide = part.pivot_table(index="seed", columns="optimizer_id", values=metric, aggfunc="first")
+        for i, opt_id in zip(rows.index, rows["optimizer_id"]):
+            both = wide[[opt_id, best]].dropna(how="all") if opt_id != best else None
+            if both is None or both.empty:
+                continue
+            diff = (both[opt_id] - both[best]).to_numpy(dtype=float)
+            if not np.isfinite(diff).all():
+                out[i] = (np.nan, np.nan, np.nan)
+                continue
+            ci = mean_ci(diff)
+            out[i] = (ci.mean, ci.low, ci.high)
+    return out
 
 
 # -- figures -----------------------------------------------------------------------------
@@ -325,8 +366,10 @@ def write_report(directory: str | Path) -> dict[str, Path]:
         lines = []
         for opt, g in wins.groupby("optimizer", sort=False):
             better = int((g["log10_vs_best_baseline"] < 0).sum())
+            sure = int(((g["final_vs_best_high"] < 0) & (g["summed_vs_best_high"] < 0)).sum())
             lines.append(f"**{opt}** has a lower mean final loss than every tuned baseline on {better} of "
-                         f"{len(g)} test variants")
+                         f"{len(g)} test variants, and lower final and summed losses with 95% confidence "
+                         f"(paired over the same test optimizees) on {sure}")
         blocks.append(Block("p", "; ".join(lines) + "."))
 
     refs = manifest.get("references") or []
@@ -355,7 +398,10 @@ def write_report(directory: str | Path) -> dict[str, Path]:
             "summed loss": [_ci_text(m, lo, hi) for m, lo, hi in zip(part["summed_mean"], part["summed_low"],
                                                                       part["summed_high"])],
             "rank (summed)": part["rank_summed"],
-            "vs best baseline (log10)": [_fmt(v, 3) for v in part["log10_vs_best_baseline"]],
+            "final − best baseline (paired)": [_diff_text(m, lo, hi) for m, lo, hi in zip(
+                part["final_vs_best_mean"], part["final_vs_best_low"], part["final_vs_best_high"])],
+            "summed − best baseline (paired)": [_diff_text(m, lo, hi) for m, lo, hi in zip(
+                part["summed_vs_best_mean"], part["summed_vs_best_low"], part["summed_vs_best_high"])],
             "diverged": [f"{d}/{n}" for d, n in zip(part["diverged"], part["seeds"])],
         })))
 

@@ -113,9 +113,19 @@ def test_report_files_and_numbers(run_dir):
     assert lstm20["rank_final"] == 2 and lstm20["log10_vs_best_baseline"] > 0
     sgd = summary[summary["optimizer"] == "sgd"]
     assert (sgd["diverged"] == 1).all() and (sgd["rank_final"] == 3).all()
+    # paired over the same test seeds against the best tuned baseline (adam: sgd has a diverged seed)
+    lstm_curves, _ = losses(10.0, 0.5)
+    paired = mean_ci(lstm_curves[:, -1] - curves[:, -1])
+    assert lstm10["final_vs_best_mean"] == pytest.approx(paired.mean)
+    assert lstm10["final_vs_best_high"] - lstm10["final_vs_best_low"] == pytest.approx(2 * paired.half_width)
+    assert lstm10["final_vs_best_high"] < 0 and lstm10["summed_vs_best_high"] < 0
+    assert lstm20["final_vs_best_low"] > 0
+    assert np.isnan(row["final_vs_best_mean"]) and sgd["final_vs_best_mean"].isna().all()
 
     text = (run_dir / "REPORT.md").read_text()
-    assert "**lstm-q** has a lower mean final loss than every tuned baseline on 1 of 2 test variants" in text
+    assert ("**lstm-q** has a lower mean final loss than every tuned baseline on 1 of 2 test variants, and "
+            "lower final and summed losses with 95% confidence (paired over the same test optimizees) on 1") in text
+    assert "(lower)" in text and "(higher)" in text
     assert "sgd[lr=0.01] @ quadratic[dim=10] @ T=6" in text  # a diverged test run, listed
     assert "tune sgd[lr=1.0] @ quadratic[dim=20] @ T=6" in text  # and diverged tuning runs
     assert "somebody's reproduction" in text and "12.5" in text

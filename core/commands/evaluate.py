@@ -8,7 +8,7 @@ import math
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate an optimizer or a checkpoint on a task",
-                       description="Final and summed losses over seeds, mean with 95%% t-interval.")
+                       description="Final and summed losses over seeds, mean with 95% t-interval.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--optimizer", metavar="NAME", help="a registered optimizer or (untrained) learned optimizer")
     which.add_argument("--checkpoint", metavar="FILE", help="a meta-trained optimizer saved by meta-train")
