@@ -54,6 +54,9 @@ def _init_worker(threads: int) -> None:
     flushed its queues by the time the interpreter exits."""
     atexit.register(_quick_exit)
     _exit_with_parent()
+    from l2obench.memory import keep_freed_memory
+
+    keep_freed_memory()
     import torch
 
     torch.set_num_threads(threads)
@@ -114,6 +117,9 @@ class LocalExecutor:
 def _call_with_threads(fn: Callable, threads: int, *args):
     import torch
 
+    from l2obench.memory import keep_freed_memory
+
+    keep_freed_memory()
     torch.set_num_threads(threads)
     return fn(*args)
 
