@@ -171,15 +171,18 @@ class _LSTMCell(torch.autograd.Function):
 
 
 def _cell_no_grad(x: Tensor, h: Tensor, c: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """The forward alone, ``NO_GRAD_CHUNK`` columns at a time (evaluation of many seeds)."""
-    columns = h.shape[1]
-    if columns <= NO_GRAD_CHUNK:
-        _, c_new, _, h_new = _cell_forward(weight, x, h, c)
-        return h_new, c_new
+    """The forward alone, ``NO_GRAD_CHUNK`` columns at a time (evaluation of many seeds),
+    each chunk's results written straight into the new state."""
+    columns, hidden = h.shape[1], h.shape[0]
     h_new, c_new = torch.empty_like(h), torch.empty_like(c)
     for start in range(0, columns, NO_GRAD_CHUNK):
         cols = slice(start, start + NO_GRAD_CHUNK)
-        _, c_new[:, cols], _, h_new[:, cols] = _cell_forward(weight, x[:, cols], h[:, cols], c[:, cols])
+        act = _mm_nt(weight, _with_ones(x[:, cols], h[:, cols]).t()).sigmoid_()
+        i, f, o, s_g = act.split(hidden, 0)
+        c_chunk, h_chunk = c_new[:, cols], h_new[:, cols]
+        torch.mul(f, c[:, cols], out=c_chunk)
+        c_chunk.addcmul_(i, _two_x_minus_one(s_g))
+        torch.mul(o, _two_x_minus_one(torch.sigmoid(c_chunk * 2)), out=h_chunk)
     return h_new, c_new
 
 

@@ -304,6 +304,21 @@ def test_fused_cell_matches_lstmcell_forward_and_gradients(needs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [4, 11, 64])
+def test_no_graph_cell_in_chunks_matches_lstmcell(monkeypatch, chunk):
+    """Without a graph the cell runs NO_GRAD_CHUNK columns at a time, writing into the new state."""
+    monkeypatch.setattr(lstm_plugin, "NO_GRAD_CHUNK", chunk)
+    torch.manual_seed(3)
+    cell = torch.nn.LSTMCell(3, 5).double()
+    x, h, c = (torch.randn(n, 2, 13, dtype=torch.float64) for n in (3, 5, 5))
+    with torch.no_grad():
+        h1, c1 = lstm_plugin.lstm_cell(x, h, c, cell)
+        h2, c2 = cell(x.flatten(1).t(), (h.flatten(1).t(), c.flatten(1).t()))
+    assert h1.shape == c1.shape == (5, 2, 13)
+    torch.testing.assert_close(h1.flatten(1), h2.t(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(c1.flatten(1), c2.t(), rtol=1e-12, atol=1e-14)
+
+
 def test_fused_cell_passes_gradcheck():
     torch.manual_seed(2)
     cell = torch.nn.LSTMCell(2, 3).double()
