@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 TEST_COMMAND = "pip install torch==2.13.0 && pip install -e '.[test]' && pytest"
 MAIN_COMMAND = ("pip install torch==2.13.0 && pip install -e . && "
-                "l2obench run suites/smoke.toml --out runs/smoke && l2obench report runs/smoke")
+                "l2obench run suites/smoke.toml --out runs/smoke --report")
 
 
 def section(title: str) -> str:

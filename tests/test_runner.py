@@ -103,6 +103,19 @@ def test_cli_run_twice_the_second_does_no_work_and_says_so(suite_file, reference
     assert any("adam[lr=" in x and "@ quadratic[dim=8] @ T=20" in x for x in lines)
 
 
+def test_cli_run_with_report_writes_the_report_after_the_last_cell(suite_file, reference, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    runner = Runner(load_suite(suite_file), copy)
+    store.cell_path(copy, runner.learned_tests[0].key).unlink()
+    assert main(["run", str(suite_file), "--out", str(copy), "--workers", "1", "--no-progress", "--report"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cells run" in out and "time with the report:" in out and "outside optimizer steps" in out
+    assert (copy / "REPORT.md").stat().st_size > 0 and (copy / "figures" / "heatmap.png").exists()
+
+
 def test_the_manifest_and_checkpoint(reference):
     manifest = store.read_manifest(reference)
     assert manifest["status"] == "complete" and len(manifest["cells"]) == CELLS

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 
 
 def add_parser(sub) -> None:
@@ -17,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="recompute every cell, even those already done")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are done; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report", action="store_true",
+                   help="when every cell is done, also write the report (as `l2obench report DIR` does)")
     p.set_defaults(func=cmd_run)
 
 
@@ -54,8 +58,11 @@ def cmd_run(args) -> int:
             print(line)
         print(f"{suite.name}: {done} cells done already, {to_run} to run (dry run: nothing was run)")
         return 0
+    if args.report:  # the plotting libraries load while the cells run
+        threading.Thread(target=_preload_report, name="l2obench-report-preload", daemon=True).start()
+    started = process_started()
     summary = runner.run(args.executor, args.workers, progress=not args.no_progress,
-                         command=["l2obench", *sys.argv[1:]], pool=pool, started=process_started())
+                         command=["l2obench", *sys.argv[1:]], pool=pool, started=started)
     outside = summary.wall_s - summary.compute_union_s
     print(f"{suite.name}: {summary.ran} cells run, {summary.done_before} were done already; "
           f"results in {summary.out}")
@@ -69,4 +76,23 @@ def cmd_run(args) -> int:
         print(f"l2obench: error: {len(summary.failed)} cells failed; fix the cause and rerun "
               f"(finished cells are kept)", file=sys.stderr)
         return 1
+    if args.report:
+        from ..report import write_report
+
+        paths = write_report(summary.out)
+        wall = time.time() - started
+        print(f"wrote {paths['markdown']}, {paths['html']}, {paths['summary']} and figures in {paths['figures']}")
+        if summary.ran:
+            print(f"time with the report: {wall:.1f} s wall; {wall - summary.compute_union_s:.1f} s "
+                  f"({100 * (1 - summary.compute_union_s / wall):.1f}%) outside optimizer steps")
     return 0
+
+
+def _preload_report() -> None:
+    try:
+        from ..report import _setup_matplotlib
+
+        _setup_matplotlib()
+        import pandas  # noqa: F401
+    except Exception:  # pragma: no cover - the report itself will say what is missing
+        pass
