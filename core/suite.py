@@ -129,7 +129,7 @@ def _without_callables(annotation: Any) -> Any:
 def _meta_train_model() -> type[BaseModel]:
     """``[[meta_train]]``: the entry's own keys plus every setting of
     :class:`l2obench.metatrain.MetaTrainConfig`, with its defaults and bounds."""
-    from .metatrain import MetaTrainConfig
+    from .config import MetaTrainConfig
 
     fields: dict[str, Any] = {
         "name": (Name, Field(description="the optimizer's name in this suite: cell ids, tables, figures")),
@@ -625,6 +625,6 @@ def _strip_annotated(annotation: Any) -> Any:
 
 
 def _meta_train_keys() -> list[str]:
-    from .metatrain import MetaTrainConfig
+    from .config import MetaTrainConfig
 
     return list(MetaTrainConfig.model_fields)

@@ -19,6 +19,7 @@ import pydantic
 import torch
 from torch import Tensor
 
+from .config import describe_validation_error, validate_model  # noqa: F401  (public here too)
 from .errors import ConfigError
 
 Split = Literal["train", "validation", "test"]
@@ -84,25 +85,3 @@ class TaskFamily:
         if config is None:
             config = self.validate(**params)
         return self.build(config)
-
-
-def validate_model(model: type[pydantic.BaseModel], params: Mapping[str, Any], where: str):
-    """Validate ``params`` against ``model``, turning pydantic's report into one line."""
-    try:
-        return model(**params)
-    except pydantic.ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, model, where)) from None
-
-
-def describe_validation_error(exc: pydantic.ValidationError, model: type[pydantic.BaseModel], where: str) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "<config>"
-    value = err.get("input")
-    if err["type"] == "extra_forbidden":
-        allowed = ", ".join(model.model_fields)
-        return f"{where}: unknown key {key!r} (value {value!r}); allowed keys: {allowed}"
-    msg = err["msg"]
-    ctx = err.get("ctx") or {}
-    if "expected" in ctx:
-        msg = f"expected {ctx['expected']}"
-    return f"{where}: invalid {key}={value!r}: {msg}"

@@ -204,3 +204,11 @@ def test_kit_pytest_plugin_checks_the_installed_distribution(plugin_env, tmp_pat
     assert "l2obench[l2obench-example]::lion-check_zero_grad" in proc.stdout
     assert "logistic-regression-check_task_batching" in proc.stdout
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_commands_that_need_no_tensor_do_not_import_torch():
+    """`l2obench report`, `schema` and `--help` start fast: nothing they import pulls in torch."""
+    code = ("import sys, l2obench, l2obench.cli, l2obench.suite, l2obench.report, l2obench.store;"
+            "l2obench.cli.build_parser(); l2obench.suite.json_schema(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,86 @@
+"""Configuration models that need no torch: the one-line validation of pydantic
+models, and :class:`MetaTrainConfig`, which suite files embed (so that validating a
+suite or printing its schema does not import torch)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Union
+
+import pydantic
+
+from .errors import ConfigError
+
+
+def validate_model(model: type[pydantic.BaseModel], params: Mapping[str, Any], where: str):
+    """Validate ``params`` against ``model``, turning pydantic's report into one line."""
+    try:
+        return model(**params)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, model, where)) from None
+
+
+def describe_validation_error(exc: pydantic.ValidationError, model: type[pydantic.BaseModel], where: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "<config>"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(model.model_fields)
+        return f"{where}: unknown key {key!r} (value {value!r}); allowed keys: {allowed}"
+    msg = err["msg"]
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        msg = f"expected {ctx['expected']}"
+    return f"{where}: invalid {key}={value!r}: {msg}"
+
+
+WEIGHTINGS = ("ones", "final", "unroll-final", "linear")
+WeightFn = Callable[[int, int], float]
+
+
+class MetaTrainConfig(pydantic.BaseModel):
+    """Settings of :func:`l2obench.metatrain.meta_train`; unknown keys and bad values are refused in one line.
+
+    ``weights`` are the ``w_t`` of Eq. 3 over the horizon (``t = 0 .. horizon-1``):
+    ``"ones"`` (the paper), ``"final"`` (only the last step of the horizon: unrolls
+    that do not contain it contribute no meta-gradient and are rolled forward
+    without a graph), ``"unroll-final"`` (the last step of every unroll),
+    ``"linear"`` (``w_t = (t+1)/horizon``), or, from Python, a function
+    ``w(t, horizon) -> float``.
+    ``validation_seeds = 0`` turns validation and early stopping off (the final
+    meta-parameters are kept).  ``time_limit_s`` stops training after that many
+    seconds (then the run is no longer reproducible by seed alone).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    horizon: int = pydantic.Field(100, gt=0, description="optimizee steps per episode (T)")
+    unroll: int = pydantic.Field(20, gt=0, description="steps per truncated-BPTT unroll (K)")
+    epochs: int = pydantic.Field(20, gt=0)
+    episodes_per_epoch: int = pydantic.Field(20, gt=0)
+    meta_batch: int = pydantic.Field(1, gt=0, description="optimizees (seeds) per episode, batched")
+    lr: float = pydantic.Field(1e-3, gt=0, description="Adam learning rate on the meta-parameters")
+    clip: float | None = pydantic.Field(1.0, gt=0, description="meta-gradient norm clipping (None: off)")
+    weights: Union[str, Callable[[int, int], float]] = "ones"
+    second_order: bool = False
+    validate_every: int = pydantic.Field(1, gt=0, description="epochs between validations")
+    validation_seeds: int = pydantic.Field(8, ge=0)
+    seed: int = 0
+    time_limit_s: float | None = pydantic.Field(None, gt=0)
+
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value):
+        if isinstance(value, str) and value not in WEIGHTINGS:
+            raise ValueError(f"expected one of {', '.join(WEIGHTINGS)} (or a function w(t, horizon) from Python)")
+        return value
+
+    @classmethod
+    def from_params(cls, **params) -> "MetaTrainConfig":
+        """Validate keyword settings, raising a one-line :class:`ConfigError`."""
+        return validate_model(cls, params, where="meta-train config")
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as JSON-ready data (a weight function is named, not serialised)."""
+        data = self.model_dump()
+        if callable(self.weights):
+            data["weights"] = getattr(self.weights, "__qualname__", repr(self.weights))
+        return data
