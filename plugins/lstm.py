@@ -89,15 +89,17 @@ def _packed_weights(w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> t
 NO_GRAD_CHUNK = 16384
 
 
-def _cell_forward(weight: Tensor, x: Tensor, h: Tensor, c: Tensor):
-    """The fused step's arithmetic: activations (i, f, o, sigmoid(2 z_g)), c', tanh(c'), h'."""
+def _cell_forward(weight: Tensor, x: Tensor, h: Tensor, c: Tensor, *, c_out: Tensor | None = None,
+                  h_out: Tensor | None = None):
+    """The fused step's arithmetic: activations (i, f, o, sigmoid(2 z_g)), c', tanh(c'), h';
+    c' and h' are written into ``c_out`` and ``h_out`` when given."""
     hidden = h.shape[0]
     act = _mm_nt(weight, _with_ones(x, h).t()).sigmoid_()
     i, f, o, s_g = act.split(hidden, 0)
-    c_new = f * c
+    c_new = torch.mul(f, c, out=c_out)
     c_new.addcmul_(i, _two_x_minus_one(s_g))  # + i * tanh(z_g)
     tanh_c = _two_x_minus_one(torch.sigmoid(c_new * 2))
-    return act, c_new, tanh_c, o * tanh_c
+    return act, c_new, tanh_c, torch.mul(o, tanh_c, out=h_out)
 
 
 class _LSTMCell(torch.autograd.Function):
@@ -173,16 +175,10 @@ class _LSTMCell(torch.autograd.Function):
 def _cell_no_grad(x: Tensor, h: Tensor, c: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     """The forward alone, ``NO_GRAD_CHUNK`` columns at a time (evaluation of many seeds),
     each chunk's results written straight into the new state."""
-    columns, hidden = h.shape[1], h.shape[0]
     h_new, c_new = torch.empty_like(h), torch.empty_like(c)
-    for start in range(0, columns, NO_GRAD_CHUNK):
+    for start in range(0, h.shape[1], NO_GRAD_CHUNK):
         cols = slice(start, start + NO_GRAD_CHUNK)
-        act = _mm_nt(weight, _with_ones(x[:, cols], h[:, cols]).t()).sigmoid_()
-        i, f, o, s_g = act.split(hidden, 0)
-        c_chunk, h_chunk = c_new[:, cols], h_new[:, cols]
-        torch.mul(f, c[:, cols], out=c_chunk)
-        c_chunk.addcmul_(i, _two_x_minus_one(s_g))
-        torch.mul(o, _two_x_minus_one(torch.sigmoid(c_chunk * 2)), out=h_chunk)
+        _cell_forward(weight, x[:, cols], h[:, cols], c[:, cols], c_out=c_new[:, cols], h_out=h_new[:, cols])
     return h_new, c_new
 
 

@@ -52,6 +52,19 @@ def pytest_report_header(config):
 
 
 @pytest.fixture
+def single_thread():
+    """One intra-op thread for tests of small tensors: a second thread only spins,
+    badly so on a busy 2-core machine.  Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def fresh_registry(monkeypatch):
     """Forget the process-wide registry before and after a test that changes what is installed
     or the plugin environment variables."""

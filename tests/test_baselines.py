@@ -41,13 +41,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def single_threaded():
-    """Tiny tensors: a second intra-op thread only spins, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def random_quadratic(seed: int, S: int, D: int, dtype):

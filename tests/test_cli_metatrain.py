@@ -12,7 +12,9 @@ from l2obench.checkpoint import load_checkpoint
 from l2obench.cli import main
 from l2obench.plugins import baselines, quadratic
 
-from test_metatrain import TinyPlugin, single_thread  # noqa: F401  (autouse fixture)
+from test_metatrain import TinyPlugin
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(autouse=True)

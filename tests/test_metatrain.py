@@ -15,13 +15,7 @@ from l2obench.metatrain import (MetaTrainConfig, horizon_weights, meta_train, un
 from l2obench.plugins.quadratic import family as quadratic
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is fastest, and two spin badly on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class TinyLearned(LearnedOptimizer):

@@ -17,14 +17,7 @@ needs_data = pytest.mark.skipif(not os.environ.get("L2OBENCH_DATA_DIR"),
                                 reason="L2OBENCH_DATA_DIR is not set (CI sets it to the MNIST files)")
 
 
-@pytest.fixture(autouse=True)
-def single_threaded():
-    """One intra-op thread: these tensors are small, and on a busy 2-core machine
-    a second spinning thread makes each step many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _task(family, **config):
