@@ -92,10 +92,15 @@ def unroll(
     The meta-loss is a mean over the optimizees (rows of ``params``) of
     ``sum_t w_t f(theta_t)``; with dropped second derivatives it is the surrogate
     ``sum_t w_t <grad_t, theta_t>`` whose meta-gradient equals that of the real
-    losses.  ``logged`` always holds the real weighted losses (detached).
+    losses.  ``logged`` always holds the real weighted losses (detached).  For an
+    optimizer with ``replay`` (and dropped second derivatives) the steps run
+    without a graph and the meta-loss reaches the meta-parameters through
+    ``replay``: the same meta-gradient, and the returned ``params`` have no graph.
     """
     rows = params.shape[0]
     need_graph = any(weights) and torch.is_grad_enabled()
+    if need_graph and not second_order and opt.replay is not None:
+        return _replayed_unroll(opt, task, params, state, stream, weights)
     meta: Tensor | None = None
     logged = torch.zeros((), dtype=params.dtype, device=params.device)
     for w in weights:
@@ -123,6 +128,42 @@ def unroll(
     if need_graph and meta is None:
         # Every weighted step sat at the unroll's (constant) start: zero meta-gradient.
         meta = torch.zeros((), dtype=params.dtype, device=params.device, requires_grad=True)
+    return Unroll(meta, logged, params, state)
+
+
+def _replayed_unroll(opt: Optimizer, task: Task, params: Tensor, state: State, stream: Iterator[Any],
+                     weights: Sequence[float]) -> Unroll:
+    """:func:`unroll` for an optimizer with ``replay``: the steps run without a graph,
+    then ``U = replay(grads, state, updates)`` carries the meta-parameters' graph and
+    the surrogate becomes ``sum_t w_t <grad_t, theta_0 + sum_{s<t} U_s>``, that is
+    ``sum_s <A_s, U_s>`` plus a constant, with ``A_s = sum_{t>s} w_t grad_t``."""
+    rows = params.shape[0]
+    start, start_state = params.detach(), state
+    grads, updates = [], []
+    logged = torch.zeros((), dtype=params.dtype, device=params.device)
+    params = start
+    with torch.no_grad():
+        for w in weights:
+            batch = next(stream)
+            with torch.enable_grad():
+                p = params.detach().requires_grad_(True)
+                loss = task.loss(p, batch)
+                (grad,) = torch.autograd.grad(loss.sum(), p)
+            if w:
+                logged = logged + loss.detach().sum() * (w / rows)
+            step, state = opt.update(grad, state, params)
+            grads.append(grad)
+            updates.append(step)
+            params = params + step
+    weighted = torch.stack([g * (w / rows) for g, w in zip(grads, weights)])
+    weighted[0] = 0  # f(theta_0) does not depend on the meta-parameters
+    if not weighted.any():
+        meta = torch.zeros((), dtype=params.dtype, device=params.device, requires_grad=True)
+        return Unroll(meta, logged, params, state)
+    after = weighted.flip(0).cumsum(0).flip(0)  # after[s] = sum_{t >= s} w_t grad_t
+    after = torch.cat([after[1:], torch.zeros_like(after[:1])])
+    replayed = opt.replay(torch.stack(grads), start_state, torch.stack(updates))
+    meta = (after * replayed).sum() + (weighted.sum(0) * start).sum()
     return Unroll(meta, logged, params, state)
 
 

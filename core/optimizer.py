@@ -26,6 +26,7 @@ from torch import Tensor
 State = dict[str, Tensor]
 InitFn = Callable[[Tensor], State]
 UpdateFn = Callable[[Tensor, State, Tensor], "tuple[Tensor, State]"]
+ReplayFn = Callable[[Tensor, State, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,22 @@ class Optimizer:
       history, so permuting coordinates permutes the updates.
     - ``zero_grad``: what a zero gradient does from a fresh state: ``"no-op"``
       (update exactly zero) or ``"any"`` (nothing promised, e.g. weight decay).
+
+    Learned optimizers may also give ``replay(grads, state, updates) -> updates``,
+    for meta-training with second derivatives dropped: ``grads`` and ``updates``
+    stack (along a new first dimension) what ``update`` took and returned over an
+    unroll of T steps starting from ``state``; ``replay`` returns ``updates`` as a
+    differentiable function of the meta-parameters, the gradients held constant.
+    The meta-trainer then runs the unroll's steps without an autograd graph and
+    backpropagates through ``replay`` once, which may compute the whole unroll's
+    backward in one go (the ``lstm`` plugin's fused kernel does).
     """
 
     init: InitFn
     update: UpdateFn
     coordinatewise: bool = True
     zero_grad: Literal["no-op", "any"] = "no-op"
+    replay: ReplayFn | None = None
 
     def with_flags(self, **flags) -> "Optimizer":
         return replace(self, **flags)

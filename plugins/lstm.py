@@ -14,10 +14,14 @@ tanh, times a scale).  Tensors inside the network are feature-major,
 ``(features, S, D)``, so every gate matrix product is one thin matrix product
 over all seeds' coordinates and gate slices are contiguous.
 
-Speed (issue 6): one LSTM layer step is one :class:`torch.autograd.Function`
+Speed: one LSTM layer step is one :class:`torch.autograd.Function`
 (:func:`lstm_cell`) with a hand-written backward, numerically the step of
 :class:`torch.nn.LSTMCell` (whose modules hold the meta-parameters, so
-initialisation and parameter layout are torch's).
+initialisation and parameter layout are torch's).  Networks of the paper's
+shape (no input layer, no averaging cells, linear head), float32 on the CPU,
+run on the fused kernel of :mod:`l2obench.plugins.lstm_kernel` where it can
+be built: its step when no graph is needed, and its whole-unroll backward
+through the optimizer's ``replay`` when meta-training.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ from l2obench import hookimpl
 from l2obench.errors import ConfigError
 from l2obench.learned import LearnedOptimizer
 from l2obench.optimizer import Optimizer, State, step_count
+
+from . import lstm_kernel
 
 # -- the fused LSTM cell ---------------------------------------------------------
 
@@ -236,11 +242,13 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell) -> tuple[Tenso
 @dataclass(frozen=True)
 class Preprocessor:
     """Gradients ``(S, D)`` to LSTM input features ``(features, S, D)``, with optional
-    state (``init(grads_like) -> state``, ``apply(grads, state) -> (features, state)``)."""
+    state (``init(grads_like) -> state``, ``apply(grads, state) -> (features, state)``).
+    A ``stateful`` preprocessor's features depend on earlier gradients too."""
 
     features: int
     apply: Callable[[Tensor, State], "tuple[Tensor, State]"]
     init: Callable[[Tensor], State] = lambda params: {}
+    stateful: bool = False
 
 
 def identity() -> Preprocessor:
@@ -278,7 +286,7 @@ def adam_normalised(beta1: float = 0.95, beta2: float = 0.95, eps: float = 1e-8)
         features = torch.stack([g / root, m / (1 - beta1**c) / root])
         return features, {"m": m, "v": v, "count": count}
 
-    return Preprocessor(2, apply, init)
+    return Preprocessor(2, apply, init, stateful=True)
 
 
 # -- network pieces -----------------------------------------------------------------
@@ -364,8 +372,109 @@ class LSTMNetwork(nn.Module):
         x, pre = self.preprocessor.apply(grads, _unprefixed("pre.", state))
         if self.encoder is not None:
             x = self.encoder(x)
-        top, lstm_state = self.lstm(x, state)
-        return self.head(top), {**_prefixed("pre.", pre), **lstm_state}
+        if not torch.is_grad_enabled() and x.dtype == torch.float32 and self.fused():
+            update, lstm_state = self._fused_step(x, state)
+        else:
+            top, lstm_state = self.lstm(x, state)
+            update = self.head(top)
+        return update, {**_prefixed("pre.", pre), **lstm_state}
+
+    # -- the fused kernel ------------------------------------------------------------
+
+    def fused(self) -> bool:
+        """Whether the fused kernel computes this network: the paper's shape (no input
+        layer, no averaging cells, linear head), float32 on the CPU, the kernel built."""
+        weight = self.head.linear.weight
+        return (self.encoder is None and not self.lstm.averaged and self.head.squash == "linear"
+                and weight.dtype == torch.float32 and weight.device.type == "cpu" and lstm_kernel.available())
+
+    def kernel_parameters(self) -> Tensor:
+        """The meta-parameters in the kernel's flat layout (lstm_kernel.cpp)."""
+        with torch.no_grad():
+            parts = []
+            for cell in self.lstm.cells:
+                parts += [torch.cat([cell.weight_ih, cell.weight_hh], 1).view(-1), cell.bias_ih + cell.bias_hh]
+            parts += [self.head.linear.weight.view(-1), self.head.linear.bias]
+            return torch.cat(parts)
+
+    def _states(self, state: State, m: int) -> tuple[list[Tensor], list[Tensor]]:
+        hidden, layers = self.lstm.hidden, range(len(self.lstm.cells))
+        return ([state[f"h{k}"].reshape(hidden, m).contiguous() for k in layers],
+                [state[f"c{k}"].reshape(hidden, m).contiguous() for k in layers])
+
+    def _fused_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        shape, hidden = x.shape[1:], self.lstm.hidden
+        m = shape.numel()
+        h, c = self._states(state, m)
+        out, h, c = lstm_kernel.step(self.kernel_parameters(), self.head.scale, x.reshape(x.shape[0], m).contiguous(),
+                                     h, c, hidden)
+        new = {}
+        for k in range(len(h)):
+            new[f"h{k}"], new[f"c{k}"] = h[k].view(hidden, *shape), c[k].view(hidden, *shape)
+        return out.view(shape), new
+
+    def replay(self, grads: Tensor, state: State, updates: Tensor) -> Tensor:
+        """``updates (T, ...)`` of an unroll from ``state`` fed ``grads (T, ...)``, as a
+        differentiable function of the meta-parameters (the ``Optimizer.replay`` contract).
+        On the kernel its backward is one call for the whole unroll; otherwise the steps are
+        recomputed with a graph."""
+        if self.preprocessor.stateful:
+            raise ConfigError("LSTM replay: a stateful preprocessor needs the states of every step")
+        steps, m = grads.shape[0], grads[0].numel()
+        if not (grads.dtype == torch.float32 and grads.device.type == "cpu" and self.fused()):
+            outs = []
+            for t in range(steps):
+                update, state = self.step(grads[t], state)
+                outs.append(update)
+            return torch.stack(outs)
+        x = self.preprocessor.apply(grads, {})[0]  # (F, T, ...)
+        x = x.reshape(x.shape[0], steps, m).transpose(0, 1).contiguous()
+        h0, c0 = self._states(state, m)
+        weights = [w for cell in self.lstm.cells for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+        return _Replay.apply(_Unrolled(self, self.kernel_parameters(), x, h0, c0, updates.detach()), *weights,
+                             self.head.linear.weight, self.head.linear.bias)
+
+
+@dataclass
+class _Unrolled:
+    """What the kernel's backward of one unroll needs: the network, its flat meta-parameters,
+    the LSTM inputs ``x (T, F, M)``, the state before the unroll, and the updates made."""
+
+    net: LSTMNetwork
+    params: Tensor
+    x: Tensor
+    h0: list
+    c0: list
+    updates: Tensor
+
+
+class _Replay(torch.autograd.Function):
+    """Returns the unroll's updates; the backward is the kernel's backpropagation through
+    the whole unroll, split into the gradients of each LSTM layer's and the head's weights."""
+
+    @staticmethod
+    def forward(ctx, unrolled: _Unrolled, *weights):
+        ctx.unrolled = unrolled
+        return unrolled.updates
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_updates):
+        u = ctx.unrolled
+        net, hidden = u.net, u.net.lstm.hidden
+        d_out = d_updates.reshape(u.x.shape[0], -1).contiguous()
+        flat = lstm_kernel.unroll_backward(u.params, net.head.scale, u.x, u.h0, u.c0, d_out, hidden)
+        grads, at = [], 0
+        for cell in net.lstm.cells:
+            n_in = cell.weight_ih.shape[1]
+            w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
+            at += w.numel()
+            bias = flat[at:at + 4 * hidden]
+            at += 4 * hidden
+            grads += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), bias, bias.clone()]
+        grads += [flat[at:at + hidden].view(1, hidden), flat[at + hidden:at + hidden + 1]]
+        del ctx.unrolled
+        return (None, *grads)
 
 
 def _prefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
@@ -450,7 +559,12 @@ class LearnedLSTM(LearnedOptimizer):
 
         # Coordinates served by different networks are not interchangeable.
         split = any(name in networks and name != DEFAULT for name in (groups or {}))
-        return Optimizer(init, update, coordinatewise=self.coordinatewise and not split, zero_grad="any")
+        default = networks[DEFAULT]
+        replay = None
+        if not split and not default.preprocessor.stateful and default.fused():
+            replay = default.replay
+        return Optimizer(init, update, coordinatewise=self.coordinatewise and not split, zero_grad="any",
+                         replay=replay)
 
 
 # -- task transforms ----------------------------------------------------------------

@@ -20,7 +20,7 @@ from . import strategies
 from .checks import (CHECK_NAMES, LEARNED_OPTIMIZER_CHECKS, OPTIMIZER_CHECKS, TASK_FAMILY_CHECKS,
                      check_batched_equals_rows, check_config_errors, check_coordinates_independent,
                      check_descent_on_quadratic, check_deterministic, check_inputs_unchanged,
-                     check_learned_optimizer, check_meta_gradients, check_object, check_optimizer,
+                     check_learned_optimizer, check_meta_gradients, check_object, check_optimizer, check_replay,
                      check_permutation_equivariant, check_state_round_trip, check_state_structure,
                      check_task_batching, check_task_deterministic, check_task_family,
                      check_task_finite_at_init, check_updates_finite, check_zero_grad, checks_for,
@@ -40,6 +40,6 @@ __all__ = [
     "OPTIMIZER_CHECKS", "LEARNED_OPTIMIZER_CHECKS", "TASK_FAMILY_CHECKS", "CHECK_NAMES",
     "check_state_structure", "check_inputs_unchanged", "check_updates_finite", "check_deterministic",
     "check_permutation_equivariant", "check_coordinates_independent", "check_batched_equals_rows",
-    "check_zero_grad", "check_descent_on_quadratic", "check_meta_gradients", "check_state_round_trip",
+    "check_zero_grad", "check_descent_on_quadratic", "check_meta_gradients", "check_replay", "check_state_round_trip",
     "check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_config_errors",
 ]

@@ -34,7 +34,7 @@ from . import strategies as lst
 __all__ = [
     "check_state_structure", "check_inputs_unchanged", "check_updates_finite", "check_deterministic",
     "check_permutation_equivariant", "check_coordinates_independent", "check_batched_equals_rows", "check_zero_grad",
-    "check_descent_on_quadratic", "check_meta_gradients", "check_state_round_trip",
+    "check_descent_on_quadratic", "check_meta_gradients", "check_replay", "check_state_round_trip",
     "check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_config_errors",
     "OPTIMIZER_CHECKS", "LEARNED_OPTIMIZER_CHECKS", "TASK_FAMILY_CHECKS", "CHECK_NAMES",
     "checks_for", "check_optimizer", "check_learned_optimizer", "check_task_family", "check_object",
@@ -515,6 +515,59 @@ def check_meta_gradients(lopt: LearnedOptimizer) -> None:
     prop()
 
 
+@_kit_check
+@_applies_when(lambda lopt: lopt.opt_fn().replay is not None)
+def check_replay(lopt: LearnedOptimizer) -> None:
+    """For a learned optimizer whose ``opt_fn()`` has ``replay``: after 4 steps on a
+    small quadratic run without a graph, ``replay(grads, state, updates)`` returns the
+    updates made, and the gradient of ``sum_t <v_t, updates_t>`` (random ``v``) with
+    respect to every meta-parameter through it equals that through the same steps
+    run with a graph, the gradients held constant."""
+    name = "check_replay"
+    dtype = _meta_dtypes(lopt)[0]
+    meta = [(n, p) for n, p in lopt.named_parameters() if p.requires_grad]
+
+    @st.composite
+    def draw(draw_):
+        s, d = draw_(lst.shapes(1, 2, 1, 20))
+        a = draw_(lst.parameters((s, d), dtype, max_abs=0.5)).abs() + 0.5
+        c = draw_(lst.parameters((s, d), dtype, max_abs=1.5))
+        v = draw_(lst.parameters((4, s, d), dtype, max_abs=1.0))
+        return a, c, v
+
+    @_property(5)
+    @given(draw())
+    def prop(example):
+        a, c, v = example
+        opt = lopt.opt_fn()
+        params = torch.zeros_like(c)
+        start = state = opt.init(params)
+        grads, updates = [], []
+        with torch.no_grad():
+            for _ in range(v.shape[0]):
+                grads.append(a * (params - c))
+                update, state = opt.update(grads[-1], state, params)
+                updates.append(update)
+                params = params + update
+        with torch.enable_grad():
+            replayed = opt.replay(torch.stack(grads), start, torch.stack(updates))
+            if not _close(replayed.detach(), torch.stack(updates)):
+                _fail(name, "replay did not return the updates the steps made", curvatures=a, centre=c)
+            got = torch.autograd.grad((v * replayed).sum(), [p for _, p in meta], allow_unused=True)
+            state, total = start, 0
+            for g, w in zip(grads, v):
+                update, state = opt.update(g, state, None)
+                total = total + (w * update).sum()
+            want = torch.autograd.grad(total, [p for _, p in meta], allow_unused=True)
+        for (n, _), x, y in zip(meta, got, want):
+            if (x is None) != (y is None) or (x is not None and not _close(x, y)):
+                _fail(name, f"the meta-gradient of {n} through replay differs from the one through the steps "
+                            f"(max difference {(x - y).abs().max().item() if x is not None and y is not None else 'n/a'})",
+                      curvatures=a, centre=c)
+
+    prop()
+
+
 def _candidate_factories(lopt: LearnedOptimizer) -> list[tuple[str, Callable]]:
     """How the kit rebuilds ``lopt`` from its hyperparameters: every registered
     learned optimizer whose factory accepts them and gives the same class, then the class itself."""
@@ -589,7 +642,7 @@ def check_state_round_trip(lopt: LearnedOptimizer, factory: Callable[..., Learne
 
 LEARNED_OPTIMIZER_CHECKS: tuple[Callable, ...] = (
     *(_on_opt_fn(c) for c in OPTIMIZER_CHECKS if c is not check_descent_on_quadratic),
-    check_meta_gradients, check_state_round_trip,
+    check_meta_gradients, check_replay, check_state_round_trip,
 )
 
 

@@ -1,0 +1,367 @@
+// The paper's coordinatewise LSTM optimizer (stacked LSTM layers shared by all
+// coordinates, a linear head), fused for float32 on the CPU.  Built and loaded
+// by l2obench.plugins.native; the torch implementation in lstm.py is the
+// reference it is tested against.
+//
+// Tensors are feature-major, (features, M) for M coordinates, as in lstm.py.
+// Coordinates are processed in tiles of VL (one vector register of floats);
+// everything one tile needs stays in cache.  Two entry points:
+//
+//   l2o_lstm_step: one optimizer step for every coordinate (no graph).
+//   l2o_lstm_unroll_backward: the meta-gradient of an unroll of T steps with
+//     the LSTM inputs held constant (second derivatives dropped): for each
+//     tile, the T forward steps are recomputed from the state at the start
+//     of the unroll, then backpropagated through time.  Coordinates are
+//     independent, so tiles are too; weight gradients are summed per fixed
+//     block of tiles and the blocks in order, so the result does not depend
+//     on the number of threads.
+//
+// Parameters are one flat buffer: for each layer l with K_l = in_l + H inputs,
+// W_l (4H x K_l, torch's gate order i, f, g, o; the columns of weight_ih then
+// weight_hh), b_l (4H, bias_ih + bias_hh); then the head's w (H) and b (1).
+// The update is scale * (w . h_top + b).
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+constexpr int VL = 16;
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+inline vf splat(float x) { return vf{} + x; }
+
+// exp(x) for x in [-87, 88] (clamped): Cephes' expf, range reduction by ln 2
+// and a degree-6 polynomial, within 2 ulp.
+inline vf vexp(vf x) {
+    x = x < splat(88.0f) ? x : splat(88.0f);
+    x = x > splat(-87.0f) ? x : splat(-87.0f);
+    vf n = x * 1.44269504088896341f + 12582912.0f;  // round to nearest: 1.5 * 2^23
+    n = n - 12582912.0f;
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+    return p * (vf)e;
+}
+
+inline vf vsigmoid(vf z) { return 1.0f / (1.0f + vexp(-z)); }
+// tanh(z) = 2 sigmoid(2z) - 1, as lstm.py computes it.
+inline vf vtanh(vf z) { return 2.0f * vsigmoid(2.0f * z) - 1.0f; }
+
+// out[o] (+)= sum_j A[j * n_out + o] * in[j] for o in [0, n_out): a matrix with
+// n_red rows of n_out weights applied to a tile; B outputs at a time in registers.
+template <int B>
+inline void gemv_block(const float* A, int n_out, int o0, int n_red, const vf* in, vf* out, const float* bias,
+                       bool accumulate) {
+    vf acc[B];
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) acc[b] = accumulate ? out[o0 + b] : splat(bias ? bias[o0 + b] : 0.0f);
+    for (int j = 0; j < n_red; ++j) {
+        const vf x = in[j];
+        const float* a = A + (int64_t)j * n_out + o0;
+#pragma GCC unroll 16
+        for (int b = 0; b < B; ++b) acc[b] += a[b] * x;
+    }
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) out[o0 + b] = acc[b];
+}
+
+inline void gemv(const float* A, int n_out, int n_red, const vf* in, vf* out, const float* bias = nullptr,
+                 bool accumulate = false, int o_begin = 0) {
+    int o = o_begin;
+    for (; o + 16 <= n_out; o += 16) gemv_block<16>(A, n_out, o, n_red, in, out, bias, accumulate);
+    for (; o + 4 <= n_out; o += 4) gemv_block<4>(A, n_out, o, n_red, in, out, bias, accumulate);
+    for (; o < n_out; ++o) gemv_block<1>(A, n_out, o, n_red, in, out, bias, accumulate);
+}
+
+inline float hsum(vf v) {
+    float s = 0.0f;
+    for (int k = 0; k < VL; ++k) s += v[k];
+    return s;
+}
+
+// G[r * K + k] += sum_t sum_lanes D[t][r] * X[t][k]; D is (T, R) tiles, X (T, K) tiles
+// (row strides ld, lx in tiles).  4 x 4 blocks of accumulators.
+template <int BR, int BK>
+inline void outer_block(const vf* D, int ld, const vf* X, int lx, int T, int r0, int k0, int K, float* G) {
+    vf acc[BR][BK] = {};
+    for (int t = 0; t < T; ++t) {
+        const vf* d = D + (int64_t)t * ld + r0;
+        const vf* x = X + (int64_t)t * lx + k0;
+#pragma GCC unroll 4
+        for (int i = 0; i < BR; ++i)
+#pragma GCC unroll 4
+            for (int j = 0; j < BK; ++j) acc[i][j] += d[i] * x[j];
+    }
+    for (int i = 0; i < BR; ++i)
+        for (int j = 0; j < BK; ++j) G[(int64_t)(r0 + i) * K + k0 + j] += hsum(acc[i][j]);
+}
+
+template <int BR>
+inline void outer_rows(const vf* D, int ld, const vf* X, int lx, int T, int r0, int K, float* G) {
+    int k = 0;
+    for (; k + 4 <= K; k += 4) outer_block<BR, 4>(D, ld, X, lx, T, r0, k, K, G);
+    for (; k < K; ++k) outer_block<BR, 1>(D, ld, X, lx, T, r0, k, K, G);
+}
+
+inline void outer(const vf* D, int ld, const vf* X, int lx, int T, int R, int K, float* G) {
+    int r = 0;
+    for (; r + 4 <= R; r += 4) outer_rows<4>(D, ld, X, lx, T, r, K, G);
+    for (; r < R; ++r) outer_rows<1>(D, ld, X, lx, T, r, K, G);
+}
+
+// Copy lanes m0 .. m0+n of `rows` rows (row stride M) into tiles, zero-padding the rest.
+inline void gather(const float* src, int rows, int64_t M, int64_t m0, int n, vf* dst) {
+    for (int r = 0; r < rows; ++r) {
+        vf v = {};
+        std::memcpy(&v, src + (int64_t)r * M + m0, sizeof(float) * n);
+        dst[r] = v;
+    }
+}
+
+inline void scatter(const vf* src, int rows, int64_t M, int64_t m0, int n, float* dst) {
+    for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r], sizeof(float) * n);
+}
+
+struct Net {
+    int L, H, F;
+    const float* params;
+    float scale;
+    int in(int l) const { return l == 0 ? F : H; }
+    int K(int l) const { return in(l) + H; }
+    // Offsets of W_l, b_l, the head.
+    int64_t w(int l) const {
+        int64_t at = 0;
+        for (int k = 0; k < l; ++k) at += (int64_t)4 * H * K(k) + 4 * H;
+        return at;
+    }
+    int64_t b(int l) const { return w(l) + (int64_t)4 * H * K(l); }
+    int64_t head() const { return w(L); }
+    int64_t size() const { return head() + H + 1; }
+};
+
+// One layer's step for a tile: gates from the stacked input xin (K tiles), the
+// activations (i, f, g, o) into act, the new cell state into c_new, tanh(c_new)
+// into tanh_c, the new hidden state into h_new.  WT is W_l transposed (K x 4H).
+inline void cell_forward(const Net& net, int l, const float* WT, const vf* xin, const vf* c, vf* act, vf* c_new,
+                         vf* tanh_c, vf* h_new) {
+    const int H = net.H;
+    gemv(WT, 4 * H, net.K(l), xin, act, net.params + net.b(l));
+    for (int j = 0; j < H; ++j) {
+        const vf i = vsigmoid(act[j]), f = vsigmoid(act[H + j]), g = vtanh(act[2 * H + j]),
+                 o = vsigmoid(act[3 * H + j]);
+        act[j] = i, act[H + j] = f, act[2 * H + j] = g, act[3 * H + j] = o;
+        const vf cn = f * c[j] + i * g;
+        const vf tc = vtanh(cn);
+        c_new[j] = cn;
+        if (tanh_c) tanh_c[j] = tc;
+        h_new[j] = o * tc;
+    }
+}
+
+std::vector<float> transposed(const Net& net, int l) {
+    const int R = 4 * net.H, K = net.K(l);
+    const float* W = net.params + net.w(l);
+    std::vector<float> out((size_t)R * K);
+    for (int r = 0; r < R; ++r)
+        for (int k = 0; k < K; ++k) out[(size_t)k * R + r] = W[(size_t)r * K + k];
+    return out;
+}
+
+// fn(worker) on min(threads, n) workers.  With OpenMP these are the threads of the
+// OpenMP runtime torch has loaded (the library asks for libgomp.so.1, which is
+// torch's when torch is imported first), so they are not a second set of threads
+// competing with torch's for the cores.
+template <class Fn>
+void parallel(int threads, int64_t n, Fn fn) {
+    threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, n));
+    if (threads == 1) {
+        fn(0);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    fn(omp_get_thread_num());
+#else
+    std::vector<std::thread> pool;
+    for (int k = 1; k < threads; ++k) pool.emplace_back(fn, k);
+    fn(0);
+    for (auto& th : pool) th.join();
+#endif
+}
+
+}  // namespace
+
+extern "C" {
+
+int l2o_lstm_abi() { return 1; }
+
+// One step for all M coordinates: x (F x M) and, per layer, h_in[l], c_in[l] (H x M)
+// give h_out[l], c_out[l] and the update out (M).
+void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float scale, const float* x,
+                   const float* const* h_in, const float* const* c_in, float* const* h_out, float* const* c_out,
+                   float* out, int threads) {
+    const Net net{L, H, F, params, scale};
+    std::vector<std::vector<float>> WT;
+    for (int l = 0; l < L; ++l) WT.push_back(transposed(net, l));
+    const float* w_head = params + net.head();
+    const float b_head = w_head[H];
+    const int64_t tiles = (M + VL - 1) / VL;
+    parallel(threads, tiles, [&](int worker) {
+        const int workers = (int)std::max<int64_t>(1, std::min<int64_t>(threads, tiles));
+        const int64_t first = tiles * worker / workers, last = tiles * (worker + 1) / workers;
+        std::vector<vf> xin(std::max(F, H) + H), c(H), act(4 * H), c_new(H), h_new(H);
+        for (int64_t tile = first; tile < last; ++tile) {
+            const int64_t m0 = tile * VL;
+            const int n = (int)std::min<int64_t>(VL, M - m0);
+            gather(x, F, M, m0, n, xin.data());
+            for (int l = 0; l < L; ++l) {
+                const int in = net.in(l);
+                gather(h_in[l], H, M, m0, n, xin.data() + in);
+                gather(c_in[l], H, M, m0, n, c.data());
+                cell_forward(net, l, WT[l].data(), xin.data(), c.data(), act.data(), c_new.data(), nullptr,
+                             h_new.data());
+                scatter(h_new.data(), H, M, m0, n, h_out[l]);
+                scatter(c_new.data(), H, M, m0, n, c_out[l]);
+                std::copy(h_new.begin(), h_new.end(), xin.begin());  // the next layer's input
+            }
+            vf u = splat(b_head);
+            for (int j = 0; j < H; ++j) u += w_head[j] * h_new[j];
+            u *= scale;
+            scatter(&u, 1, M, m0, n, out);
+        }
+    });
+}
+
+// The meta-gradient of an unroll: x (T x F x M) are the LSTM inputs of steps
+// 0 .. T-1, h0[l], c0[l] (H x M) the state before step 0, d_out (T x M) the
+// gradient of the meta-loss with respect to each step's update.  Adds the
+// gradient with respect to the parameters into grad (the params' layout).
+void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float* params, float scale,
+                              const float* x, const float* const* h0, const float* const* c0, const float* d_out,
+                              float* grad, int threads) {
+    const Net net{L, H, F, params, scale};
+    const int64_t P = net.size();
+    std::vector<std::vector<float>> WT;
+    for (int l = 0; l < L; ++l) WT.push_back(transposed(net, l));
+    const float* w_head = params + net.head();
+    const int64_t tiles = (M + VL - 1) / VL;
+    // Fixed blocks of tiles, summed in order: the same result for any thread count.
+    const int64_t blocks = std::min<int64_t>(tiles, 64);
+    std::vector<float> partial((size_t)(blocks * P), 0.0f);
+    std::atomic<int64_t> next{0};
+
+    // Per-tile buffers (tiles of VL lanes): for layer l and step t, the stacked
+    // input [layer input; h_{t}] (T + 1 slots, so the last h has a place), the
+    // activations (overwritten by the gate gradients), c_t (T + 1), tanh(c_{t+1}).
+    std::vector<int64_t> off_in(L), off_act(L), off_c(L), off_tc(L);
+    int64_t per_tile = 0;
+    for (int l = 0; l < L; ++l) {
+        off_in[l] = per_tile, per_tile += (int64_t)(T + 1) * net.K(l);
+        off_act[l] = per_tile, per_tile += (int64_t)T * 4 * H;
+        off_c[l] = per_tile, per_tile += (int64_t)(T + 1) * H;
+        off_tc[l] = per_tile, per_tile += (int64_t)T * H;
+    }
+
+    parallel(threads, blocks, [&](int) {
+        std::vector<vf> buf(per_tile), dh((size_t)L * H), dc((size_t)L * H), d_in(std::max(F, H) + H),
+            d_head(H), h_top(H);
+        for (int64_t block; (block = next.fetch_add(1)) < blocks;) {
+            float* G = partial.data() + block * P;
+            const int64_t first = tiles * block / blocks, last = tiles * (block + 1) / blocks;
+            vf d_bias_head = {};
+            std::fill(d_head.begin(), d_head.end(), vf{});
+            for (int64_t tile = first; tile < last; ++tile) {
+                const int64_t m0 = tile * VL;
+                const int n = (int)std::min<int64_t>(VL, M - m0);
+                // The forward, recomputed.
+                for (int l = 0; l < L; ++l) {
+                    gather(h0[l], H, M, m0, n, buf.data() + off_in[l] + net.in(l));
+                    gather(c0[l], H, M, m0, n, buf.data() + off_c[l]);
+                }
+                for (int t = 0; t < T; ++t) {
+                    gather(x + (int64_t)t * F * M, F, M, m0, n, buf.data() + off_in[0] + (int64_t)t * net.K(0));
+                    for (int l = 0; l < L; ++l) {
+                        const int K = net.K(l);
+                        vf* xin = buf.data() + off_in[l] + (int64_t)t * K;
+                        vf* h_new = buf.data() + off_in[l] + (int64_t)(t + 1) * K + net.in(l);
+                        cell_forward(net, l, WT[l].data(), xin, buf.data() + off_c[l] + (int64_t)t * H,
+                                     buf.data() + off_act[l] + (int64_t)t * 4 * H,
+                                     buf.data() + off_c[l] + (int64_t)(t + 1) * H,
+                                     buf.data() + off_tc[l] + (int64_t)t * H, h_new);
+                        if (l + 1 < L) std::copy(h_new, h_new + H, buf.data() + off_in[l + 1] + (int64_t)t * net.K(l + 1));
+                    }
+                }
+                // Backpropagation through time.
+                std::fill(dh.begin(), dh.end(), vf{});
+                std::fill(dc.begin(), dc.end(), vf{});
+                for (int t = T - 1; t >= 0; --t) {
+                    vf g_top;
+                    gather(d_out + (int64_t)t * M, 1, M, m0, n, &g_top);
+                    g_top *= scale;
+                    const vf* top = buf.data() + off_in[L - 1] + (int64_t)(t + 1) * net.K(L - 1) + net.in(L - 1);
+                    d_bias_head += g_top;
+                    for (int j = 0; j < H; ++j) {
+                        d_head[j] += g_top * top[j];
+                        dh[(size_t)(L - 1) * H + j] += g_top * w_head[j];
+                    }
+                    for (int l = L - 1; l >= 0; --l) {
+                        vf* a = buf.data() + off_act[l] + (int64_t)t * 4 * H;
+                        const vf* c_prev = buf.data() + off_c[l] + (int64_t)t * H;
+                        const vf* tc = buf.data() + off_tc[l] + (int64_t)t * H;
+                        vf* dhl = dh.data() + (size_t)l * H;
+                        vf* dcl = dc.data() + (size_t)l * H;
+                        for (int j = 0; j < H; ++j) {
+                            const vf i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+                            const vf d_c = dcl[j] + dhl[j] * o * (1.0f - tc[j] * tc[j]);
+                            a[j] = d_c * g * i * (1.0f - i);
+                            a[H + j] = d_c * c_prev[j] * f * (1.0f - f);
+                            a[2 * H + j] = d_c * i * (1.0f - g * g);
+                            a[3 * H + j] = dhl[j] * tc[j] * o * (1.0f - o);
+                            dcl[j] = d_c * f;
+                        }
+                        // d[input; h_prev] = W_l^T d_gates; layer 0's input gradient is not needed.
+                        const int in = net.in(l), K = net.K(l);
+                        const float* W = params + net.w(l);
+                        gemv(W, K, 4 * H, a, d_in.data(), nullptr, false, l == 0 ? in : 0);
+                        if (l > 0)
+                            for (int j = 0; j < H; ++j) dh[(size_t)(l - 1) * H + j] += d_in[j];
+                        std::copy(d_in.begin() + in, d_in.begin() + in + H, dhl);
+                    }
+                }
+                // Weight and bias gradients: one pass over the tile's T steps.
+                for (int l = 0; l < L; ++l) {
+                    const int K = net.K(l);
+                    const vf* D = buf.data() + off_act[l];
+                    outer(D, 4 * H, buf.data() + off_in[l], K, T, 4 * H, K, G + net.w(l));
+                    for (int r = 0; r < 4 * H; ++r) {
+                        vf s = {};
+                        for (int t = 0; t < T; ++t) s += D[(int64_t)t * 4 * H + r];
+                        G[net.b(l) + r] += hsum(s);
+                    }
+                }
+            }
+            for (int j = 0; j < H; ++j) G[net.head() + j] += hsum(d_head[j]);
+            G[net.head() + H] += hsum(d_bias_head);
+        }
+    });
+    for (int64_t block = 0; block < blocks; ++block)
+        for (int64_t k = 0; k < P; ++k) grad[k] += partial[(size_t)(block * P + k)];
+}
+
+}  // extern "C"

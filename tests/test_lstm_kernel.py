@@ -1,0 +1,221 @@
+"""The fused LSTM kernel (plugins/lstm_kernel.cpp) against the torch implementation
+of the same network: one step, the backward of a whole unroll, meta-training
+through ``replay``; and what happens without a compiler or with the kernel off."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from l2obench import get_registry
+from l2obench.metatrain import MetaTrainConfig, meta_train, unroll
+from l2obench.plugins import lstm as lstm_plugin
+from l2obench.plugins import lstm_kernel
+
+pytestmark = pytest.mark.skipif(not lstm_kernel.available(), reason="the fused LSTM kernel could not be built here")
+
+#: hidden, layers, features (1: no preprocessing, 2: log/sign); coordinates below and above one tile of 16
+shapes = st.tuples(st.integers(1, 24), st.integers(1, 3), st.sampled_from([1, 2]), st.integers(1, 40))
+
+
+def values(shape, scale=1.0):
+    return arrays(np.float32, shape, elements=st.floats(-1, 1, width=32)).map(lambda a: torch.from_numpy(a * scale))
+
+
+def network(hidden, layers, features, seed=0):
+    torch.manual_seed(seed)
+    return get_registry().learned("lstm", hidden=hidden, layers=layers, preprocess=features == 2).networks["default"]
+
+
+@st.composite
+def cases(draw, steps=1):
+    hidden, layers, features, m = draw(shapes)
+    x = draw(values((steps, features, m), 3.0))
+    h = draw(values((layers, hidden, m)))
+    c = draw(values((layers, hidden, m), 2.0))
+    return hidden, layers, features, m, x, h, c
+
+
+def torch_state(h, c):
+    return {**{f"h{k}": h[k] for k in range(len(h))}, **{f"c{k}": c[k] for k in range(len(c))}}
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases())
+def test_step_matches_the_torch_network(case):
+    hidden, layers, features, m, x, h, c = case
+    net = network(hidden, layers, features)
+    with torch.no_grad():
+        top, want = net.lstm(x[0], torch_state(h, c))
+        update = net.head(top)
+    got_update, got_h, got_c = lstm_kernel.step(net.kernel_parameters(), net.head.scale, x[0], list(h), list(c),
+                                                hidden)
+    torch.testing.assert_close(got_update, update, rtol=1e-5, atol=1e-6)
+    for k in range(layers):
+        torch.testing.assert_close(got_h[k], want[f"h{k}"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_c[k], want[f"c{k}"], rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(cases(steps=5), st.data())
+def test_unroll_backward_matches_autograd_through_the_torch_network(case, data):
+    hidden, layers, features, m, x, h, c = case
+    steps = x.shape[0]
+    d_out = data.draw(values((steps, m)))
+    net = network(hidden, layers, features)
+    state, total = torch_state(h, c), 0
+    for t in range(steps):
+        top, state = net.lstm(x[t], state)
+        total = total + (net.head(top) * d_out[t]).sum()
+    params = list(net.lstm.parameters()) + list(net.head.parameters())
+    want = torch.autograd.grad(total, params)
+    flat = lstm_kernel.unroll_backward(net.kernel_parameters(), net.head.scale, x, list(h), list(c), d_out, hidden)
+    got, at = [], 0
+    for cell in net.lstm.cells:
+        n_in = cell.weight_ih.shape[1]
+        w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
+        at += w.numel()
+        bias = flat[at:at + 4 * hidden]
+        at += 4 * hidden
+        got += [w[:, :n_in], w[:, n_in:], bias, bias]
+    got += [flat[at:at + hidden].view(1, hidden), flat[at + hidden:]]
+    assert at + hidden + 1 == flat.numel()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+
+
+def test_unroll_backward_is_the_same_on_any_number_of_threads():
+    net = network(20, 2, 2)
+    gen = torch.Generator().manual_seed(0)
+    m, steps = 5000, 8
+    x = torch.randn(steps, 2, m, generator=gen)
+    h, c = torch.randn(2, 20, m, generator=gen) * 0.1, torch.randn(2, 20, m, generator=gen)
+    d_out = torch.randn(steps, m, generator=gen)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(lstm_kernel.unroll_backward(net.kernel_parameters(), 0.1, x, list(h), list(c), d_out, 20))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_the_paper_lstm_uses_the_kernel_and_replays_unrolls():
+    lopt = get_registry().learned("lstm")
+    assert lopt.opt_fn().replay is not None
+    assert get_registry().learned("lstm", hidden=7, layers=3, preprocess=False).opt_fn().replay is not None
+    # Not the paper's shape: an input layer, averaging cells, a tanh head, per-group networks.
+    assert get_registry().learned("rnnprop").opt_fn().replay is None
+    assert get_registry().learned("lstm-gac").opt_fn().replay is None
+    assert get_registry().learned("lstm-groups").opt_fn({"conv": slice(0, 3)}).replay is None
+    assert lopt.double().opt_fn().replay is None  # float64 runs on torch
+
+
+def quadratic_meta_gradients(opt_of, lopt, seeds=(3, 4), unrolls=2, steps=5):
+    task = get_registry().task("quadratic", dim=37)
+    opt = opt_of(lopt.opt_fn(task.groups))
+    params = task.init(list(seeds))
+    state = opt.init(params)
+    stream = task.batches("train", list(seeds))
+    out = []
+    for _ in range(unrolls):
+        lopt.zero_grad()
+        result = unroll(opt, task, params, state, stream, [0.5] + [1.0] * (steps - 1))
+        result.meta_loss.backward()
+        out.append(([p.grad.clone() for p in lopt.parameters()], result.logged, result.params))
+        params, state = result.params.detach(), {k: v.detach() for k, v in result.state.items()}
+    return out
+
+
+def test_replayed_unroll_gives_the_meta_gradient_of_the_graph():
+    torch.manual_seed(0)
+    lopt = get_registry().learned("lstm", output_scale=0.5)
+    replayed = quadratic_meta_gradients(lambda opt: opt, lopt)
+    graph = quadratic_meta_gradients(lambda opt: opt.with_flags(replay=None), lopt)
+    for (grads, logged, params), (grads_ref, logged_ref, params_ref) in zip(replayed, graph):
+        torch.testing.assert_close(logged, logged_ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(params, params_ref, rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads, grads_ref):
+            assert b.abs().max() > 0
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_meta_training_with_the_kernel_follows_the_torch_implementation(monkeypatch):
+    config = MetaTrainConfig(horizon=8, unroll=4, epochs=1, episodes_per_epoch=2, meta_batch=2, lr=1e-2,
+                             validation_seeds=0, seed=3)
+    task = get_registry().task("quadratic", dim=20)
+    trained = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("L2OBENCH_NATIVE", native)
+        torch.manual_seed(0)
+        lopt = get_registry().learned("lstm")
+        assert (lopt.opt_fn().replay is not None) == (native == "1")
+        result = meta_train(lopt, task, config, progress=False)
+        trained.append((lopt, [row["meta_loss"] for row in result.history]))
+    (fast, fast_losses), (slow, slow_losses) = trained
+    assert fast_losses == pytest.approx(slow_losses, rel=1e-5)
+    for a, b in zip(fast.parameters(), slow.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluation_with_and_without_the_kernel(monkeypatch):
+    lopt = get_registry().learned("lstm")
+    task = get_registry().task("quadratic", dim=50)
+    params = task.init([1, 2, 3])
+    grads = [torch.randn(params.shape, generator=torch.Generator().manual_seed(k)) for k in range(6)]
+    runs = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("L2OBENCH_NATIVE", native)
+        opt = lopt.opt_fn()
+        with torch.no_grad():
+            state, p, updates = opt.init(params), params, []
+            for g in grads:
+                u, state = opt.update(g, state, p)
+                p = p + u
+                updates.append(u)
+        runs.append(torch.stack(updates))
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-7)
+
+
+def test_without_a_compiler_the_torch_implementation_runs(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.warns(RuntimeWarning, match="fused LSTM kernel is unavailable"):
+        assert lstm_kernel.library() is None
+    assert not lstm_kernel.available()  # warned once, then quiet
+    lopt = get_registry().learned("lstm")
+    opt = lopt.opt_fn()
+    assert opt.replay is None
+    with torch.no_grad():
+        state = opt.init(torch.zeros(1, 3))
+        update, _ = opt.update(torch.ones(1, 3), state, None)
+    assert update.shape == (1, 3)
+
+
+def test_a_failing_build_says_why(monkeypatch, tmp_path):
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo broken 1.0 && exit 0\necho 'error: no' >&2\nexit 3\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setattr(lstm_kernel, "cache_dir", lambda: tmp_path / "cache")
+    with pytest.warns(RuntimeWarning, match=r"exited with status 3: error: no"):
+        assert lstm_kernel.library() is None
+    assert not list((tmp_path / "cache").glob("*"))  # nothing half-written left in the cache
+
+
+def test_the_kernel_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("L2OBENCH_NATIVE", "0")
+    assert lstm_kernel.library() is None
+    assert get_registry().learned("lstm").opt_fn().replay is None
+
+
+def test_kernel_inputs_are_checked():
+    net = network(4, 1, 2)
+    x = torch.zeros(2, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="contiguous float32 CPU"):
+        lstm_kernel.step(net.kernel_parameters(), 0.1, x, [torch.zeros(4, 5)], [torch.zeros(4, 5)], 4)
+    assert lstm_plugin.LSTMNetwork.fused(net)
