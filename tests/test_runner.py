@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -282,3 +283,27 @@ def test_overlapping_test_entries_share_cells(tmp_path):
     lines = runner.describe()
     assert sum("sgd[tuned] @ quadratic[dim=8] @ T=10" in x for x in lines) == 1
     assert sum("sgd[tuned] @ quadratic[dim=8] @ T=30" in x for x in lines) == 1
+
+
+def _torch_sum_in_worker(n: int) -> tuple[int, float]:
+    import torch
+
+    return torch.get_num_threads(), float(torch.arange(n, dtype=torch.float64).sum())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_local_workers_fork_when_safe_and_spawn_otherwise():
+    from l2obench.plugins import executors
+
+    assert executors._start_method(1) == "fork"  # one torch thread per worker: no parallel regions to hang
+    release = threading.Event()
+    waiter = threading.Thread(target=release.wait)
+    waiter.start()
+    try:
+        assert executors._start_method(2) == "spawn"  # a thread is running here
+    finally:
+        release.set()
+        waiter.join()
+    with executors.LocalExecutor(executors._cores()) as pool:
+        assert pool.start_method == "fork" and pool.threads == 1
+        assert pool.submit(_torch_sum_in_worker, 1000).result(timeout=60) == (1, 499500.0)
