@@ -39,11 +39,11 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 
 inline vf splat(float x) { return vf{} + x; }
 
-// exp(x) for x in [-87, 88] (clamped): Cephes' expf, range reduction by ln 2
-// and a degree-6 polynomial, within 2 ulp.
+// exp(x) for x in [-87, 88] (clamped; NaN stays NaN): Cephes' expf, range
+// reduction by ln 2 and a degree-6 polynomial, within 2 ulp.
 inline vf vexp(vf x) {
-    x = x < splat(88.0f) ? x : splat(88.0f);
-    x = x > splat(-87.0f) ? x : splat(-87.0f);
+    x = x > splat(88.0f) ? splat(88.0f) : x;
+    x = x < splat(-87.0f) ? splat(-87.0f) : x;
     vf n = x * 1.44269504088896341f + 12582912.0f;  // round to nearest: 1.5 * 2^23
     n = n - 12582912.0f;
     vf r = x - n * 0.693359375f;

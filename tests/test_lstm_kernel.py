@@ -219,3 +219,20 @@ def test_kernel_inputs_are_checked():
     with pytest.raises(ValueError, match="contiguous float32 CPU"):
         lstm_kernel.step(net.kernel_parameters(), 0.1, x, [torch.zeros(4, 5)], [torch.zeros(4, 5)], 4)
     assert lstm_plugin.LSTMNetwork.fused(net)
+
+
+def test_non_finite_gradients_give_what_torch_gives():
+    """A NaN or infinite gradient (a diverging optimizee) is not laundered into a finite
+    update: each coordinate's update is what the torch implementation gives, NaN included."""
+    g = torch.tensor([[1e-3, float("nan"), float("inf"), -float("inf"), 0.0, 2.0]])
+    for preprocess in (True, False):
+        lopt = get_registry().learned("lstm", preprocess=preprocess)
+        net = lopt.networks["default"]
+        with torch.no_grad():
+            state = net.init(g)
+            got, _ = net.step(g, state)
+            x, _ = net.preprocessor.apply(g, {})
+            top, _ = net.lstm(x, state)
+            want = net.head(top)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, equal_nan=True)
+        assert torch.isnan(got[0, 1])
