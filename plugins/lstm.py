@@ -397,6 +397,27 @@ class LSTMNetwork(nn.Module):
             parts += [self.head.linear.weight.view(-1), self.head.linear.bias]
             return torch.cat(parts)
 
+    def kernel_weights(self) -> list[Tensor]:
+        """The meta-parameters the kernel computes with, in the order of :meth:`kernel_gradients`:
+        each layer's ``weight_ih, weight_hh, bias_ih, bias_hh``, then the head's weight and bias."""
+        return [*(w for cell in self.lstm.cells for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih,
+                                                            cell.bias_hh)), self.head.linear.weight, self.head.linear.bias]
+
+    def kernel_gradients(self, flat: Tensor) -> list[Tensor]:
+        """A gradient in the kernel's flat layout, split to match :meth:`kernel_weights`
+        (both biases of a layer get the gradient of their sum)."""
+        hidden, grads, at = self.lstm.hidden, [], 0
+        for cell in self.lstm.cells:
+            n_in = cell.weight_ih.shape[1]
+            w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
+            at += w.numel()
+            bias = flat[at:at + 4 * hidden]
+            at += 4 * hidden
+            grads += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), bias, bias.clone()]
+        if flat.numel() != at + hidden + 1:
+            raise ValueError(f"a kernel gradient of {flat.numel()} numbers for a network of {at + hidden + 1}")
+        return grads + [flat[at:at + hidden].view(1, hidden), flat[at + hidden:]]
+
     def _states(self, state: State, m: int) -> tuple[list[Tensor], list[Tensor]]:
         hidden, layers = self.lstm.hidden, range(len(self.lstm.cells))
         return ([state[f"h{k}"].reshape(hidden, m).contiguous() for k in layers],
@@ -430,9 +451,8 @@ class LSTMNetwork(nn.Module):
         x = self.preprocessor.apply(grads, {})[0]  # (F, T, ...)
         x = x.reshape(x.shape[0], steps, m).transpose(0, 1).contiguous()
         h0, c0 = self._states(state, m)
-        weights = [w for cell in self.lstm.cells for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
-        return _Replay.apply(_Unrolled(self, self.kernel_parameters(), x, h0, c0, updates.detach()), *weights,
-                             self.head.linear.weight, self.head.linear.bias)
+        return _Replay.apply(_Unrolled(self, self.kernel_parameters(), x, h0, c0, updates.detach()),
+                             *self.kernel_weights())
 
 
 @dataclass
@@ -464,17 +484,8 @@ class _Replay(torch.autograd.Function):
         net, hidden = u.net, u.net.lstm.hidden
         d_out = d_updates.reshape(u.x.shape[0], -1).contiguous()
         flat = lstm_kernel.unroll_backward(u.params, net.head.scale, u.x, u.h0, u.c0, d_out, hidden)
-        grads, at = [], 0
-        for cell in net.lstm.cells:
-            n_in = cell.weight_ih.shape[1]
-            w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
-            at += w.numel()
-            bias = flat[at:at + 4 * hidden]
-            at += 4 * hidden
-            grads += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), bias, bias.clone()]
-        grads += [flat[at:at + hidden].view(1, hidden), flat[at + hidden:at + hidden + 1]]
         del ctx.unrolled
-        return (None, *grads)
+        return (None, *net.kernel_gradients(flat))
 
 
 def _prefixed(prefix: str, state: Mapping[str, Tensor]) -> State:

@@ -63,14 +63,13 @@ inline vf vsigmoid(vf z) { return 1.0f / (1.0f + vexp(-z)); }
 // tanh(z) = 2 sigmoid(2z) - 1, as lstm.py computes it.
 inline vf vtanh(vf z) { return 2.0f * vsigmoid(2.0f * z) - 1.0f; }
 
-// out[o] (+)= sum_j A[j * n_out + o] * in[j] for o in [0, n_out): a matrix with
-// n_red rows of n_out weights applied to a tile; B outputs at a time in registers.
+// out[o] = bias[o] + sum_j A[j * n_out + o] * in[j] for o in [0, n_out): a matrix
+// with n_red rows of n_out weights applied to a tile; B outputs at a time in registers.
 template <int B>
-inline void gemv_block(const float* A, int n_out, int o0, int n_red, const vf* in, vf* out, const float* bias,
-                       bool accumulate) {
+inline void gemv_block(const float* A, int n_out, int o0, int n_red, const vf* in, vf* out, const float* bias) {
     vf acc[B];
 #pragma GCC unroll 16
-    for (int b = 0; b < B; ++b) acc[b] = accumulate ? out[o0 + b] : splat(bias ? bias[o0 + b] : 0.0f);
+    for (int b = 0; b < B; ++b) acc[b] = splat(bias ? bias[o0 + b] : 0.0f);
     for (int j = 0; j < n_red; ++j) {
         const vf x = in[j];
         const float* a = A + (int64_t)j * n_out + o0;
@@ -81,12 +80,13 @@ inline void gemv_block(const float* A, int n_out, int o0, int n_red, const vf* i
     for (int b = 0; b < B; ++b) out[o0 + b] = acc[b];
 }
 
-inline void gemv(const float* A, int n_out, int n_red, const vf* in, vf* out, const float* bias = nullptr,
-                 bool accumulate = false, int o_begin = 0) {
+// gemv for outputs o_begin .. n_out.
+inline void gemv(const float* A, int n_out, int n_red, const vf* in, vf* out, const float* bias,
+                 int o_begin = 0) {
     int o = o_begin;
-    for (; o + 16 <= n_out; o += 16) gemv_block<16>(A, n_out, o, n_red, in, out, bias, accumulate);
-    for (; o + 4 <= n_out; o += 4) gemv_block<4>(A, n_out, o, n_red, in, out, bias, accumulate);
-    for (; o < n_out; ++o) gemv_block<1>(A, n_out, o, n_red, in, out, bias, accumulate);
+    for (; o + 16 <= n_out; o += 16) gemv_block<16>(A, n_out, o, n_red, in, out, bias);
+    for (; o + 4 <= n_out; o += 4) gemv_block<4>(A, n_out, o, n_red, in, out, bias);
+    for (; o < n_out; ++o) gemv_block<1>(A, n_out, o, n_red, in, out, bias);
 }
 
 inline float hsum(vf v) {
@@ -338,7 +338,7 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
                         // d[input; h_prev] = W_l^T d_gates; layer 0's input gradient is not needed.
                         const int in = net.in(l), K = net.K(l);
                         const float* W = params + net.w(l);
-                        gemv(W, K, 4 * H, a, d_in.data(), nullptr, false, l == 0 ? in : 0);
+                        gemv(W, K, 4 * H, a, d_in.data(), nullptr, l == 0 ? in : 0);
                         if (l > 0)
                             for (int j = 0; j < H; ++j) dh[(size_t)(l - 1) * H + j] += d_in[j];
                         std::copy(d_in.begin() + in, d_in.begin() + in + H, dhl);

@@ -70,21 +70,11 @@ def test_unroll_backward_matches_autograd_through_the_torch_network(case, data):
     for t in range(steps):
         top, state = net.lstm(x[t], state)
         total = total + (net.head(top) * d_out[t]).sum()
-    params = list(net.lstm.parameters()) + list(net.head.parameters())
-    want = torch.autograd.grad(total, params)
+    want = torch.autograd.grad(total, net.kernel_weights())
     flat = lstm_kernel.unroll_backward(net.kernel_parameters(), net.head.scale, x, list(h), list(c), d_out, hidden)
-    got, at = [], 0
-    for cell in net.lstm.cells:
-        n_in = cell.weight_ih.shape[1]
-        w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
-        at += w.numel()
-        bias = flat[at:at + 4 * hidden]
-        at += 4 * hidden
-        got += [w[:, :n_in], w[:, n_in:], bias, bias]
-    got += [flat[at:at + hidden].view(1, hidden), flat[at + hidden:]]
-    assert at + hidden + 1 == flat.numel()
-    for a, b in zip(got, want):
+    for a, b in zip(net.kernel_gradients(flat), want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+    assert {id(w) for w in net.kernel_weights()} == {id(p) for p in net.parameters()}
 
 
 def test_unroll_backward_is_the_same_on_any_number_of_threads():

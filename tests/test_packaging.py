@@ -99,7 +99,8 @@ def test_wheel_holds_only_the_l2obench_package(wheel):
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"l2obench"}
     for module in ("l2obench/registry.py", "l2obench/plugins/baselines.py", "l2obench/plugins/quadratic.py",
-                   "l2obench/plugins/mnist.py", "l2obench/testing/__init__.py", "l2obench/commands/listing.py"):
+                   "l2obench/plugins/mnist.py", "l2obench/testing/__init__.py", "l2obench/commands/listing.py",
+                   "l2obench/plugins/lstm_kernel.py", "l2obench/plugins/lstm_kernel.cpp"):
         assert module in names
     assert "[l2obench]" in entry_points and "baselines = l2obench.plugins.baselines" in entry_points
     assert "l2obench = l2obench.cli:main" in entry_points
@@ -117,6 +118,9 @@ def test_wheel_installs_and_runs_from_a_scratch_environment(wheel, tmp_path):
     for path in paths:
         assert env.owns(path), f"{path} is not inside the scratch environment {env.root}"
     assert version == _project_version()
+    if shutil.which(os.environ.get("CXX", "c++")):  # the installed kernel source builds and loads
+        built = env.run("-c", "from l2obench.plugins import lstm_kernel; print(lstm_kernel.available())", cwd=tmp_path)
+        assert built.stdout.strip() == "True", built.stderr
 
     script = env.root / ("Scripts/l2obench.exe" if os.name == "nt" else "bin/l2obench")
     rows = json.loads(run([script, "list", "--json"], cwd=tmp_path).stdout)
