@@ -4,7 +4,9 @@ them into an ordinary :class:`~l2obench.optimizer.Optimizer` (learned_optimizati
 
 The meta-parameters are the parameters of a ``torch.nn.Module``; the optimizer
 returned by :meth:`LearnedOptimizer.opt_fn` is differentiable with respect to
-them, which is what meta-training backpropagates through.
+them, which is what meta-training backpropagates through.  It may also carry
+``replay`` (see :class:`~l2obench.optimizer.Optimizer`), so that meta-training
+runs an unroll's steps without a graph and backpropagates through it at once.
 """
 from __future__ import annotations
 
