@@ -95,11 +95,15 @@ inline float hsum(vf v) {
     return s;
 }
 
-// G[r * K + k] += sum_t sum_lanes D[t][r] * X[t][k]; D is (T, R) tiles, X (T, K) tiles
-// (row strides ld, lx in tiles).  4 x 4 blocks of accumulators.
+// G[r * K + k] += sum_t D[t][r] * X[t][k], lane by lane; D is (T, R) tiles, X (T, K)
+// tiles (row strides ld, lx in tiles).  4 x 4 blocks of accumulators.  The lanes are
+// summed once per block of tiles, not per tile: a horizontal sum costs as much as
+// the products of a few steps.
 template <int BR, int BK>
-inline void outer_block(const vf* D, int ld, const vf* X, int lx, int T, int r0, int k0, int K, float* G) {
-    vf acc[BR][BK] = {};
+inline void outer_block(const vf* D, int ld, const vf* X, int lx, int T, int r0, int k0, int K, vf* G) {
+    vf acc[BR][BK];
+    for (int i = 0; i < BR; ++i)
+        for (int j = 0; j < BK; ++j) acc[i][j] = G[(int64_t)(r0 + i) * K + k0 + j];
     for (int t = 0; t < T; ++t) {
         const vf* d = D + (int64_t)t * ld + r0;
         const vf* x = X + (int64_t)t * lx + k0;
@@ -109,17 +113,17 @@ inline void outer_block(const vf* D, int ld, const vf* X, int lx, int T, int r0,
             for (int j = 0; j < BK; ++j) acc[i][j] += d[i] * x[j];
     }
     for (int i = 0; i < BR; ++i)
-        for (int j = 0; j < BK; ++j) G[(int64_t)(r0 + i) * K + k0 + j] += hsum(acc[i][j]);
+        for (int j = 0; j < BK; ++j) G[(int64_t)(r0 + i) * K + k0 + j] = acc[i][j];
 }
 
 template <int BR>
-inline void outer_rows(const vf* D, int ld, const vf* X, int lx, int T, int r0, int K, float* G) {
+inline void outer_rows(const vf* D, int ld, const vf* X, int lx, int T, int r0, int K, vf* G) {
     int k = 0;
     for (; k + 4 <= K; k += 4) outer_block<BR, 4>(D, ld, X, lx, T, r0, k, K, G);
     for (; k < K; ++k) outer_block<BR, 1>(D, ld, X, lx, T, r0, k, K, G);
 }
 
-inline void outer(const vf* D, int ld, const vf* X, int lx, int T, int R, int K, float* G) {
+inline void outer(const vf* D, int ld, const vf* X, int lx, int T, int R, int K, vf* G) {
     int r = 0;
     for (; r + 4 <= R; r += 4) outer_rows<4>(D, ld, X, lx, T, r, K, G);
     for (; r < R; ++r) outer_rows<1>(D, ld, X, lx, T, r, K, G);
@@ -279,13 +283,12 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
     }
 
     parallel(threads, blocks, [&](int) {
-        std::vector<vf> buf(per_tile), dh((size_t)L * H), dc((size_t)L * H), d_in(std::max(F, H) + H),
-            d_head(H), h_top(H);
+        // Gv: the block's gradient lane by lane (the params' layout, one vector per number).
+        std::vector<vf> buf(per_tile), dh((size_t)L * H), dc((size_t)L * H), d_in(std::max(F, H) + H), Gv(P);
+        vf* d_head = Gv.data() + net.head();
         for (int64_t block; (block = next.fetch_add(1)) < blocks;) {
-            float* G = partial.data() + block * P;
             const int64_t first = tiles * block / blocks, last = tiles * (block + 1) / blocks;
-            vf d_bias_head = {};
-            std::fill(d_head.begin(), d_head.end(), vf{});
+            std::fill(Gv.begin(), Gv.end(), vf{});
             for (int64_t tile = first; tile < last; ++tile) {
                 const int64_t m0 = tile * VL;
                 const int n = (int)std::min<int64_t>(VL, M - m0);
@@ -315,7 +318,7 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
                     gather(d_out + (int64_t)t * M, 1, M, m0, n, &g_top);
                     g_top *= scale;
                     const vf* top = buf.data() + off_in[L - 1] + (int64_t)(t + 1) * net.K(L - 1) + net.in(L - 1);
-                    d_bias_head += g_top;
+                    d_head[H] += g_top;
                     for (int j = 0; j < H; ++j) {
                         d_head[j] += g_top * top[j];
                         dh[(size_t)(L - 1) * H + j] += g_top * w_head[j];
@@ -348,16 +351,14 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
                 for (int l = 0; l < L; ++l) {
                     const int K = net.K(l);
                     const vf* D = buf.data() + off_act[l];
-                    outer(D, 4 * H, buf.data() + off_in[l], K, T, 4 * H, K, G + net.w(l));
-                    for (int r = 0; r < 4 * H; ++r) {
-                        vf s = {};
-                        for (int t = 0; t < T; ++t) s += D[(int64_t)t * 4 * H + r];
-                        G[net.b(l) + r] += hsum(s);
-                    }
+                    outer(D, 4 * H, buf.data() + off_in[l], K, T, 4 * H, K, Gv.data() + net.w(l));
+                    vf* d_bias = Gv.data() + net.b(l);
+                    for (int t = 0; t < T; ++t)
+                        for (int r = 0; r < 4 * H; ++r) d_bias[r] += D[(int64_t)t * 4 * H + r];
                 }
             }
-            for (int j = 0; j < H; ++j) G[net.head() + j] += hsum(d_head[j]);
-            G[net.head() + H] += hsum(d_bias_head);
+            float* G = partial.data() + block * P;
+            for (int64_t k = 0; k < P; ++k) G[k] = hsum(Gv[k]);
         }
     });
     for (int64_t block = 0; block < blocks; ++block)
