@@ -29,7 +29,10 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+#: tried in turn: with OpenMP (threads shared with torch's pool), then with std::thread
+#: for compilers without it (Apple's clang)
+VARIANTS = (("-fopenmp",), ())
 ABI = 1
 
 _float_p = ctypes.POINTER(ctypes.c_float)
@@ -60,22 +63,26 @@ def _cpu_flags() -> str:
 
 
 def _build(cxx: str) -> Path:
+    """The library for this source, compiler and CPU: from the cache, else compiled
+    with the first of :data:`VARIANTS` that builds."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags()]).encode())
     target = cache_dir() / f"lstm-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-                raise OSError(f"{cxx} exited with status {done.returncode}: {last}")
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return target
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        for extra in VARIANTS:
+            done = subprocess.run([cxx, *FLAGS, *extra, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return target
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise OSError(f"{cxx} exited with status {done.returncode}: {last}")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 @functools.lru_cache(maxsize=None)

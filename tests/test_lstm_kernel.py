@@ -3,6 +3,8 @@ of the same network: one step, the backward of a whole unroll, meta-training
 through ``replay``; and what happens without a compiler or with the kernel off."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,30 @@ def test_non_finite_gradients_give_what_torch_gives():
             want = net.head(top)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, equal_nan=True)
         assert torch.isnan(got[0, 1])
+
+
+def test_a_compiler_without_openmp_builds_the_threaded_kernel(monkeypatch, tmp_path):
+    """Compilers that refuse -fopenmp (Apple's clang) build the std::thread variant."""
+    import shutil
+
+    real = shutil.which(os.environ.get("CXX", "c++"))
+    compiler = tmp_path / "no-openmp-c++"
+    compiler.write_text(f"#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -fopenmp ] && echo 'error: no openmp' >&2 && exit 1; done\n"
+                        f"exec {real} \"$@\"\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setattr(lstm_kernel, "cache_dir", lambda: tmp_path / "cache")
+    assert lstm_kernel.library() is not None
+    net = network(20, 2, 2)
+    gen = torch.Generator().manual_seed(1)
+    x, h, c = torch.randn(3, 2, 300, generator=gen), torch.randn(2, 20, 300, generator=gen), torch.zeros(2, 20, 300)
+    d_out = torch.randn(3, 300, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        threaded = lstm_kernel.unroll_backward(net.kernel_parameters(), 0.1, x, list(h), list(c), d_out, 20)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.delenv("CXX")
+    assert torch.equal(threaded, lstm_kernel.unroll_backward(net.kernel_parameters(), 0.1, x, list(h), list(c),
+                                                             d_out, 20))
