@@ -84,7 +84,7 @@ def suite_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(suite_file, tmp_path_factory):
-    """The tiny suite run once, uninterrupted, by the real CLI (a spawn pool of one worker)."""
+    """The tiny suite run once, uninterrupted, by the real CLI (a pool of one worker)."""
     out = tmp_path_factory.mktemp("reference")
     assert main(["run", str(suite_file), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     return out
