@@ -1,7 +1,7 @@
 """l2obench: benchmark how well optimizers, learned and hand-designed, generalize."""
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .errors import CheckpointError, ConfigError, DataError, L2OError, PluginError
+from .errors import CheckpointError, ConfigError, DataError, L2OError, L2OWarning, PluginError
 from .hookspecs import hookimpl
 from .registry import Registry, get_registry
 
@@ -34,7 +34,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataError", "L2OError", "PluginError",
+    "CheckpointError", "ConfigError", "DataError", "L2OError", "L2OWarning", "PluginError",
     "hookimpl", "LearnedOptimizer", "Optimizer", "chain", "scale", "stateless",
     "Registry", "get_registry", "Task", "TaskConfig", "TaskFamily", "load_results",
     "__version__",

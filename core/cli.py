@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import one_line_warnings
     from .memory import keep_freed_memory
 
     keep_freed_memory()
+    one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,4 +1,6 @@
-"""User-facing errors: one line that says what was wrong, where, and what to do."""
+"""User-facing errors: one line that says what was wrong, where, and what to do;
+and warnings, for what l2obench works around on its own."""
+import warnings
 
 
 class L2OError(Exception):
@@ -19,3 +21,23 @@ class CheckpointError(L2OError):
 
 class DataError(L2OError):
     """A data set file is missing or corrupted."""
+
+
+class L2OWarning(UserWarning):
+    """Something l2obench works around (e.g. running without its compiled kernel)."""
+
+
+def one_line_warnings() -> None:
+    """Show :class:`L2OWarning` as ``l2obench: warning: ...`` on one line (the command
+    and its workers do this); other warnings keep Python's format."""
+    if getattr(warnings.formatwarning, "l2obench", False):
+        return
+    python_format = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if issubclass(category, L2OWarning):
+            return f"l2obench: warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    format_warning.l2obench = True
+    warnings.formatwarning = format_warning

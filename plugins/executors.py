@@ -54,9 +54,11 @@ def _init_worker(threads: int) -> None:
     flushed its queues by the time the interpreter exits."""
     atexit.register(_quick_exit)
     _exit_with_parent()
+    from l2obench.errors import one_line_warnings
     from l2obench.memory import keep_freed_memory
 
     keep_freed_memory()
+    one_line_warnings()
     import torch
 
     torch.set_num_threads(threads)

@@ -28,6 +28,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from l2obench.errors import L2OWarning
+
 SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 #: tried in turn: with OpenMP (threads shared with torch's pool), then with std::thread
@@ -92,8 +94,8 @@ def _load(cxx: str) -> ctypes.CDLL | None:
         if lib.l2o_lstm_abi() != ABI:
             raise OSError("the cached library is of another version")
     except (OSError, subprocess.SubprocessError) as exc:
-        warnings.warn(f"l2obench: the fused LSTM kernel is unavailable ({exc}); using the torch implementation",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"the fused LSTM kernel is unavailable ({exc}); the LSTM runs on torch ops, about half as "
+                      "fast (L2OBENCH_NATIVE=0 silences this)", L2OWarning, stacklevel=3)
         return None
     i, i64, f, fp, vp = ctypes.c_int, ctypes.c_int64, ctypes.c_float, _float_p, _ptrs
     lib.l2o_lstm_step.argtypes = [i, i, i, i64, fp, f, fp, vp, vp, vp, vp, fp, i]

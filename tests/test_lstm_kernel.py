@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from l2obench import get_registry
+from l2obench import L2OWarning, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train, unroll
 from l2obench.plugins import lstm as lstm_plugin
 from l2obench.plugins import lstm_kernel
@@ -176,7 +176,7 @@ def test_evaluation_with_and_without_the_kernel(monkeypatch):
 
 def test_without_a_compiler_the_torch_implementation_runs(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
-    with pytest.warns(RuntimeWarning, match="fused LSTM kernel is unavailable"):
+    with pytest.warns(L2OWarning, match="fused LSTM kernel is unavailable"):
         assert lstm_kernel.library() is None
     assert not lstm_kernel.available()  # warned once, then quiet
     lopt = get_registry().learned("lstm")
@@ -194,7 +194,7 @@ def test_a_failing_build_says_why(monkeypatch, tmp_path):
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
     monkeypatch.setattr(lstm_kernel, "cache_dir", lambda: tmp_path / "cache")
-    with pytest.warns(RuntimeWarning, match=r"exited with status 3: error: no"):
+    with pytest.warns(L2OWarning, match=r"exited with status 3: error: no"):
         assert lstm_kernel.library() is None
     assert not list((tmp_path / "cache").glob("*"))  # nothing half-written left in the cache
 
@@ -255,3 +255,18 @@ def test_a_compiler_without_openmp_builds_the_threaded_kernel(monkeypatch, tmp_p
     monkeypatch.delenv("CXX")
     assert torch.equal(threaded, lstm_kernel.unroll_backward(net.kernel_parameters(), 0.1, x, list(h), list(c),
                                                              d_out, 20))
+
+
+def test_the_command_says_so_in_one_line(tmp_path):
+    """Without a compiler the command still runs, and says why it is slower in one line."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++")}
+    done = subprocess.run([sys.executable, "-m", "l2obench.cli", "meta-train", "--optimizer", "lstm", "--task",
+                           "quadratic", "--task-param", "dim=3", "--horizon", "4", "--unroll", "2", "--epochs", "1",
+                           "--episodes-per-epoch", "1", "--validation-seeds", "0", "--out", str(tmp_path / "q.pt"),
+                           "--quiet"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stderr.splitlines() if "kernel" in line]
+    assert len(warning) == 1 and warning[0].startswith("l2obench: warning: the fused LSTM kernel is unavailable")
