@@ -1,7 +1,7 @@
 // The paper's coordinatewise LSTM optimizer (stacked LSTM layers shared by all
 // coordinates, a linear head), fused for float32 on the CPU.  Built and loaded
-// by l2obench.plugins.native; the torch implementation in lstm.py is the
-// reference it is tested against.
+// by l2obench.plugins.lstm_kernel; the torch implementation in lstm.py is the
+// reference it is tested against (tests/test_lstm_kernel.py).
 //
 // Tensors are feature-major, (features, M) for M coordinates, as in lstm.py.
 // Coordinates are processed in tiles of VL (one vector register of floats);
@@ -40,7 +40,7 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 inline vf splat(float x) { return vf{} + x; }
 
 // exp(x) for x in [-87, 88] (clamped; NaN stays NaN): Cephes' expf, range
-// reduction by ln 2 and a degree-6 polynomial, within 2 ulp.
+// reduction by ln 2 and a polynomial.
 inline vf vexp(vf x) {
     x = x > splat(88.0f) ? splat(88.0f) : x;
     x = x < splat(-87.0f) ? splat(-87.0f) : x;
