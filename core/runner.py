@@ -664,14 +664,19 @@ def process_started() -> float:
     argv0 = Path(sys.argv[0])
     if argv0.name != "l2obench" and argv0.resolve() != Path(cli.__file__).resolve():
         return time.time()
+    return time.time() - process_age()
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: its start time in clock ticks after boot
+    against the boot-time clock, the clock the kernel counts it in; 0 elsewhere).  Not
+    ``btime`` + start time: ``btime`` is whole seconds and drifts from the wall clock."""
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])
-        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                     if line.startswith("btime"))
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):  # pragma: no cover - not Linux
-        return time.time()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, IndexError, AttributeError):  # pragma: no cover - not Linux
+        return 0.0
 
 
 def _short(text: str, width: int = 60) -> str:

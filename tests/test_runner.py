@@ -307,3 +307,14 @@ def test_local_workers_fork_when_safe_and_spawn_otherwise():
     with executors.LocalExecutor(executors._cores()) as pool:
         assert pool.start_method == "fork" and pool.threads == 1
         assert pool.submit(_torch_sum_in_worker, 1000).result(timeout=60) == (1, 499500.0)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_process_age_counts_from_the_process_start():
+    """The command's wall time starts when its process did: a child's start, as the
+    child computes it after sleeping, is when the parent launched it (within the
+    kernel's 10 ms ticks and the launch itself), whatever the clocks' drift since boot."""
+    code = "import time; time.sleep(0.5); from l2obench.runner import process_age; print(time.time() - process_age())"
+    launched = time.time()
+    started = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert launched - 0.05 <= started <= launched + 0.25
