@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
-from .errors import ConfigError, L2OError
+#: When the command started (epoch seconds): this module is the first thing it imports
+#: after ``l2obench`` itself (which imports nothing heavy), so only the interpreter's own
+#: start-up, some tens of milliseconds, comes before.  The process's start time is not
+#: used: a shell that ``exec``s the command after other work makes that much earlier.
+STARTED = time.time()
+
+from .errors import ConfigError, L2OError  # noqa: E402
 
 
 def parse_value(text: str):

@@ -657,26 +657,15 @@ def start_executor(name: str, workers: Optional[int] = None):
 
 
 def process_started() -> float:
-    """When this process started (epoch seconds), so a command's wall time includes its
-    start-up; now, if this process is not the ``l2obench`` command (e.g. a test calling ``main``)."""
+    """When this command started (epoch seconds, :data:`l2obench.cli.STARTED`), so its wall
+    time includes its start-up; now, if this process is not the ``l2obench`` command (e.g. a
+    test calling ``main``)."""
     from . import cli
 
     argv0 = Path(sys.argv[0])
     if argv0.name != "l2obench" and argv0.resolve() != Path(cli.__file__).resolve():
         return time.time()
-    return time.time() - process_age()
-
-
-def process_age() -> float:
-    """Seconds since this process started (Linux: its start time in clock ticks after boot
-    against the boot-time clock, the clock the kernel counts it in; 0 elsewhere).  Not
-    ``btime`` + start time: ``btime`` is whole seconds and drifts from the wall clock."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
-    except (OSError, ValueError, IndexError, AttributeError):  # pragma: no cover - not Linux
-        return 0.0
+    return cli.STARTED
 
 
 def _short(text: str, width: int = 60) -> str:
