@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .evaluate import run as evaluate_run
 from .learned import LearnedOptimizer
 from .optimizer import Optimizer, State
-from .task import Task, seed_generator, validate_model
+from .task import Task, seed_generator
 
 #: Validation optimizees use seeds from here on; training seeds are drawn at or
 #: above TRAIN_SEED_LOW, so the two never meet (test seeds are small integers).

@@ -15,7 +15,6 @@ any run directory, also a copied or partial one, can be reported on:
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -71,7 +70,6 @@ def _ci_text(mean: float, low: float, high: float) -> str:
 def per_seed(test) -> "Any":
     """Per (cell, seed): the final loss (step T-1) and the loss summed over the T steps;
     non-finite values stay non-finite (a diverged seed is not hidden)."""
-    import numpy as np
     import pandas as pd
 
     rows = []
@@ -325,7 +323,6 @@ def render_html(blocks: list[Block], title: str) -> str:
 
 def write_report(directory: str | Path) -> dict[str, Path]:
     """Write REPORT.md, index.html, figures/*.png and summary.csv into ``directory``."""
-    import numpy as np
     import pandas as pd
 
     from .errors import ConfigError

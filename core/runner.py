@@ -42,10 +42,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from . import store
-from .errors import ConfigError, L2OError
+from .errors import L2OError
 from .suite import LearnedSpec, OptimizerSpec, Suite, TaskVariant, load_suite
 
 

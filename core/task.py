@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from .config import describe_validation_error, validate_model  # noqa: F401  (public here too)
-from .errors import ConfigError
 
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[str, ...] = ("train", "validation", "test")

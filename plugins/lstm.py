@@ -400,8 +400,8 @@ class LSTMNetwork(nn.Module):
     def kernel_weights(self) -> list[Tensor]:
         """The meta-parameters the kernel computes with, in the order of :meth:`kernel_gradients`:
         each layer's ``weight_ih, weight_hh, bias_ih, bias_hh``, then the head's weight and bias."""
-        return [*(w for cell in self.lstm.cells for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih,
-                                                            cell.bias_hh)), self.head.linear.weight, self.head.linear.bias]
+        cells = [w for cell in self.lstm.cells for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+        return [*cells, self.head.linear.weight, self.head.linear.bias]
 
     def kernel_gradients(self, flat: Tensor) -> list[Tensor]:
         """A gradient in the kernel's flat layout, split to match :meth:`kernel_weights`

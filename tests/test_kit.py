@@ -23,7 +23,7 @@ from l2obench.plugins.quadratic import family as quadratic
 from l2obench.task import seed_generator
 from l2obench.testing import (check_batched_equals_rows, check_config_errors, check_coordinates_independent,
                               check_descent_on_quadratic, check_deterministic, check_inputs_unchanged,
-                              check_learned_optimizer, check_meta_gradients, check_optimizer,
+                              check_learned_optimizer, check_meta_gradients, check_optimizer, check_replay,
                               check_permutation_equivariant, check_state_round_trip, check_state_structure,
                               check_task_batching, check_task_deterministic, check_task_family,
                               check_task_finite_at_init, check_updates_finite, check_zero_grad, checks_for,
@@ -409,3 +409,26 @@ def test_strategy_overrides():
     assert hp["lr"] == 0.5 and hp["beta1"] == 0.0
     with pytest.raises(ValueError, match="unknown overrides nope"):
         strategies.hyperparameters(adam, nope=1)
+
+
+class BadReplay(TinyLearned):
+    """A replay whose meta-gradient is twice the steps' (``2 u - u.detach()``): the values
+    agree, the gradients do not."""
+
+    def opt_fn(self, groups=None) -> Optimizer:
+        inner = super().opt_fn(groups)
+
+        def replay(grads, state, updates):
+            outs = []
+            for g in grads:
+                u, state = inner.update(g, state, None)
+                outs.append(u)
+            stacked = torch.stack(outs)
+            return stacked * 2 - stacked.detach()
+
+        return inner.with_flags(replay=replay)
+
+
+def test_a_replay_with_the_wrong_meta_gradient_is_caught():
+    fails(check_replay, BadReplay(), "through replay differs from the one through the steps")
+    assert "check_replay" not in [c.__name__ for c in checks_for(TinyLearned())]  # no replay, no check

@@ -190,7 +190,9 @@ def test_without_a_compiler_the_torch_implementation_runs(monkeypatch):
 
 def test_a_failing_build_says_why(monkeypatch, tmp_path):
     compiler = tmp_path / "broken-c++"
-    compiler.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo broken 1.0 && exit 0\necho 'error: no' >&2\nexit 3\n")
+    compiler.write_text("#!/bin/sh\n"
+                        "[ \"$1\" = --version ] && echo broken 1.0 && exit 0\n"
+                        "echo 'error: no' >&2\nexit 3\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
     monkeypatch.setattr(lstm_kernel, "cache_dir", lambda: tmp_path / "cache")
@@ -236,7 +238,8 @@ def test_a_compiler_without_openmp_builds_the_threaded_kernel(monkeypatch, tmp_p
 
     real = shutil.which(os.environ.get("CXX", "c++"))
     compiler = tmp_path / "no-openmp-c++"
-    compiler.write_text(f"#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -fopenmp ] && echo 'error: no openmp' >&2 && exit 1; done\n"
+    compiler.write_text("#!/bin/sh\n"
+                        "for a in \"$@\"; do [ \"$a\" = -fopenmp ] && echo 'error: no openmp' >&2 && exit 1; done\n"
                         f"exec {real} \"$@\"\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))

@@ -279,7 +279,7 @@ def test_same_seed_same_optimizer():
         res = meta_train(lopt, QUAD, small_config(seed=seed, epochs=1), progress=False)
         return lopt.state_dict(), [r["meta_loss"] for r in res.history]
 
-    (a, la), (b, lb), (c, lc) = train(3), train(3), train(4)
+    (a, la), (b, lb), (_c, lc) = train(3), train(3), train(4)
     assert la == lb and all(torch.equal(a[k], b[k]) for k in a)
     assert la != lc
 

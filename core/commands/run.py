@@ -67,7 +67,8 @@ def cmd_run(args) -> int:
     print(f"{suite.name}: {summary.ran} cells run, {summary.done_before} were done already; "
           f"results in {summary.out}")
     if summary.ran:
-        print(f"time: {summary.wall_s:.1f} s wall since the command started; optimizer steps ran during {summary.compute_union_s:.1f} s of it "
+        print(f"time: {summary.wall_s:.1f} s wall since the command started; "
+              f"optimizer steps ran during {summary.compute_union_s:.1f} s of it "
               f"({summary.compute_sum_s:.1f} s summed over cells, {summary.workers} workers); "
               f"{outside:.1f} s ({100 * summary.outside_fraction:.1f}%) outside optimizer steps")
     for cell, error in summary.failed:

@@ -561,8 +561,9 @@ def check_replay(lopt: LearnedOptimizer) -> None:
             want = torch.autograd.grad(total, [p for _, p in meta], allow_unused=True)
         for (n, _), x, y in zip(meta, got, want):
             if (x is None) != (y is None) or (x is not None and not _close(x, y)):
-                _fail(name, f"the meta-gradient of {n} through replay differs from the one through the steps "
-                            f"(max difference {(x - y).abs().max().item() if x is not None and y is not None else 'n/a'})",
+                gap = f"max difference {(x - y).abs().max().item():.3g}" if x is not None and y is not None else (
+                    "one of them is missing")
+                _fail(name, f"the meta-gradient of {n} through replay differs from the one through the steps ({gap})",
                       curvatures=a, centre=c)
 
     prop()
