@@ -187,24 +187,25 @@ std::vector<float> transposed(const Net& net, int l) {
     return out;
 }
 
-// fn(worker) on min(threads, n) workers.  With OpenMP these are the threads of the
-// OpenMP runtime torch has loaded (the library asks for libgomp.so.1, which is
-// torch's when torch is imported first), so they are not a second set of threads
-// competing with torch's for the cores.
+// fn(worker, workers) on up to min(threads, n) workers; `workers` is how many
+// actually run (OpenMP may give fewer than asked for).  With OpenMP these are the
+// threads of the OpenMP runtime torch has loaded (the library asks for
+// libgomp.so.1, which is torch's when torch is imported first), so they are not a
+// second set of threads competing with torch's for the cores.
 template <class Fn>
 void parallel(int threads, int64_t n, Fn fn) {
     threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, n));
     if (threads == 1) {
-        fn(0);
+        fn(0, 1);
         return;
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
-    fn(omp_get_thread_num());
+    fn(omp_get_thread_num(), omp_get_num_threads());
 #else
     std::vector<std::thread> pool;
-    for (int k = 1; k < threads; ++k) pool.emplace_back(fn, k);
-    fn(0);
+    for (int k = 1; k < threads; ++k) pool.emplace_back(fn, k, threads);
+    fn(0, threads);
     for (auto& th : pool) th.join();
 #endif
 }
@@ -226,8 +227,7 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
     const float* w_head = params + net.head();
     const float b_head = w_head[H];
     const int64_t tiles = (M + VL - 1) / VL;
-    parallel(threads, tiles, [&](int worker) {
-        const int workers = (int)std::max<int64_t>(1, std::min<int64_t>(threads, tiles));
+    parallel(threads, tiles, [&](int worker, int workers) {
         const int64_t first = tiles * worker / workers, last = tiles * (worker + 1) / workers;
         std::vector<vf> xin(std::max(F, H) + H), c(H), act(4 * H), c_new(H), h_new(H);
         for (int64_t tile = first; tile < last; ++tile) {
@@ -282,7 +282,7 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
         off_tc[l] = per_tile, per_tile += (int64_t)T * H;
     }
 
-    parallel(threads, blocks, [&](int) {
+    parallel(threads, blocks, [&](int, int) {
         // Gv: the block's gradient lane by lane (the params' layout, one vector per number).
         std::vector<vf> buf(per_tile), dh((size_t)L * H), dc((size_t)L * H), d_in(std::max(F, H) + H), Gv(P);
         vf* d_head = Gv.data() + net.head();
