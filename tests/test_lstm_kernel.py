@@ -273,3 +273,53 @@ def test_the_command_says_so_in_one_line(tmp_path):
     assert done.returncode == 0, done.stderr
     warning = [line for line in done.stderr.splitlines() if "kernel" in line]
     assert len(warning) == 1 and warning[0].startswith("l2obench: warning: the fused LSTM kernel is unavailable")
+
+
+def test_fewer_openmp_threads_than_asked_for_still_cover_every_coordinate(tmp_path):
+    """OpenMP may run fewer threads than the kernel asks for (here OMP_THREAD_LIMIT=1 against
+    torch's 2 threads); every coordinate is still computed, the same as on one thread."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2)\n"
+            "from l2obench import get_registry\n"
+            "from l2obench.plugins import lstm_kernel\n"
+            "torch.manual_seed(0); net = get_registry().learned('lstm').networks['default']\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "x, h = torch.randn(2, 1000, generator=g), torch.randn(2, 20, 1000, generator=g)\n"
+            "c = torch.zeros(2, 20, 1000)\n"
+            "out, _, _ = lstm_kernel.step(net.kernel_parameters(), 0.1, x, list(h), list(c), 20)\n"
+            "torch.save(out, %r)\n")
+    outs = []
+    for name, limit in (("limited", "1"), ("free", None)):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"}
+        if limit:
+            env["OMP_THREAD_LIMIT"] = limit
+        path = tmp_path / f"{name}.pt"
+        subprocess.run([sys.executable, "-c", code % str(path)], env=env, check=True, timeout=120)
+        outs.append(torch.load(path))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_replay_without_the_kernel_recomputes_the_steps_with_a_graph(monkeypatch):
+    """``LSTMNetwork.replay`` when the kernel cannot serve (here turned off after the
+    optimizer was made): the same updates and meta-gradients, from the torch network."""
+    net = network(6, 2, 2)
+    gen = torch.Generator().manual_seed(2)
+    grads = torch.randn(4, 2, 9, generator=gen) * 0.1
+    state = net.init(grads[0])
+    with torch.no_grad():
+        updates, s = [], state
+        for g in grads:
+            u, s = net.step(g, s)
+            updates.append(u)
+    updates = torch.stack(updates)
+    v = torch.randn(updates.shape, generator=gen)
+    results = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("L2OBENCH_NATIVE", native)
+        replayed = net.replay(grads, state, updates)
+        torch.testing.assert_close(replayed, updates, rtol=1e-5, atol=1e-7)
+        results.append(torch.autograd.grad((v * replayed).sum(), net.kernel_weights()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
