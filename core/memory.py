@@ -19,6 +19,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from .env import env_switch
+
 ENV = "L2OBENCH_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 #: blocks below this come from the heap, and are kept there when freed
@@ -42,7 +44,7 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not env_switch(ENV):
         return False
     if not _glibc():
         return False

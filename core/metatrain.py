@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .config import WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
 from .errors import ConfigError
-from .evaluate import run as evaluate_run
+from .evaluate import loss_and_grad, run as evaluate_run
 from .learned import LearnedOptimizer
 from .optimizer import Optimizer, State
 from .task import Task, seed_generator
@@ -114,10 +114,7 @@ def unroll(
                 meta = term if meta is None else meta + term
             params = p
         else:
-            with torch.enable_grad():
-                p = params.detach().requires_grad_(True)
-                loss = task.loss(p, batch)
-                (grad,) = torch.autograd.grad(loss.sum(), p)
+            loss, grad = loss_and_grad(task, params, batch)
             if w and need_graph and params.requires_grad:
                 term = (grad * params).sum() * (w / rows)
                 meta = term if meta is None else meta + term
@@ -144,13 +141,9 @@ def _replayed_unroll(opt: Optimizer, task: Task, params: Tensor, state: State, s
     params = start
     with torch.no_grad():
         for w in weights:
-            batch = next(stream)
-            with torch.enable_grad():
-                p = params.detach().requires_grad_(True)
-                loss = task.loss(p, batch)
-                (grad,) = torch.autograd.grad(loss.sum(), p)
+            loss, grad = loss_and_grad(task, params, next(stream))
             if w:
-                logged = logged + loss.detach().sum() * (w / rows)
+                logged = logged + loss.sum() * (w / rows)
             step, state = opt.update(grad, state, params)
             grads.append(grad)
             updates.append(step)

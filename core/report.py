@@ -115,9 +115,9 @@ def summarize(seeds, order: list[tuple[str, int]] | None = None):
         table["log10_vs_best_baseline"] = np.log10(table["final_mean"].to_numpy() / np.asarray(ref, dtype=float))
     for metric in ("final", "summed"):
         paired = _paired_vs_best_baseline(seeds, table, metric)
-        for end in ("mean", "low", "high"):
-            table[f"{metric}_vs_best_{end}"] = [paired.get(i, (np.nan,) * 3)[("mean", "low", "high").index(end)]
-                                               for i in table.index]
+        values = np.array([paired.get(i, (np.nan,) * 3) for i in table.index], dtype=float).reshape(-1, 3)
+        for k, end in enumerate(("mean", "low", "high")):
+            table[f"{metric}_vs_best_{end}"] = values[:, k]
     if order:
         rank = {v: i for i, v in enumerate(order)}
         table["_o"] = [rank.get((t, h), len(rank)) for t, h in zip(table["task"], table["horizon"])]

@@ -54,14 +54,7 @@ def _init_worker(threads: int) -> None:
     flushed its queues by the time the interpreter exits."""
     atexit.register(_quick_exit)
     _exit_with_parent()
-    from l2obench.errors import one_line_warnings
-    from l2obench.memory import keep_freed_memory
-
-    keep_freed_memory()
-    one_line_warnings()
-    import torch
-
-    torch.set_num_threads(threads)
+    _prepare(threads)
     import l2obench.runner  # noqa: F401
     from l2obench.registry import get_registry
 
@@ -140,13 +133,21 @@ class LocalExecutor:
         self.shutdown(cancel=exc[0] is not None)
 
 
-def _call_with_threads(fn: Callable, threads: int, *args):
-    import torch
-
+def _prepare(threads: int) -> None:
+    """What a worker sets up before running cells, as the ``l2obench`` command does for
+    itself: freed memory kept for reuse, one-line warnings, its torch threads."""
+    from l2obench.errors import one_line_warnings
     from l2obench.memory import keep_freed_memory
 
     keep_freed_memory()
+    one_line_warnings()
+    import torch
+
     torch.set_num_threads(threads)
+
+
+def _call_with_threads(fn: Callable, threads: int, *args):
+    _prepare(threads)
     return fn(*args)
 
 

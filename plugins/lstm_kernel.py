@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from l2obench.env import env_switch
 from l2obench.errors import L2OWarning
 
 SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
@@ -42,8 +43,8 @@ _ptrs = ctypes.POINTER(ctypes.c_void_p)
 
 
 def enabled() -> bool:
-    """Whether the kernel may be used (``L2OBENCH_NATIVE`` is not ``0``)."""
-    return os.environ.get("L2OBENCH_NATIVE", "1").strip() != "0"
+    """Whether the kernel may be used (``L2OBENCH_NATIVE`` is not 0, false, no or off)."""
+    return env_switch("L2OBENCH_NATIVE")
 
 
 def cache_dir() -> Path:
