@@ -9,7 +9,11 @@ A suite expands to three kinds of cells:
   variant's longest horizon (a shorter horizon reads the same trajectory's prefix);
 - **test** ``adam[lr=0.03] @ mnist-mlp[hidden=40] @ T=100``: an optimizer on the test
   optimizees of a variant; a baseline with the settings its tuning cells chose for
-  that horizon, a learned optimizer with its meta-trained checkpoint.
+  that horizon, a learned optimizer with its meta-trained checkpoint.  Test cells
+  that differ only in their horizon (a learned optimizer at T=100 and T=1000, or a
+  baseline whose tuning chose the same settings for both) run once, to the longest;
+  the shorter ones are read from its prefix, which is the same trajectory (a
+  seed's minibatches and an optimizer's steps do not depend on how long it runs).
 
 Every cell runs all its seeds in one batched :func:`l2obench.evaluate.run`.  A
 finished cell is written at once and atomically to ``DIR/cells/<key>.parquet``,
@@ -99,6 +103,35 @@ def meta_train_cell(spec: LearnedSpec, device: str) -> Cell:
     body = {"name": spec.name, "plugin": spec.plugin, "params": spec.params, "version": spec.version,
             "task": _task_spec(spec.task), "train": spec.train, "device": device}
     return Cell("meta-train", f"meta-train {spec.name}", body)
+
+
+def share_prefixes(cells: list[Cell], done: set[str]) -> dict[str, list[Cell]]:
+    """The test cells of ``cells`` not in ``done``, grouped by everything but their horizon:
+    ``{key of the longest: the shorter ones, read from its prefix}``; every other cell
+    not done maps to ``[]``."""
+    families: dict[str, list[Cell]] = {}
+    for cell in cells:
+        if cell.key in done:
+            continue
+        family = cell_key(cell.kind, {**cell.spec, "horizon": None}) if cell.kind == "test" else cell.key
+        members = families.setdefault(family, [])
+        if all(c.key != cell.key for c in members):
+            members.append(cell)
+    plan = {}
+    for members in families.values():
+        members.sort(key=lambda c: c.spec.get("horizon", 0))
+        plan[members[-1].key] = members[:-1]
+    return plan
+
+
+def prefix_result(result: dict[str, Any], horizon: int) -> dict[str, Any]:
+    """A finished evaluation's raw results cut to its first ``horizon`` steps (timings, those
+    of the run they come from)."""
+    import numpy as np
+
+    diverged = np.asarray(result["diverged_at"])
+    return {**result, "losses": np.array(result["losses"][:, :horizon]),
+            "diverged_at": np.where(diverged < horizon, diverged, -1)}
 
 
 @dataclass
@@ -458,9 +491,14 @@ class Runner:
     def describe(self) -> list[str]:
         """One line per cell, in run order, with its state (for ``--dry-run``)."""
         lines = []
+        read_from = {r.key: long for long, riders in
+                     share_prefixes(self.learned_tests + list(self.chosen.values()), self.done).items()
+                     for r in riders}
 
         def line(cell: Cell, note: str = "") -> None:
             state = "done  " if cell.key in self.done else "to run"
+            if cell.key in read_from:
+                note += f"  (read from the first {cell.spec['horizon']} steps of [{read_from[cell.key]}])"
             lines.append(f"{state}  {cell.id}  [{cell.key}]{note}")
 
         for cell in self.meta.values():
@@ -517,49 +555,51 @@ class Runner:
                 for c in group.cells:
                     group_of.setdefault(c.key, []).append(gkey)
 
-            def submit(cell: Cell) -> None:
-                if cell.key in self.done:
-                    return
-                runtime: dict[str, Any] = {"threads": threads}
-                if cell.kind == "test" and cell.spec["optimizer"]["kind"] == "learned":
-                    runtime["checkpoint"] = self._checkpoint_bytes(cell.spec["optimizer"]["name"])
-                futures[pool.submit(execute_cell, cell.kind, cell.spec, runtime)] = cell
+            riders: dict[str, list[Cell]] = {}  # key of a cell running: cells read from its prefix
+
+            def submit(cells: list[Cell]) -> None:
+                plan = share_prefixes(cells, self.done)
+                for cell in cells:
+                    if cell.key not in plan:
+                        continue
+                    riders[cell.key] = plan.pop(cell.key)
+                    runtime: dict[str, Any] = {"threads": threads}
+                    if cell.kind == "test" and cell.spec["optimizer"]["kind"] == "learned":
+                        runtime["checkpoint"] = self._checkpoint_bytes(cell.spec["optimizer"]["name"])
+                    futures[pool.submit(execute_cell, cell.kind, cell.spec, runtime)] = cell
 
             def ready_learned(names) -> None:
-                for cell in self.learned_tests:
-                    if set(cell.needs) & names and all(self.meta[n].key in self.done for n in cell.needs):
-                        submit(cell)
+                submit([cell for cell in self.learned_tests
+                        if set(cell.needs) & names and all(self.meta[n].key in self.done for n in cell.needs)])
 
             try:
-                for cell in self.meta.values():
-                    submit(cell)
+                submit(list(self.meta.values()))
                 for gkey, group in self.groups.items():
                     if any(c.key not in self.done for c in group.cells):
-                        for c in group.cells:
-                            submit(c)
+                        submit(group.cells)
                     else:
-                        for h in group.horizons:
-                            submit(self.chosen[(gkey, h)])
-                for cell in self.learned_tests:
-                    if all(self.meta[n].key in self.done for n in cell.needs):
-                        submit(cell)
+                        submit([self.chosen[(gkey, h)] for h in group.horizons])
+                submit([cell for cell in self.learned_tests if all(self.meta[n].key in self.done for n in cell.needs)])
                 while futures:
                     finished, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
                     for fut in finished:
                         cell = futures.pop(fut)
+                        shorter = riders.pop(cell.key, [])
                         try:
                             result = fut.result()
                         except Exception as exc:  # a bug or a bad plugin: report, keep going
-                            failures.append((cell.id, _one_line(exc)))
+                            failures += [(c.id, _one_line(exc)) for c in [*shorter, cell]]
                             if cell.kind == "meta-train":
                                 failed_names.add(cell.spec["name"])
-                            bar.update(1)
+                            bar.update(1 + len(shorter))
                             continue
+                        for c in shorter:
+                            self._finish(c, prefix_result(result, c.spec["horizon"]))
                         self._finish(cell, result)
                         compute.append(tuple(result["compute"]))
-                        ran += 1
+                        ran += 1 + len(shorter)
                         bar.set_description_str(_short(cell.id), refresh=False)
-                        bar.update(1)
+                        bar.update(1 + len(shorter))
                         if cell.kind == "meta-train":
                             ready_learned({cell.spec["name"]})
                         elif cell.kind == "tune":
@@ -567,10 +607,9 @@ class Runner:
                                 group = self.groups[gkey]
                                 if all(c.key in self.done for c in group.cells) \
                                         and (gkey, group.horizons[0]) not in self.chosen:
-                                    for new in self._choose(gkey):
-                                        if new.key in self.done:
-                                            bar.update(1)
-                                        submit(new)
+                                    new = self._choose(gkey)
+                                    bar.update(sum(c.key in self.done for c in new))
+                                    submit(new)
                         known = [c.key for c in self.all_known_cells()]
                         if known != manifest["cells"]:
                             manifest["cells"], manifest["tuning"] = known, self.tuning

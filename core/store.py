@@ -48,7 +48,7 @@ COLUMNS: dict[str, str] = {
     "diverged_step": "first non-finite step of this seed, -1 if none",
     "checkpoint": "content hash of the learned optimizer's checkpoint ('' for baselines)",
     "device": "where the cell ran",
-    "wall_time": "seconds the cell took in its worker",
+    "wall_time": "seconds the cell took in its worker (a cell read from a longer run's prefix: that run's)",
     "compute_time": "seconds of it inside optimizer steps (evaluate.run / meta_train)",
     "versions": "plugin distributions and versions involved, JSON",
 }

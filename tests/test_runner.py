@@ -225,6 +225,47 @@ def test_resume_with_a_tuning_group_half_done(suite_file, reference, tmp_path):
                                   canonical(l2obench.load_results(reference)), check_exact=False, rtol=1e-6)
 
 
+def test_cells_differing_only_in_horizon_run_once_and_the_shorter_read_the_prefix(suite_file, reference, tmp_path):
+    """Learned tests at T=10 and T=20 are one run to 20 steps, and so are a baseline's when
+    tuning chose the same settings for both; the T=10 rows are those of a run of 10 steps."""
+    from l2obench.runner import execute_cell
+
+    class Counting(ThreadExecutor):
+        submitted: list[str] = []
+
+        def submit(self, fn, kind, spec, runtime):
+            self.submitted.append(f"{kind} {spec.get('horizon')}")
+            return super().submit(fn, kind, spec, runtime)
+
+    runner = Runner(load_suite(suite_file), tmp_path)
+    summary = runner.run(pool=Counting(2), progress=False, stream=open(os.devnull, "w"))
+    assert summary.ran == CELLS and not summary.failed
+    tests = [c for c in runner.all_known_cells() if c.kind == "test"]
+    shared = {(c.spec["optimizer"]["id"], c.spec["task"]["id"]) for c in tests if c.spec["horizon"] == 10} \
+        & {(c.spec["optimizer"]["id"], c.spec["task"]["id"]) for c in tests if c.spec["horizon"] == 20}
+    assert len(shared) >= 2  # at least the learned optimizer on both variants
+    assert Counting.submitted.count("test 10") == len(tests) // 2 - len(shared)
+    assert Counting.submitted.count("test 20") == len(tests) // 2
+    short = next(c for c in runner.learned_tests if c.spec["horizon"] == 10)
+    lines = Runner(load_suite(suite_file), tmp_path, force=True).describe()
+    assert any(short.id in x and "(read from the first 10 steps of [" in x for x in lines)
+    alone = execute_cell("test", short.spec, {"checkpoint": runner._checkpoint_bytes("lstm-tiny")})
+    rows = store.read_cell(tmp_path, short.key, ["seed", "step", "loss", "diverged_step"])
+    np.testing.assert_array_equal(rows["loss"].to_numpy().reshape(4, 10), alone["losses"])
+    np.testing.assert_array_equal(rows["diverged_step"].to_numpy()[::10], alone["diverged_at"])
+    pd.testing.assert_frame_equal(canonical(l2obench.load_results(tmp_path)),
+                                  canonical(l2obench.load_results(reference)), check_exact=False, rtol=1e-6)
+
+
+def test_a_prefix_keeps_only_the_divergences_inside_it():
+    from l2obench.runner import prefix_result
+
+    losses = np.array([[1.0, 2.0, np.inf, np.nan], [1.0, 1.0, 1.0, 1.0], [np.nan] * 4])
+    cut = prefix_result({"losses": losses, "diverged_at": np.array([2, -1, 0]), "compute": (0, 1)}, 2)
+    np.testing.assert_array_equal(cut["losses"], losses[:, :2])
+    assert cut["diverged_at"].tolist() == [-1, -1, 0] and cut["compute"] == (0, 1)
+
+
 def test_a_deleted_checkpoint_means_meta_training_again(suite_file, reference, tmp_path):
     import shutil
 
