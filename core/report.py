@@ -155,7 +155,10 @@ def _paired_vs_best_baseline(seeds, table, metric: str) -> dict[int, tuple[float
 
 # -- figures -----------------------------------------------------------------------------
 
-def _setup_matplotlib():
+def plotting():
+    """matplotlib's pyplot (the Agg backend) and seaborn with the report's theme.  Loading
+    them takes about a second: ``l2obench run --report`` calls this in a thread while the
+    cells run, so the report does not wait for it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,7 +180,7 @@ def curves_figure(test, task: str, horizon: int, palette, path: Path) -> None:
     """Median loss over seeds per step with the 95% percentile band, log scale."""
     import numpy as np
 
-    plt, _ = _setup_matplotlib()
+    plt, _ = plotting()
     data = test[(test["task"] == task) & (test["horizon"] == horizon)]
     lows, tops = [], []
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -193,7 +196,8 @@ def curves_figure(test, task: str, horizon: int, palette, path: Path) -> None:
         ok = np.isfinite(med) & (med > 0)
         if ok.any():
             tops.append(med[ok].max())
-            lows.append(np.nanmin(np.where(np.isfinite(lo) & (lo > 0), lo, np.nan)) if (lo > 0).any() else med[ok].min())
+            positive = np.where(np.isfinite(lo) & (lo > 0), lo, np.nan)
+            lows.append(np.nanmin(positive) if (lo > 0).any() else med[ok].min())
         color = palette.get(optimizer)
         ax.plot(steps[ok], med[ok], label=opt_id, color=color, lw=1.4)
         band = np.isfinite(lo) & np.isfinite(hi) & (lo > 0)
@@ -214,7 +218,7 @@ def heatmap_figure(summary, path: Path, order: list[tuple[str, int]], optimizers
     """log10(mean final loss / best tuned baseline's) for every optimizer x variant."""
     import numpy as np
 
-    plt, sns = _setup_matplotlib()
+    plt, sns = plotting()
     labels = [f"{t} @ T={h}" for t, h in order]
     frame = summary.assign(variant=[f"{t} @ T={h}" for t, h in zip(summary["task"], summary["horizon"])])
     grid = frame.pivot_table(index="optimizer", columns="variant", values="log10_vs_best_baseline",
@@ -241,7 +245,7 @@ def heatmap_figure(summary, path: Path, order: list[tuple[str, int]], optimizers
 
 
 def meta_train_figure(meta, path: Path) -> None:
-    plt, _ = _setup_matplotlib()
+    plt, _ = plotting()
     names = list(dict.fromkeys(meta["optimizer"]))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.95, wspace=0.3)

@@ -30,7 +30,8 @@ def grads_of(shape, dtype=np.float32, low=-3.0, high=3.0):
     exponents = arrays(np.float64, shape, elements=st.floats(low, high))
     signs = arrays(np.bool_, shape)
     return st.tuples(exponents, signs).map(
-        lambda es: torch.from_numpy(np.where(es[1], -1.0, 1.0) * 10.0 ** es[0]).to(getattr(torch, np.dtype(dtype).name)))
+        lambda es: torch.from_numpy(np.where(es[1], -1.0, 1.0) * 10.0 ** es[0])
+        .to(getattr(torch, np.dtype(dtype).name)))
 
 
 def run(opt, params, grads):

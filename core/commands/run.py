@@ -91,9 +91,9 @@ def cmd_run(args) -> int:
 
 def _preload_report() -> None:
     try:
-        from ..report import _setup_matplotlib
+        from ..report import plotting
 
-        _setup_matplotlib()
+        plotting()
         import pandas  # noqa: F401
     except Exception:  # pragma: no cover - the report itself will say what is missing
         pass

@@ -180,16 +180,18 @@ def check_state_structure(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEF
     def prop(example):
         params, grads = example
         state = opt.init(params)
-        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-            _fail(name, f"init() must return a flat dict[str, Tensor], got {_spec(state) if isinstance(state, dict) else type(state).__name__}",
-                  params=params)
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                  for k, v in state.items()):
+            got = _spec(state) if isinstance(state, dict) else type(state).__name__
+            _fail(name, f"init() must return a flat dict[str, Tensor], got {got}", params=params)
         spec0 = _spec(state)
         for t, g in enumerate(grads, 1):
             out = opt.update(g, state, params)
             if not (isinstance(out, tuple) and len(out) == 2):
-                _fail(name, f"update() must return (updates, state), got {type(out).__name__}", params=params, grads=grads)
+                _fail(name, f"update() must return (updates, state), got {type(out).__name__}", params=params,
+                      grads=grads)
             u, state = out
-            if not isinstance(u, Tensor) or u.shape != params.shape or u.dtype != params.dtype or u.device != params.device:
+            if not isinstance(u, Tensor) or (u.shape, u.dtype, u.device) != (params.shape, params.dtype, params.device):
                 got = (tuple(u.shape), u.dtype, u.device) if isinstance(u, Tensor) else type(u).__name__
                 _fail(name, f"step {t}: updates are {got}, expected the shape/dtype/device of params "
                             f"{(tuple(params.shape), params.dtype, params.device)}", params=params, grads=grads)
@@ -394,7 +396,8 @@ def check_zero_grad(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_D
         for t, u in enumerate(updates, 1):
             if (u != 0).any():
                 _fail(name, f"declared zero_grad='no-op', but zero gradients gave the update {_tensor_text(u)} "
-                            f"at step {t}; declare zero_grad='any' if that is intended", params=params, steps=len(grads))
+                            f"at step {t}; declare zero_grad='any' if that is intended",
+                      params=params, steps=len(grads))
 
     prop()
 
@@ -674,14 +677,16 @@ def check_task_finite_at_init(family: TaskFamily) -> None:
     def prop(config, seeds):
         task = family.task(**config)
         params = task.init(seeds)
-        if not isinstance(params, Tensor) or not params.is_floating_point() or tuple(params.shape) != (len(seeds), task.dim):
+        if not (isinstance(params, Tensor) and params.is_floating_point()
+                and tuple(params.shape) == (len(seeds), task.dim)):
             got = (tuple(params.shape), params.dtype) if isinstance(params, Tensor) else type(params).__name__
             _fail(name, f"init() gave {got}, expected a floating tensor of shape {(len(seeds), task.dim)}",
                   config=config, seeds=seeds)
         if not torch.isfinite(params).all():
             _fail(name, "init() gave non-finite parameters", config=config, seeds=seeds)
         for group, sl in task.groups.items():
-            if not isinstance(sl, slice) or not (0 <= (sl.start or 0) <= (task.dim if sl.stop is None else sl.stop) <= task.dim):
+            stop = task.dim if isinstance(sl, slice) and sl.stop is None else getattr(sl, "stop", None)
+            if not isinstance(sl, slice) or not (0 <= (sl.start or 0) <= stop <= task.dim):
                 _fail(name, f"group {group!r} is {sl!r}, not a slice inside dim={task.dim}", config=config)
         for split in SPLITS:
             loss, grad = _loss_and_grad(task, params, next(iter(task.batches(split, seeds))))

@@ -296,7 +296,8 @@ def _field_strategy(annotation: Any, default: Any, bounds: Mapping[str, float], 
     if annotation is bool:
         return st.booleans()
     if annotation is int:
-        lo = bounds["ge"] if "ge" in bounds else bounds["gt"] + 1 if "gt" in bounds else min(1 if default is None else default, 1)
+        fallback = min(1 if default is None else default, 1)
+        lo = bounds["ge"] if "ge" in bounds else bounds["gt"] + 1 if "gt" in bounds else fallback
         hi = bounds["le"] if "le" in bounds else bounds["lt"] - 1 if "lt" in bounds else math.inf
         hi = min(hi, max(lo, max_int))
         return st.integers(int(lo), int(hi))
