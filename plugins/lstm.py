@@ -372,7 +372,7 @@ class LSTMNetwork(nn.Module):
         x, pre = self.preprocessor.apply(grads, _unprefixed("pre.", state))
         if self.encoder is not None:
             x = self.encoder(x)
-        if not torch.is_grad_enabled() and x.dtype == torch.float32 and self.fused():
+        if not torch.is_grad_enabled() and x.dtype == torch.float32 and self.fused_step():
             update, lstm_state = self._fused_step(x, state)
         else:
             top, lstm_state = self.lstm(x, state)
@@ -381,12 +381,19 @@ class LSTMNetwork(nn.Module):
 
     # -- the fused kernel ------------------------------------------------------------
 
-    def fused(self) -> bool:
-        """Whether the fused kernel computes this network: the paper's shape (no input
-        layer, no averaging cells, linear head), float32 on the CPU, the kernel built."""
+    def fused_step(self) -> bool:
+        """Whether the fused kernel computes this network's graph-free step: no averaging
+        cells, float32 on the CPU, the kernel built.  An input layer runs before it and a
+        tanh head after it on torch ops (RNNprop)."""
         weight = self.head.linear.weight
-        return (self.encoder is None and not self.lstm.averaged and self.head.squash == "linear"
-                and weight.dtype == torch.float32 and weight.device.type == "cpu" and lstm_kernel.available())
+        return (not self.lstm.averaged and weight.dtype == torch.float32 and weight.device.type == "cpu"
+                and lstm_kernel.available())
+
+    def fused(self) -> bool:
+        """Whether the fused kernel computes this network's steps and the meta-gradient of
+        an unroll (:meth:`replay`): the paper's shape (no input layer, no averaging cells,
+        linear head), float32 on the CPU, the kernel built."""
+        return self.encoder is None and self.head.squash == "linear" and self.fused_step()
 
     def kernel_parameters(self) -> Tensor:
         """The meta-parameters in the kernel's flat layout (lstm_kernel.cpp)."""
@@ -427,8 +434,11 @@ class LSTMNetwork(nn.Module):
         shape, hidden = x.shape[1:], self.lstm.hidden
         m = shape.numel()
         h, c = self._states(state, m)
-        out, h, c = lstm_kernel.step(self.kernel_parameters(), self.head.scale, x.reshape(x.shape[0], m).contiguous(),
-                                     h, c, hidden)
+        linear = self.head.squash == "linear"  # else the kernel gives w . h + b, squashed here as Head does
+        out, h, c = lstm_kernel.step(self.kernel_parameters(), self.head.scale if linear else 1.0,
+                                     x.reshape(x.shape[0], m).contiguous(), h, c, hidden)
+        if not linear:
+            out = torch.tanh(out).mul_(self.head.scale)
         new = {}
         for k in range(len(h)):
             new[f"h{k}"], new[f"c{k}"] = h[k].view(hidden, *shape), c[k].view(hidden, *shape)

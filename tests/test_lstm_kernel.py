@@ -155,12 +155,18 @@ def test_meta_training_with_the_kernel_follows_the_torch_implementation(monkeypa
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_evaluation_with_and_without_the_kernel(monkeypatch):
-    lopt = get_registry().learned("lstm")
+@pytest.mark.parametrize("name", ["lstm", "rnnprop"])
+def test_evaluation_with_and_without_the_kernel(monkeypatch, name):
+    """Graph-free steps on the kernel follow the torch network; RNNprop's too (its input
+    layer and tanh head on torch ops around the kernel's LSTM)."""
+    torch.manual_seed(0)
+    lopt = get_registry().learned(name)
     task = get_registry().task("quadratic", dim=50)
     params = task.init([1, 2, 3])
     grads = [torch.randn(params.shape, generator=torch.Generator().manual_seed(k)) for k in range(6)]
-    runs = []
+    runs, calls = [], []
+    real_step = lstm_kernel.step
+    monkeypatch.setattr(lstm_kernel, "step", lambda *args: calls.append(1) or real_step(*args))
     for native in ("1", "0"):
         monkeypatch.setenv("L2OBENCH_NATIVE", native)
         opt = lopt.opt_fn()
@@ -171,6 +177,8 @@ def test_evaluation_with_and_without_the_kernel(monkeypatch):
                 p = p + u
                 updates.append(u)
         runs.append(torch.stack(updates))
+        assert len(calls) == len(grads)  # the kernel's steps with it, none without
+    assert runs[1].abs().max() > 0
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-7)
 
 
