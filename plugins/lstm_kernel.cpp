@@ -30,6 +30,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -142,6 +145,41 @@ inline void scatter(const vf* src, int rows, int64_t M, int64_t m0, int n, float
     for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r], sizeof(float) * n);
 }
 
+// scatter for the step's new states, with stores that do not first read the lines they
+// overwrite into the cache (whole tiles on 64-byte boundaries): a batch of optimizees
+// writes states far larger than the cache, and the next step reads them back anyway.
+inline void scatter_stream(const vf* src, int rows, int64_t M, int64_t m0, int n, float* dst) {
+    for (int r = 0; r < rows; ++r) {
+        float* row = dst + (int64_t)r * M + m0;
+#if defined(__AVX512F__)
+        if (n == VL && ((uintptr_t)row & 63) == 0) {
+            _mm512_stream_ps(row, (__m512)src[r]);
+            continue;
+        }
+#elif defined(__AVX__)
+        if (n == VL && ((uintptr_t)row & 63) == 0) {
+            const float* v = (const float*)&src[r];
+            _mm256_stream_ps(row, _mm256_loadu_ps(v));
+            _mm256_stream_ps(row + 8, _mm256_loadu_ps(v + 8));
+            continue;
+        }
+#endif
+        std::memcpy(row, &src[r], sizeof(float) * n);
+    }
+}
+
+inline void stream_fence() {
+#if defined(__AVX512F__) || defined(__AVX__)
+    _mm_sfence();
+#endif
+}
+
+// Ask for the lines of lanes m .. m+VL of `rows` rows: the rows of a tile are H x M
+// apart, too many streams for the hardware prefetchers to follow.
+inline void prefetch(const float* src, int rows, int64_t M, int64_t m) {
+    for (int r = 0; r < rows; ++r) __builtin_prefetch(src + (int64_t)r * M + m, 0, 0);
+}
+
 struct Net {
     int L, H, F;
     const float* params;
@@ -227,12 +265,18 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
     const float* w_head = params + net.head();
     const float b_head = w_head[H];
     const int64_t tiles = (M + VL - 1) / VL;
+    constexpr int64_t AHEAD = 4;  // tiles to prefetch ahead
     parallel(threads, tiles, [&](int worker, int workers) {
         const int64_t first = tiles * worker / workers, last = tiles * (worker + 1) / workers;
         std::vector<vf> xin(std::max(F, H) + H), c(H), act(4 * H), c_new(H), h_new(H);
         for (int64_t tile = first; tile < last; ++tile) {
             const int64_t m0 = tile * VL;
             const int n = (int)std::min<int64_t>(VL, M - m0);
+            if (tile + AHEAD < last) {
+                const int64_t ahead = m0 + AHEAD * VL;
+                prefetch(x, F, M, ahead);
+                for (int l = 0; l < L; ++l) prefetch(h_in[l], H, M, ahead), prefetch(c_in[l], H, M, ahead);
+            }
             gather(x, F, M, m0, n, xin.data());
             for (int l = 0; l < L; ++l) {
                 const int in = net.in(l);
@@ -240,8 +284,8 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
                 gather(c_in[l], H, M, m0, n, c.data());
                 cell_forward(net, l, WT[l].data(), xin.data(), c.data(), act.data(), c_new.data(), nullptr,
                              h_new.data());
-                scatter(h_new.data(), H, M, m0, n, h_out[l]);
-                scatter(c_new.data(), H, M, m0, n, c_out[l]);
+                scatter_stream(h_new.data(), H, M, m0, n, h_out[l]);
+                scatter_stream(c_new.data(), H, M, m0, n, c_out[l]);
                 std::copy(h_new.begin(), h_new.end(), xin.begin());  // the next layer's input
             }
             vf u = splat(b_head);
@@ -249,6 +293,7 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
             u *= scale;
             scatter(&u, 1, M, m0, n, out);
         }
+        stream_fence();  // the streamed states are in memory before the step returns
     });
 }
 

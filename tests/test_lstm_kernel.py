@@ -61,6 +61,27 @@ def test_step_matches_the_torch_network(case):
         torch.testing.assert_close(got_c[k], want[f"c{k}"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("m", [64, 4096, 4099, 3 * 15910])
+def test_step_on_many_coordinates_matches_the_torch_network(m):
+    """The paper's shape on whole tiles at 64-byte boundaries (streamed stores), a partial last
+    tile, and 3 optimizees of the paper's MNIST net, twice."""
+    net = network(20, 2, 2, seed=m)
+    g = torch.Generator().manual_seed(m)
+    x = torch.rand(2, m, generator=g) * 6 - 3
+    h = [torch.rand(20, m, generator=g) * 2 - 1 for _ in range(2)]
+    c = [torch.rand(20, m, generator=g) * 4 - 2 for _ in range(2)]
+    with torch.no_grad():
+        top, want = net.lstm(x, torch_state(h, c))
+        update = net.head(top)
+    for _ in range(2):
+        got_update, got_h, got_c = lstm_kernel.step(net.kernel_parameters(), net.head.scale, x, h, c, 20)
+        torch.testing.assert_close(got_update, update, rtol=1e-5, atol=1e-6)
+        for k in range(2):
+            torch.testing.assert_close(got_h[k], want[f"h{k}"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got_c[k], want[f"c{k}"], rtol=1e-5, atol=1e-6)
+        del got_update, got_h, got_c
+
+
 @settings(max_examples=20, deadline=None)
 @given(cases(steps=5), st.data())
 def test_unroll_backward_matches_autograd_through_the_torch_network(case, data):
