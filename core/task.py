@@ -40,7 +40,9 @@ class Task(Protocol):
     def batches(
         self, split: Split, seeds: Sequence[int], device: torch.device | str = "cpu"
     ) -> Iterator[Any]:
-        """An endless stream of minibatches for ``split``, batched over seeds."""
+        """An endless stream of minibatches for ``split``, batched over seeds.  A run of
+        ``T`` steps reads its first ``T``, so a shorter run sees a prefix of a longer one's
+        (tuning and test cells of several horizons read one run)."""
 
     def loss(self, params: Tensor, batch: Any) -> Tensor:
         """Loss of each optimizee on its minibatch: ``(S, dim) -> (S,)``."""
