@@ -17,11 +17,13 @@ over all seeds' coordinates and gate slices are contiguous.
 Speed: one LSTM layer step is one :class:`torch.autograd.Function`
 (:func:`lstm_cell`) with a hand-written backward, numerically the step of
 :class:`torch.nn.LSTMCell` (whose modules hold the meta-parameters, so
-initialisation and parameter layout are torch's).  Networks of the paper's
-shape (no input layer, no averaging cells, linear head), float32 on the CPU,
-run on the fused kernel of :mod:`l2obench.plugins.lstm_kernel` where it can
-be built: its step when no graph is needed, and its whole-unroll backward
-through the optimizer's ``replay`` when meta-training.
+initialisation and parameter layout are torch's).  In float32 on the CPU,
+where :mod:`l2obench.plugins.lstm_kernel` can be built, the stacked LSTM and
+its head run on that fused kernel: every network without averaging cells for
+its steps when no graph is needed (RNNprop's input layer and tanh head around
+it on torch ops), and networks of the paper's shape (no input layer, no
+averaging cells, linear head) also for the whole-unroll backward through the
+optimizer's ``replay`` when meta-training.
 """
 from __future__ import annotations
 
