@@ -281,6 +281,18 @@ def test_non_finite_loss_at_init_is_caught():
           "not finite at init")
 
 
+@pytest.mark.parametrize("group", [slice(0, 99), slice(2, 1), slice(-1, None), [0, 1]],
+                         ids=["past-dim", "reversed", "negative", "not-a-slice"])
+def test_groups_outside_the_parameters_are_caught(group):
+    def make(config):
+        task = ToyTask(config)
+        task.groups = {"bad": group}
+        return task
+
+    fails(check_task_finite_at_init, TaskFamily(ToyConfig, make, name="grouped"), "group 'bad' is",
+          "not a slice inside dim=")
+
+
 def test_config_mistakes_must_be_one_line_config_errors_naming_the_key():
     class Lenient(pydantic.BaseModel):
         model_config = pydantic.ConfigDict(extra="ignore")

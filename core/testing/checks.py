@@ -685,8 +685,9 @@ def check_task_finite_at_init(family: TaskFamily) -> None:
         if not torch.isfinite(params).all():
             _fail(name, "init() gave non-finite parameters", config=config, seeds=seeds)
         for group, sl in task.groups.items():
-            stop = task.dim if isinstance(sl, slice) and sl.stop is None else getattr(sl, "stop", None)
-            if not isinstance(sl, slice) or not (0 <= (sl.start or 0) <= stop <= task.dim):
+            inside = isinstance(sl, slice) and 0 <= (sl.start or 0) <= (
+                task.dim if sl.stop is None else sl.stop) <= task.dim
+            if not inside:
                 _fail(name, f"group {group!r} is {sl!r}, not a slice inside dim={task.dim}", config=config)
         for split in SPLITS:
             loss, grad = _loss_and_grad(task, params, next(iter(task.batches(split, seeds))))
