@@ -109,18 +109,15 @@ def share_prefixes(cells: list[Cell], done: set[str]) -> dict[str, list[Cell]]:
     """The test cells of ``cells`` not in ``done``, grouped by everything but their horizon:
     ``{key of the longest: the shorter ones, read from its prefix}``; every other cell
     not done maps to ``[]``."""
-    families: dict[str, list[Cell]] = {}
+    families: dict[str, dict[str, Cell]] = {}
     for cell in cells:
-        if cell.key in done:
-            continue
-        family = cell_key(cell.kind, {**cell.spec, "horizon": None}) if cell.kind == "test" else cell.key
-        members = families.setdefault(family, [])
-        if all(c.key != cell.key for c in members):
-            members.append(cell)
+        if cell.key not in done:
+            family = cell_key(cell.kind, {**cell.spec, "horizon": None}) if cell.kind == "test" else cell.key
+            families.setdefault(family, {})[cell.key] = cell
     plan = {}
     for members in families.values():
-        members.sort(key=lambda c: c.spec.get("horizon", 0))
-        plan[members[-1].key] = members[:-1]
+        *shorter, longest = sorted(members.values(), key=lambda c: c.spec.get("horizon", 0))
+        plan[longest.key] = shorter
     return plan
 
 
