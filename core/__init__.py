@@ -5,28 +5,29 @@ from .errors import CheckpointError, ConfigError, DataError, L2OError, L2OWarnin
 from .hookspecs import hookimpl
 from .registry import Registry, get_registry
 
-# The names below need torch; they are imported on first use, so that commands
-# that never touch a tensor (``l2obench report``, ``schema``, ``--help``) start fast.
-_LAZY = {
-    "LearnedOptimizer": "learned",
-    "Optimizer": "optimizer", "chain": "optimizer", "scale": "optimizer", "stateless": "optimizer",
-    "Task": "task", "TaskConfig": "task", "TaskFamily": "task",
-}
+# The public plugin API (l2obench.api) is re-exported here.  Its names need torch, so
+# they are imported on first use: commands that never touch a tensor (``l2obench
+# report``, ``schema``, ``--help``) start fast.
+_API = (
+    "Optimizer", "State", "chain", "scale", "stateless", "step_count", "zeros_like_state", "prefixed",
+    "unprefixed", "add_decayed_weights", "decoupled_weight_decay", "scale_by_adagrad", "scale_by_adam",
+    "scale_by_rms", "trace", "LearnedOptimizer", "Capabilities", "Task", "TaskFamily", "TaskConfig", "Split",
+    "SPLITS", "seed_generator", "Dataset", "DATA_ENV", "Executor", "env_switch",
+)
 
 
 def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
+    if name not in _API:
         raise AttributeError(f"module 'l2obench' has no attribute {name!r}")
-    import importlib
+    from . import api
 
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    value = getattr(api, name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_API))
 
 try:
     __version__ = _version("l2obench")
@@ -35,9 +36,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "L2OError", "L2OWarning", "PluginError",
-    "hookimpl", "LearnedOptimizer", "Optimizer", "chain", "scale", "stateless",
-    "Registry", "get_registry", "Task", "TaskConfig", "TaskFamily", "load_results",
-    "__version__",
+    "hookimpl", *_API, "Registry", "get_registry", "load_results", "__version__",
 ]
 
 

@@ -39,8 +39,15 @@ def register_task_families(register):
 
 
 @hookspec
+def register_datasets(register):
+    """Register data sets: ``register(name, dataset)`` with an object satisfying
+    :class:`l2obench.datasets.Dataset` (arrays for a fixed train / validation / test split)."""
+
+
+@hookspec
 def register_executors(register):
     """Register executors that run suite cells: ``register(name, factory)``.
 
-    ``factory(workers: int) -> Executor``; see ``l2obench.runner``.
+    ``factory(workers: int) -> Executor``, an object satisfying
+    :class:`l2obench.api.Executor`.
     """

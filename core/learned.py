@@ -10,24 +10,55 @@ runs an unroll's steps without a graph and backpropagates through it at once.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
 from .optimizer import Optimizer
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a learned optimizer can do, as data read by the meta-trainer, the
+    conformance kit, ``l2obench list`` and the report (never probed with ``getattr``).
+
+    - ``replay``: ``opt_fn()`` gives :attr:`Optimizer.replay`, so meta-training runs an
+      unroll without a graph and backpropagates through ``replay`` once.
+    - ``groups``: names of task parameter groups with meta-parameters of their own
+      (e.g. ``("conv", "fc")``); the kit unrolls on a task exposing them.
+    - ``second_derivatives``: ``update`` is twice differentiable, so meta-training may
+      keep second derivatives (``second_order = true``); ``False`` where a hand-written
+      backward is differentiable once only.
+    """
+
+    replay: bool = False
+    groups: tuple[str, ...] = ()
+    second_derivatives: bool = True
+
+    def describe(self) -> dict[str, Any]:
+        return {"replay": self.replay, "groups": list(self.groups), "second_derivatives": self.second_derivatives}
+
+
 class LearnedOptimizer(torch.nn.Module):
     """Base class of learned optimizers: subclasses implement :meth:`opt_fn`.
 
-    ``hyperparameters`` records the keyword arguments the plugin factory was
-    called with, so a checkpoint can rebuild the same network.
+    ``name`` and ``hyperparameters`` are recorded by the registry when it builds one
+    (``Registry.learned(name, **hyperparameters)``: the registered name and every
+    keyword argument of the factory, defaults included), so a checkpoint needs only
+    the optimizer to rebuild the same network; a plugin never sets them by hand.
     """
 
-    hyperparameters: dict
-    #: names of task parameter groups that have meta-parameters of their own
-    #: (e.g. ``("conv", "fc")``); the conformance kit unrolls on a task exposing them.
-    group_names: tuple[str, ...] = ()
+    #: the registered name (``None`` for an instance not built through the registry)
+    name: str | None = None
+    #: the factory's keyword arguments, defaults included (set by the registry)
+    hyperparameters: dict = {}
+    capabilities: Capabilities = Capabilities()
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """``capabilities.groups``: the task parameter groups with networks of their own."""
+        return self.capabilities.groups
 
     def opt_fn(self, groups: Mapping[str, slice] | None = None) -> Optimizer:
         """The optimizer these meta-parameters define. ``groups`` are the task's

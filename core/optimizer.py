@@ -39,6 +39,9 @@ class Optimizer:
       history, so permuting coordinates permutes the updates.
     - ``zero_grad``: what a zero gradient does from a fresh state: ``"no-op"``
       (update exactly zero) or ``"any"`` (nothing promised, e.g. weight decay).
+    - ``uses_groups``: the update depends on the task's parameter groups (layer-wise
+      optimizers such as LARS or LAMB); such a factory takes a keyword-only
+      ``groups: Mapping[str, slice]``, which the resolver fills from the task.
 
     Learned optimizers may also give ``replay(grads, state, updates) -> updates``,
     for meta-training with second derivatives dropped: ``grads`` and ``updates``
@@ -55,16 +58,19 @@ class Optimizer:
     coordinatewise: bool = True
     zero_grad: Literal["no-op", "any"] = "no-op"
     replay: ReplayFn | None = None
+    uses_groups: bool = False
 
     def with_flags(self, **flags) -> "Optimizer":
         return replace(self, **flags)
 
 
-def _prefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
+def prefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
+    """``state`` with every key prefixed, so parts of a composite optimizer share one flat dict."""
     return {f"{prefix}{k}": v for k, v in state.items()}
 
 
-def _unprefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
+def unprefixed(prefix: str, state: Mapping[str, Tensor]) -> State:
+    """The entries of ``state`` under ``prefix``, with the prefix taken off (inverse of :func:`prefixed`)."""
     n = len(prefix)
     return {k[n:]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -75,14 +81,14 @@ def chain(*transforms: Optimizer) -> Optimizer:
     def init(params: Tensor) -> State:
         state: State = {}
         for i, t in enumerate(transforms):
-            state.update(_prefixed(f"{i}.", t.init(params)))
+            state.update(prefixed(f"{i}.", t.init(params)))
         return state
 
     def update(grads: Tensor, state: State, params: Tensor):
         new_state: State = {}
         for i, t in enumerate(transforms):
-            grads, s = t.update(grads, _unprefixed(f"{i}.", state), params)
-            new_state.update(_prefixed(f"{i}.", s))
+            grads, s = t.update(grads, unprefixed(f"{i}.", state), params)
+            new_state.update(prefixed(f"{i}.", s))
         return grads, new_state
 
     return Optimizer(
@@ -90,6 +96,7 @@ def chain(*transforms: Optimizer) -> Optimizer:
         update,
         coordinatewise=all(t.coordinatewise for t in transforms),
         zero_grad="no-op" if all(t.zero_grad == "no-op" for t in transforms) else "any",
+        uses_groups=any(t.uses_groups for t in transforms),
     )
 
 
@@ -104,6 +111,7 @@ def scale(factor: float) -> Optimizer:
 
 
 def zeros_like_state(params: Tensor, *names: str) -> State:
+    """A state of zeros shaped like ``params``, one entry per name."""
     return {n: torch.zeros_like(params) for n in names}
 
 

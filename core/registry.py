@@ -42,6 +42,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "optimizer": ("register_optimizers", "optimizer"),
     "learned": ("register_learned_optimizers", "learned optimizer"),
     "task": ("register_task_families", "task family"),
+    "dataset": ("register_datasets", "dataset"),
     "executor": ("register_executors", "executor"),
 }
 
@@ -50,8 +51,12 @@ _NAMESPACES: dict[str, tuple[str, ...]] = {
     "optimizer": ("optimizer", "learned"),
     "learned": ("optimizer", "learned"),
     "task": ("task",),
+    "dataset": ("dataset",),
     "executor": ("executor",),
 }
+
+#: the keyword a factory takes to receive the task's parameter groups (not a hyperparameter)
+GROUPS_KEYWORD = "groups"
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,20 @@ class Entry:
                 n: (None if f.is_required() else f.get_default(call_default_factory=True))
                 for n, f in self.obj.config.model_fields.items()
             }
+        if self.kind == "dataset":
+            return {}
         return {
             p.name: (None if p.default is inspect.Parameter.empty else p.default)
             for p in inspect.signature(self.obj).parameters.values()
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and not (self.kind == "optimizer" and p.name == GROUPS_KEYWORD)
         }
+
+    @property
+    def uses_groups(self) -> bool:
+        """Whether a hand-designed optimizer's factory takes the task's parameter groups
+        (a keyword-only ``groups``), as layer-wise optimizers do."""
+        return self.kind == "optimizer" and GROUPS_KEYWORD in inspect.signature(self.obj).parameters
 
     def check_parameters(self, params: dict[str, Any]) -> None:
         """Refuse unknown or ill-typed hyperparameters with one line."""
@@ -105,18 +119,42 @@ class Entry:
                 if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
                     raise ConfigError(f"{noun} {self.name!r}: {key}={value!r} must be an integer")
 
-    def create(self, **params):
-        """Build the thing with validated parameters (a Task for a task family)."""
+    def create(self, task_groups=None, /, **params):
+        """Build the thing with validated parameters (a Task for a task family).
+
+        A learned optimizer is given its registered ``name`` and its ``hyperparameters``
+        (every keyword of the factory, defaults included), so it can be saved and rebuilt
+        from itself alone.  ``task_groups`` (a task's named parameter slices) reach a
+        hand-designed optimizer whose factory takes them (:attr:`uses_groups`)."""
         if self.kind == "task":
             fam = self.obj
             return fam.build(fam.validate(**params))
+        if self.kind == "dataset":
+            return self.obj
         self.check_parameters(params)
+        extra = {GROUPS_KEYWORD: dict(task_groups or {})} if self.uses_groups else {}
         try:
-            return self.obj(**params)
+            obj = self.obj(**params, **extra)
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{KINDS[self.kind][1]} {self.name!r}: {exc}") from None
+        if self.kind == "learned":
+            obj.name = self.name
+            obj.hyperparameters = self.bound_parameters(params)
+        return obj
+
+    def bound_parameters(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with the factory's defaults filled in (what a checkpoint records)."""
+        bound = inspect.signature(self.obj).bind_partial(**params)
+        bound.apply_defaults()
+        out = dict(bound.arguments)
+        for p in inspect.signature(self.obj).parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                out.update(out.pop(p.name, {}))
+            elif p.kind is p.VAR_POSITIONAL:
+                out.pop(p.name, None)
+        return out
 
 
 @dataclass
@@ -284,6 +322,14 @@ class Registry:
                     )
                 if not obj.name:
                     object.__setattr__(obj, "name", name)
+            elif kind == "dataset":
+                from .datasets import Dataset
+
+                if not isinstance(obj, Dataset):
+                    raise _RegisterError(
+                        f"{src} registered dataset {name!r} as a {type(obj).__name__} without "
+                        f"'classes', 'shape' and 'load(split)'; register an l2obench.datasets.Dataset"
+                    )
             elif not callable(obj):
                 raise _RegisterError(
                     f"{src} registered {noun} {name!r} as a {type(obj).__name__}; register a factory function"
@@ -309,9 +355,10 @@ class Registry:
         except KeyError:
             raise ConfigError(unknown_name_message(KINDS[kind][1], name, table)) from None
 
-    def optimizer(self, name: str, **hyperparameters):
-        """A hand-designed optimizer ``Optimizer`` built with validated hyperparameters."""
-        return self.get("optimizer", name).create(**hyperparameters)
+    def optimizer(self, name: str, groups=None, /, **hyperparameters):
+        """A hand-designed optimizer ``Optimizer`` built with validated hyperparameters
+        (and the task's parameter ``groups``, for an optimizer that uses them)."""
+        return self.get("optimizer", name).create(groups, **hyperparameters)
 
     def learned(self, name: str, **hyperparameters):
         """A fresh learned optimizer (meta-parameters initialised by the plugin)."""
@@ -319,6 +366,10 @@ class Registry:
 
     def family(self, name: str):
         return self.get("task", name).obj
+
+    def dataset(self, name: str):
+        """The registered data set ``name`` (an :class:`l2obench.datasets.Dataset`)."""
+        return self.get("dataset", name).obj
 
     def task(self, family: str, **config):
         """The Task of ``family`` with a validated ``config``."""

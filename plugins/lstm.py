@@ -39,7 +39,7 @@ from torch.autograd.function import once_differentiable
 
 from l2obench import hookimpl
 from l2obench.errors import ConfigError
-from l2obench.learned import LearnedOptimizer
+from l2obench.learned import Capabilities, LearnedOptimizer
 from l2obench.optimizer import Optimizer, State, step_count
 
 from . import lstm_kernel
@@ -529,7 +529,11 @@ class LearnedLSTM(LearnedOptimizer):
         if DEFAULT not in networks:
             raise ConfigError(f"learned LSTM: a {DEFAULT!r} network is required, got {sorted(networks)}")
         self.networks = nn.ModuleDict(networks)
-        self.group_names = tuple(name for name in networks if name != DEFAULT)
+        self.capabilities = Capabilities(
+            replay=len(networks) == 1 and all(
+                net.encoder is None and net.head.squash == "linear" and not net.lstm.averaged
+                and not net.preprocessor.stateful for net in networks.values()),
+            groups=tuple(name for name in networks if name != DEFAULT), second_derivatives=False)
         self.hyperparameters = dict(hyperparameters)
         self.coordinatewise = coordinatewise
         self._transform = transform

@@ -1,0 +1,48 @@
+"""The public API for plugins: everything a plugin needs, in one module.
+
+The built-in plugins import from here alone (a test enforces it), so a
+third-party plugin can do whatever they do::
+
+    from l2obench.api import Optimizer, chain, scale, hookimpl
+
+Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups:
+
+- **hooks**: :data:`hookimpl`, the marker of hook implementations
+  (``register_optimizers``, ``register_learned_optimizers``,
+  ``register_task_families``, ``register_datasets``, ``register_executors``).
+- **optimizers**: :class:`Optimizer` (``init`` / ``update``, capability flags),
+  :data:`State`, the combinators :func:`chain`, :func:`scale`, :func:`stateless`,
+  the state helpers :func:`step_count`, :func:`zeros_like_state`, :func:`prefixed`,
+  :func:`unprefixed`, and the transforms the built-in baselines are chained from.
+- **learned optimizers**: :class:`LearnedOptimizer` and its :class:`Capabilities`.
+- **tasks**: :class:`Task`, :class:`TaskFamily`, :class:`TaskConfig`,
+  :func:`seed_generator`, :data:`SPLITS`.
+- **data sets**: :class:`Dataset`.
+- **executors**: :class:`Executor`.
+- **errors and switches**: :class:`L2OError` and its kinds, :class:`L2OWarning`,
+  :func:`env_switch`; :func:`get_registry`, to look up what other plugins registered.
+"""
+from .datasets import DATA_ENV, Dataset
+from .env import env_switch
+from .errors import CheckpointError, ConfigError, DataError, L2OError, L2OWarning, PluginError
+from .executor import Executor
+from .hookspecs import hookimpl
+from .learned import Capabilities, LearnedOptimizer
+from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
+from .registry import get_registry
+from .task import SPLITS, Split, Task, TaskConfig, TaskFamily, seed_generator
+from .transforms import (add_decayed_weights, decoupled_weight_decay, scale_by_adagrad, scale_by_adam,
+                         scale_by_rms, trace)
+
+__all__ = [
+    "hookimpl",
+    "Optimizer", "State", "chain", "scale", "stateless", "step_count", "zeros_like_state", "prefixed",
+    "unprefixed", "add_decayed_weights", "decoupled_weight_decay", "scale_by_adagrad", "scale_by_adam",
+    "scale_by_rms", "trace",
+    "LearnedOptimizer", "Capabilities",
+    "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator",
+    "Dataset", "DATA_ENV",
+    "Executor",
+    "L2OError", "ConfigError", "PluginError", "CheckpointError", "DataError", "L2OWarning", "env_switch",
+    "get_registry",
+]
