@@ -9,6 +9,10 @@ import pydantic
 
 from .errors import ConfigError
 
+#: Validation optimizees are seeds ``VALIDATION_SEED_BASE + i``, far from the test seeds
+#: ``0 .. n-1``, for tuning baselines and early stopping alike.
+VALIDATION_SEED_BASE = 1_000_000
+
 
 def validate_model(model: type[pydantic.BaseModel], params: Mapping[str, Any], where: str):
     """Validate ``params`` against ``model``, turning pydantic's report into one line."""

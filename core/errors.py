@@ -41,3 +41,12 @@ def one_line_warnings() -> None:
 
     format_warning.l2obench = True
     warnings.formatwarning = format_warning
+
+
+def did_you_mean(name: object, known) -> str:
+    """``"did you mean 'adam'? "`` for the closest of ``known`` to ``name``, or ``""``:
+    the hint every "unknown ..." message carries, written once."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f"did you mean {close[0]!r}? " if close else ""

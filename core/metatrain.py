@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
-from .config import WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
+from .config import VALIDATION_SEED_BASE, WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
 from .errors import ConfigError
 from .evaluate import loss_and_grad, run as evaluate_run
 from .learned import LearnedOptimizer
@@ -42,7 +42,6 @@ from .task import Task, seed_generator
 
 #: Validation optimizees use seeds from here on; training seeds are drawn at or
 #: above TRAIN_SEED_LOW, so the two never meet (test seeds are small integers).
-VALIDATION_SEED_BASE = 1_000_000
 TRAIN_SEED_LOW = 2_000_000
 _SEED_HIGH = 2**31 - 1
 

@@ -19,7 +19,6 @@ either kind the same way.
 """
 from __future__ import annotations
 
-import difflib
 import importlib.metadata as md
 import inspect
 import os
@@ -30,7 +29,7 @@ from typing import Any, Callable, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, PluginError, did_you_mean
 
 PROJECT = "l2obench"
 DISABLE_ENV = "L2OBENCH_DISABLE_PLUGIN_AUTOLOAD"
@@ -277,8 +276,7 @@ class Registry:
         for attr in dir(plugin):
             marked = self.pm.parse_hookimpl_opts(plugin, attr) is not None
             if marked and attr not in hooks:
-                close = difflib.get_close_matches(attr, hooks, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
+                hint = did_you_mean(attr, hooks)
                 raise PluginError(
                     f"{source} implements {attr!r}, which is not an l2obench hook; {hint}{SEE_HOOKS}"
                 )
@@ -381,9 +379,7 @@ class Registry:
 
 def unknown_name_message(noun: str, name: Any, known: Iterable[str]) -> str:
     known = sorted(known)
-    close = difflib.get_close_matches(str(name), known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown {noun} {name!r}: {hint}registered: {', '.join(known) or 'none'}"
+    return f"unknown {noun} {name!r}: {did_you_mean(name, known)}registered: {', '.join(known) or 'none'}"
 
 
 def _a(noun: str) -> str:

@@ -44,12 +44,12 @@ from typing import Any, Literal, Optional
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from .config import VALIDATION_SEED_BASE
 from .errors import ConfigError, L2OError
 from .registry import unknown_name_message
 
 #: Validation optimizees (baseline tuning, early stopping) use seeds from here on,
 #: like the meta-trainer's, so they never meet the test seeds 0, 1, 2, ...
-VALIDATION_SEED_BASE = 1_000_000
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
