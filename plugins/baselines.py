@@ -1,10 +1,8 @@
 """Hand-designed baselines, each matching its torch.optim counterpart step for step."""
 from __future__ import annotations
 
-from l2obench import hookimpl
-from l2obench.optimizer import Optimizer, chain, scale
-from l2obench.transforms import (add_decayed_weights, decoupled_weight_decay, scale_by_adagrad,
-                                 scale_by_adam, scale_by_rms, trace)
+from l2obench.api import (Optimizer, add_decayed_weights, chain, decoupled_weight_decay, hookimpl, scale,
+                          scale_by_adagrad, scale_by_adam, scale_by_rms, trace)
 
 
 def sgd(lr: float = 0.01, weight_decay: float = 0.0) -> Optimizer:

@@ -14,8 +14,7 @@ from typing import Literal
 import pydantic
 import torch
 
-from l2obench import hookimpl
-from l2obench.task import TaskConfig, TaskFamily, seed_generator
+from l2obench.api import TaskConfig, TaskFamily, hookimpl, seed_generator
 
 
 class QuadraticConfig(TaskConfig):
