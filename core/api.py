@@ -14,6 +14,9 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
   :data:`State`, the combinators :func:`chain`, :func:`scale`, :func:`stateless`,
   the state helpers :func:`step_count`, :func:`zeros_like_state`, :func:`prefixed`,
   :func:`unprefixed`, and the transforms the built-in baselines are chained from.
+- **hyperparameters**: the annotations that declare their bounds (:data:`LearningRate`,
+  :data:`Beta`, :data:`Positive`, :data:`NonNegative`, :data:`PositiveInt`), checked for the
+  command line, suites and checkpoints alike before a factory runs.
 - **learned optimizers**: :class:`LearnedOptimizer` and its :class:`Capabilities`.
 - **tasks**: :class:`Task`, :class:`TaskFamily`, :class:`TaskConfig`,
   :func:`seed_generator`, :data:`SPLITS`.
@@ -27,6 +30,7 @@ from .env import env_switch
 from .errors import CheckpointError, ConfigError, DataError, L2OError, L2OWarning, PluginError
 from .executor import Executor
 from .hookspecs import hookimpl
+from .hyperparameters import Beta, LearningRate, NonNegative, Positive, PositiveInt
 from .learned import Capabilities, LearnedOptimizer
 from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
 from .registry import get_registry
@@ -39,6 +43,7 @@ __all__ = [
     "Optimizer", "State", "chain", "scale", "stateless", "step_count", "zeros_like_state", "prefixed",
     "unprefixed", "add_decayed_weights", "decoupled_weight_decay", "scale_by_adagrad", "scale_by_adam",
     "scale_by_rms", "trace",
+    "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt",
     "LearnedOptimizer", "Capabilities",
     "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator",
     "Dataset", "DATA_ENV",

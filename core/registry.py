@@ -96,27 +96,23 @@ class Entry:
         return self.kind == "optimizer" and GROUPS_KEYWORD in inspect.signature(self.obj).parameters
 
     def check_parameters(self, params: dict[str, Any]) -> None:
-        """Refuse unknown or ill-typed hyperparameters with one line."""
+        """Refuse unknown hyperparameters, and values that break the factory's declaration
+        (:mod:`l2obench.hyperparameters`), with one line."""
         known = self.parameters()
         noun = KINDS[self.kind][1]
         takes_any = self.kind != "task" and any(
             p.kind is p.VAR_KEYWORD for p in inspect.signature(self.obj).parameters.values())
         for key, value in params.items():
-            if key not in known:
-                if takes_any:
-                    continue
+            if key not in known and not takes_any:
                 raise ConfigError(
                     f"{noun} {self.name!r}: unknown parameter {key!r} (value {value!r}); "
-                    f"allowed: {', '.join(known) or 'none'}"
+                    f"{did_you_mean(key, known)}allowed: {', '.join(known) or 'none'}"
                 )
-            default = known[key]
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ConfigError(f"{noun} {self.name!r}: {key}={value!r} must be true or false")
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ConfigError(f"{noun} {self.name!r}: {key}={value!r} must be a number")
-                if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
-                    raise ConfigError(f"{noun} {self.name!r}: {key}={value!r} must be an integer")
+        if self.kind in ("optimizer", "learned"):
+            from . import hyperparameters
+
+            skip = (GROUPS_KEYWORD,) if self.kind == "optimizer" else ()
+            hyperparameters.check(self.obj, params, f"{noun} {self.name!r}", skip=skip)
 
     def create(self, task_groups=None, /, **params):
         """Build the thing with validated parameters (a Task for a task family).
