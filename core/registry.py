@@ -288,9 +288,15 @@ class Registry:
             # Registration order: built-ins first, then third-party, then inline plugins.
             for impl in hook.get_hookimpls():
                 src = self._sources.get(impl.plugin_name, _Source(impl.plugin_name, "<inline>", "-"))
+                if "register" not in impl.argnames:
+                    raise PluginError(
+                        f"{src} {src.version} implements {hook_name}() without the 'register' argument, so "
+                        f"it could register nothing; write it as {hook_name}(register) and call "
+                        f"register(name, obj); {SEE_HOOKS}"
+                    )
                 register = self._register_callback(kind, noun, src)
                 try:
-                    impl.function(**({"register": register} if "register" in impl.argnames else {}))
+                    returned = impl.function(register=register)
                 except _RegisterError:
                     raise
                 except Exception as exc:
@@ -298,6 +304,12 @@ class Registry:
                         f"{src} {src.version} raised in {hook_name} "
                         f"({type(exc).__name__}: {_one_line(exc)}); {SWITCH_OFF}"
                     ) from None
+                if returned is not None:
+                    raise PluginError(
+                        f"{src} {src.version}: {hook_name} returned a {type(returned).__name__} instead of "
+                        f"calling register(name, obj) for each entry, so nothing it returned is registered; "
+                        f"call register and return nothing"
+                    )
 
     def _register_callback(self, kind: str, noun: str, src: _Source) -> Callable[[str, Any], None]:
         def register(name: str, obj: Any) -> None:

@@ -76,7 +76,7 @@ def test_two_inline_plugins_of_one_class_are_both_registered():
     assert_one_line(str(err.value), "'halved-sgd' is registered twice", "'InlinePlugin'", "'InlinePlugin#2'")
 
 
-def test_a_module_is_a_plugin_and_hooks_may_omit_register():
+def test_a_module_is_a_plugin():
     import types
 
     mod = types.ModuleType("tiny_plugin")
@@ -85,14 +85,39 @@ def test_a_module_is_a_plugin_and_hooks_may_omit_register():
     def register_optimizers(register):
         register("tiny", lambda lr=1.0: scale(-lr))
 
-    @hookimpl
-    def register_executors():  # a hook may take fewer arguments than the spec
-        pass
-
     mod.register_optimizers = register_optimizers
-    mod.register_executors = register_executors
     reg = Registry(plugins=[mod], entry_points=False)
     assert reg.get("optimizer", "tiny").plugin == "tiny_plugin"
+
+
+def test_a_hook_without_register_is_refused_naming_its_plugin():
+    """pluggy accepts a hookimpl that takes fewer arguments than its spec; such a hook
+    could register nothing, so it is an error instead of silence."""
+    import types
+
+    mod = types.ModuleType("forgetful_plugin")
+
+    @hookimpl
+    def register_executors():
+        pass
+
+    mod.register_executors = register_executors
+    with pytest.raises(PluginError) as err:
+        Registry(plugins=[mod], entry_points=False)
+    assert_one_line(str(err.value), "'forgetful_plugin'", "register_executors() without the 'register' argument")
+
+
+@pytest.mark.parametrize("returned", [{"tiny": None}, [("tiny", None)], 0])
+def test_a_hook_that_returns_instead_of_registering_is_refused(returned):
+    class Returning:
+        @hookimpl
+        def register_optimizers(self, register):
+            return returned
+
+    with pytest.raises(PluginError) as err:
+        Registry(plugins=[Returning()], entry_points=False)
+    assert_one_line(str(err.value), "'Returning'", f"register_optimizers returned a {type(returned).__name__}",
+                    "call register")
 
 
 # -- faked distributions: a dist-info directory on sys.path ---------------------------
