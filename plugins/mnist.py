@@ -7,9 +7,9 @@ one batched call (``bmm`` for the dense layers, a grouped convolution for the
 conv layers).  Seed ``s`` draws its initial parameters from
 ``seed_generator(s, "init")`` and its minibatches, uniformly with replacement
 from the split, from ``seed_generator(s, "batches", split)``.  The loss is the
-cross-entropy averaged over the minibatch.  Splits are those of
-:mod:`l2obench.data`: train (first 50,000 training images), validation (last
-10,000), test (the 10,000 t10k images).
+cross-entropy averaged over the minibatch.  Splits are those of the ``mnist``
+data set: train (first 50,000 training images), validation (last 10,000), test
+(the 10,000 t10k images).
 """
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2obench import hookimpl
-from l2obench.data import load_mnist, to_float
-from l2obench.task import TaskConfig, TaskFamily, seed_generator
+from l2obench.api import TaskConfig, TaskFamily, get_registry, hookimpl, images_to_float, seed_generator
 
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
@@ -105,7 +103,7 @@ def split_data(split: str, digits: str, device) -> tuple[Tensor, Tensor]:
     device = torch.empty(0, device=device).device
     key = (split, digits, str(device))
     if key not in _DATA:
-        images, labels = load_mnist(split, raw=True)
+        images, labels = get_registry().dataset("mnist").load(split)
         images = images.reshape(-1, PIXELS)
         if digits != "0123456789":
             wanted = torch.tensor([int(c) for c in digits])
@@ -128,7 +126,7 @@ def minibatches(images: Tensor, labels: Tensor, split: str, seeds: Sequence[int]
         index = torch.stack([torch.randint(n, (_INDEX_CHUNK, batch_size), generator=g) for g in generators], 1)
         for rows in index.to(images.device):
             flat = rows.reshape(-1)
-            x = to_float(images.index_select(0, flat)).view(S, batch_size, -1)
+            x = images_to_float(images.index_select(0, flat)).view(S, batch_size, -1)
             yield x, labels.index_select(0, flat).view(S, batch_size)
 
 

@@ -208,10 +208,10 @@ def test_digit_subsets_relabel_the_kept_classes():
     task = _task("mnist-mlp", digits="73", batch_size=256)
     x, y = next(task.batches("test", [0]))
     assert set(y.unique().tolist()) == {0, 1}
-    from l2obench.data import load_mnist
+    from l2obench.datasets import images_to_float
 
-    images, labels = load_mnist("test")
-    sevens = images[labels == 7].flatten(1)
+    images, labels = get_registry().dataset("mnist").load("test")
+    sevens = images_to_float(images[labels == 7].flatten(1))
     first_seven = x[0][y[0] == 0][0]
     assert (sevens == first_seven).all(1).any()
 
