@@ -4,10 +4,10 @@ or a checksummed download into the user cache, :func:`read_data_file`), the IDX 
 (:func:`parse_idx`, :class:`IDXDataset`), class subsets (:func:`select_classes`).
 
 A data set is registered by a plugin (hook ``register_datasets``) and chosen by
-name in a task config (``dataset = "fashion-mnist"``); no core module names one.
+name in a task config (``dataset = "<name>"``); no core module names one.
 
 ``L2OBENCH_DATA_DIR=DIR`` holds one sub-directory per data set, named as it is
-registered (``DIR/mnist/``, ``DIR/cifar-10/``); a data set that allows it
+registered (``DIR/<name>/``); a data set that allows it
 (:func:`read_data_file`'s ``in_root``) is also found directly in ``DIR``, the layout
 from before there was more than one.  Without the variable, files are downloaded
 once into the user cache.  Either way their content is checked against checksums
@@ -88,7 +88,8 @@ def data_dir() -> Path | None:
     root = Path(directory).expanduser()
     if not root.is_dir():
         raise DataError(f"{DATA_ENV}={directory} is not a directory; point it at the folder holding one "
-                        f"sub-directory per data set (mnist/, fashion-mnist/, ...), or unset it to download them")
+                        f"sub-directory per data set, named as it is registered (l2obench list --kind dataset), "
+                        f"or unset it to download them")
     return root
 
 

@@ -361,3 +361,56 @@ def test_cache_dir_is_the_users_cache():
     import pooch
 
     assert data.data_cache_dir("mnist") == Path(pooch.os_cache("l2obench")) / "mnist"
+
+
+# -- the plugin side -------------------------------------------------------------------
+
+#: what a built-in plugin may import: the public API, and torch, numpy, pydantic and the standard library
+ALLOWED_IMPORTS = {"l2obench.api", "torch", "numpy", "pydantic"}
+
+
+@pytest.mark.parametrize("module", ["l2obench.plugins.datasets", "l2obench.plugins.datasets.mnist",
+                                    "l2obench.plugins.datasets.fashion_mnist", "l2obench.plugins.datasets.cifar10",
+                                    "l2obench.plugins.mnist"])
+def test_data_set_plugins_and_image_families_import_only_the_public_api(module):
+    import ast
+    import importlib
+    import sys
+
+    tree = ast.parse(Path(importlib.import_module(module).__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] if node.level == 0 else []  # relative: the plugin's own modules
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            assert (name in ALLOWED_IMPORTS or top in ALLOWED_IMPORTS - {"l2obench.api"}
+                    or top in sys.stdlib_module_names or name == "__future__"), f"{module} imports {name}"
+
+
+def test_the_data_layer_names_no_data_set():
+    import l2obench
+
+    core = Path(l2obench.__file__).parent
+    for module in ("datasets.py", "api.py"):
+        text = (core / module).read_text().lower()
+        for name in ("mnist", "cifar", "l2obench.plugins"):
+            assert name not in text, f"{module} names {name}"
+
+
+def test_list_shows_the_data_sets(capsys, plugin_env):
+    import json
+
+    from l2obench.cli import main
+
+    assert main(["list", "--kind", "dataset"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[1]: line for line in lines[1:]}
+    assert set(rows) >= {"mnist", "fashion-mnist", "cifar-10"}
+    assert "classes=10, shape=3x32x32" in rows["cifar-10"] and "shape=1x28x28" in rows["mnist"]
+    assert main(["list", "--kind", "dataset", "--json"]) == 0
+    described = {r["name"]: r["description"] for r in json.loads(capsys.readouterr().out)}
+    assert "45,000" in described["cifar-10"] and "Fashion-MNIST" in described["fashion-mnist"]
