@@ -8,7 +8,8 @@ import sys
 def add_parser(sub) -> None:
     from ..registry import KINDS
 
-    p = sub.add_parser("list", help="list registered optimizers, learned optimizers, task families, datasets and executors",
+    p = sub.add_parser("list", help="list registered optimizers, learned optimizers, task families, datasets "
+                                    "and executors",
                        description="List what the installed plugins register: name, kind, distribution "
                                    "and version, and parameters with their defaults.")
     p.add_argument("--json", action="store_true",
