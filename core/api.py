@@ -20,12 +20,17 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
 - **learned optimizers**: :class:`LearnedOptimizer` and its :class:`Capabilities`.
 - **tasks**: :class:`Task`, :class:`TaskFamily`, :class:`TaskConfig`,
   :func:`seed_generator`, :data:`SPLITS`.
-- **data sets**: :class:`Dataset`.
+- **data sets**: :class:`Dataset`, and what a data-set plugin is built from:
+  :class:`DataFile` and :func:`read_data_file` (``L2OBENCH_DATA_DIR`` or a checksummed
+  download into :func:`data_cache_dir`; :func:`data_dir`, :data:`DATA_ENV`), the IDX
+  reader :func:`parse_idx` and :class:`IDXDataset`; for task families,
+  :func:`select_classes` and :func:`images_to_float`.
 - **executors**: :class:`Executor`.
 - **errors and switches**: :class:`L2OError` and its kinds, :class:`L2OWarning`,
   :func:`env_switch`; :func:`get_registry`, to look up what other plugins registered.
 """
-from .datasets import DATA_ENV, Dataset
+from .datasets import (DATA_ENV, DataFile, Dataset, IDXDataset, data_cache_dir, data_dir, images_to_float, parse_idx,
+                       read_data_file, select_classes)
 from .env import env_switch
 from .errors import CheckpointError, ConfigError, DataError, L2OError, L2OWarning, PluginError
 from .executor import Executor
@@ -46,7 +51,8 @@ __all__ = [
     "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt",
     "LearnedOptimizer", "Capabilities",
     "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator",
-    "Dataset", "DATA_ENV",
+    "Dataset", "DATA_ENV", "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir",
+    "images_to_float", "select_classes",
     "Executor",
     "L2OError", "ConfigError", "PluginError", "CheckpointError", "DataError", "L2OWarning", "env_switch",
     "get_registry",

@@ -334,7 +334,7 @@ class Registry:
                 if not isinstance(obj, Dataset):
                     raise _RegisterError(
                         f"{src} registered dataset {name!r} as a {type(obj).__name__} without "
-                        f"'classes', 'shape' and 'load(split)'; register an l2obench.datasets.Dataset"
+                        f"'description', 'classes', 'shape' and 'load(split)'; register an l2obench.datasets.Dataset"
                     )
             elif not callable(obj):
                 raise _RegisterError(

@@ -1,30 +1,37 @@
-"""MNIST task families: ``mnist-mlp``, the paper's MLP optimizee (Sec. 3.2), and
-``mnist-conv``, a small conv net after the paper's CIFAR-10 architecture (Sec. 3.3).
+"""Image-classification task families over any registered data set: ``image-mlp``, an
+MLP (the paper's MNIST optimizee, Sec. 3.2, is its default), and ``image-conv``, a
+conv net (the paper's CIFAR-10 net, Sec. 3.3, down to tiny ones for tests).
 
-Both flatten all weights and biases of one network into one parameter vector
-per seed, so ``(S, dim)`` parameters are ``S`` independent networks evaluated in
-one batched call (``bmm`` for the dense layers, a grouped convolution for the
-conv layers).  Seed ``s`` draws its initial parameters from
-``seed_generator(s, "init")`` and its minibatches, uniformly with replacement
-from the split, from ``seed_generator(s, "batches", split)``.  The loss is the
-cross-entropy averaged over the minibatch.  Splits are those of
-:mod:`l2obench.data`: train (first 50,000 training images), validation (last
-10,000), test (the 10,000 t10k images).
+``mnist-mlp`` and ``mnist-conv`` are the same networks on MNIST, with the keys
+they have always had (a class subset is ``digits="01234"``), so the suites and
+results written with them keep their cells and numbers.  The general families
+take ``dataset`` (a registered data set, default ``"mnist"``) and ``classes``
+(e.g. ``[0, 1, 2, 3, 4]``: only those labels are kept, relabelled 0..k-1 in the
+order given), so that "meta-train on five labels, test on the other five" is a
+change of one key.
+
+All weights and biases of one network are one flat parameter vector per seed,
+so ``(S, dim)`` parameters are ``S`` independent networks evaluated in one
+batched call (``bmm`` for the dense layers, a grouped convolution for the conv
+layers).  Seed ``s`` draws its initial parameters from ``seed_generator(s,
+"init")`` and its minibatches, uniformly with replacement from the split, from
+``seed_generator(s, "batches", split)``.  The loss is the cross-entropy averaged
+over the minibatch.  The splits are the data set's own (see ``l2obench list
+--kind dataset``); its files are read and checked when the task is built.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Annotated, Iterator, Literal, Optional, Sequence
 
 import pydantic
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from l2obench import hookimpl
-from l2obench.data import load_mnist, to_float
-from l2obench.task import TaskConfig, TaskFamily, seed_generator
+from l2obench.api import (SPLITS, ConfigError, Dataset, TaskConfig, TaskFamily, get_registry, hookimpl,
+                          images_to_float, seed_generator, select_classes)
 
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
@@ -37,25 +44,38 @@ ACTIVATIONS = {
 }
 Activation = Literal["sigmoid", "relu", "tanh", "elu", "gelu", "softplus", "leaky_relu"]
 
-Init = Literal["gaussian", "he"]
 INIT_DOC = ("gaussian: every parameter ~ N(0, init_scale^2); "
             "he: weights ~ N(0, init_scale^2 * 2 / fan_in), biases 0")
+BatchSize = Annotated[int, pydantic.Field(gt=0, description="examples per minibatch")]
+Init = Annotated[Literal["gaussian", "he"], pydantic.Field(description=INIT_DOC)]
+InitScale = Annotated[float, pydantic.Field(ge=0, description="std of the initial parameters (see init)")]
+Hidden = Annotated[int, pydantic.Field(gt=0, description="units of the fully connected hidden layer")]
 
-PIXELS = 28 * 28
 #: minibatch indices are drawn this many steps at a time (a fixed number, so a
 #: seed's stream does not depend on how long it is read)
 _INDEX_CHUNK = 64
+#: the batch-norm epsilon (torch's default)
+BN_EPS = 1e-5
+
+
+def dataset_named(name: str) -> Dataset:
+    """The registered data set ``name``; an unknown one is a ConfigError listing those registered."""
+    return get_registry().dataset(name)
+
+
+# -- configs ------------------------------------------------------------------------
 
 
 class MNISTConfig(TaskConfig):
-    """Fields shared by the MNIST families."""
+    """Fields shared by the MNIST families; ``dataset`` and ``classes`` as the image
+    families call them."""
 
-    batch_size: int = pydantic.Field(128, gt=0, description="examples per minibatch")
+    batch_size: BatchSize = 128
     digits: str = pydantic.Field(
         "0123456789", description="the classes kept, e.g. '01234' for a 5-class subset (the paper's CIFAR-5)"
     )
-    init: Init = pydantic.Field("gaussian", description=INIT_DOC)
-    init_scale: float = pydantic.Field(0.01, ge=0, description="std of the initial parameters (see init)")
+    init: Init = "gaussian"
+    init_scale: InitScale = 0.01
 
     @pydantic.field_validator("digits")
     @classmethod
@@ -63,6 +83,50 @@ class MNISTConfig(TaskConfig):
         if len(v) < 2 or len(set(v)) != len(v) or not all(c in "0123456789" for c in v):
             raise ValueError("expected at least two distinct digits 0-9, e.g. '01234'")
         return v
+
+    @property
+    def dataset(self) -> str:
+        return "mnist"
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return tuple(int(c) for c in self.digits)
+
+
+class ImageConfig(TaskConfig):
+    """Fields shared by the image families: the data set and its classes, minibatches, initialisation."""
+
+    dataset: str = pydantic.Field("mnist", description="a registered data set (l2obench list --kind dataset)")
+    classes: Optional[tuple[pydantic.NonNegativeInt, ...]] = pydantic.Field(
+        None, description="the labels kept, relabelled 0..k-1 in this order, e.g. [0, 1, 2, 3, 4]; None: all")
+    batch_size: BatchSize = 128
+    init: Init = "gaussian"
+    init_scale: InitScale = 0.01
+
+    @pydantic.field_validator("dataset")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        dataset_named(name)
+        return name
+
+    @pydantic.field_validator("classes")
+    @classmethod
+    def _classes_of_the_dataset(cls, classes, info):
+        if classes is None:
+            return classes
+        if len(classes) < 2:
+            raise ValueError("a subset needs at least two classes, e.g. [0, 1, 2, 3, 4] (or none, for all)")
+        if "dataset" not in info.data:
+            return classes
+        n = dataset_named(info.data["dataset"]).classes
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(map(str, twice))} given more than once; list each class once")
+        outside = [c for c in classes if c >= n]
+        if outside:
+            raise ValueError(f"{', '.join(map(str, outside))} out of range: data set {info.data['dataset']!r} "
+                             f"has classes 0-{n - 1}")
+        return classes
 
 
 class _MLPArchitecture(TaskConfig):
@@ -76,12 +140,16 @@ class MLPConfig(MNISTConfig, _MLPArchitecture):
     every parameter N(0, 0.01^2) as in the public reproductions."""
 
 
+class ImageMLPConfig(_MLPArchitecture, ImageConfig):
+    """``mnist-mlp``'s network and defaults on any data set (``classes`` for ``digits``)."""
+
+
 class _ConvArchitecture(TaskConfig):
     channels: tuple[pydantic.PositiveInt, ...] = pydantic.Field(
         (4, 8, 16), min_length=1, max_length=4,
         description="output channels of each 3x3 conv layer, each followed by 2x2 max pooling",
     )
-    hidden: int = pydantic.Field(32, gt=0, description="units of the fully connected hidden layer")
+    hidden: Hidden = 32
     activation: Activation = "relu"
 
 
@@ -89,38 +157,76 @@ class ConvConfig(MNISTConfig, _ConvArchitecture):
     """Small enough for a cheap CPU step; He initialisation, since without batch
     norm a 0.01 Gaussian leaves the deeper layers' signal vanishingly small."""
 
-    init: Init = pydantic.Field("he", description=INIT_DOC)
-    init_scale: float = pydantic.Field(1.0, ge=0, description="std of the initial parameters (see init)")
+    init: Init = "he"
+    init_scale: InitScale = 1.0
+
+    @property
+    def kernel(self) -> int:
+        return 3
+
+    @property
+    def batch_norm(self) -> bool:
+        return False
+
+
+class ImageConvConfig(ImageConfig):
+    """``mnist-conv``'s defaults on any data set; the paper's CIFAR-10 net is
+    ``dataset="cifar-10", channels=[16, 16, 16], kernel=5, batch_norm=true``."""
+
+    channels: tuple[pydantic.PositiveInt, ...] = pydantic.Field(
+        (4, 8, 16), min_length=1,
+        description="output channels of each conv layer, each followed by 2x2 max pooling (halving the image's "
+                    "sides, rounded down)",
+    )
+    kernel: Literal[1, 3, 5, 7] = pydantic.Field(
+        3, description="side of the square conv kernels, zero-padded to keep the image's size")
+    hidden: Hidden = 32
+    activation: Activation = "relu"
+    batch_norm: bool = pydantic.Field(
+        False, description="batch normalisation after each conv layer (before the activation), with the "
+                           "statistics of each seed's own minibatch; its scales start at 1, its shifts at 0")
+    init: Init = "he"
+    init_scale: InitScale = 1.0
+
+    @pydantic.field_validator("channels")
+    @classmethod
+    def _poolings_fit_the_image(cls, channels, info):
+        if "dataset" not in info.data:
+            return channels
+        _, height, width = dataset_named(info.data["dataset"]).shape
+        if min(height, width) >> len(channels) == 0:
+            sides = " -> ".join(str(min(height, width) >> i) for i in range(len(channels) + 1))
+            fit = min(height, width).bit_length() - 1
+            raise ValueError(f"{len(channels)} conv layers, each halving the image, leave nothing of the "
+                             f"{height}x{width} images of data set {info.data['dataset']!r} ({sides}); "
+                             f"give at most {fit} channel counts")
+        return channels
 
 
 # -- data ----------------------------------------------------------------------
 
-_DATA: dict[tuple[str, str, str], tuple[Tensor, Tensor]] = {}
+_DATA: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
 
-def split_data(split: str, digits: str, device) -> tuple[Tensor, Tensor]:
-    """Flat uint8 images ``(N, 784)`` and labels ``(N,)`` (indices into ``digits``) of
+def split_data(dataset: Dataset, split: str, classes: tuple[int, ...], device) -> tuple[Tensor, Tensor]:
+    """Flat uint8 images ``(N, C*H*W)`` and labels ``(N,)`` (indices into ``classes``) of
     ``split`` on ``device``, kept once per process and device.  Pixels stay uint8
     until a minibatch is gathered: a quarter of the bytes to move."""
+    images, labels = dataset.load(split)
     device = torch.empty(0, device=device).device
-    key = (split, digits, str(device))
+    # the loaded tensors' memory names them; the entry keeps it alive, so the key stays unique
+    key = (images.data_ptr(), tuple(images.shape), classes, str(device))
     if key not in _DATA:
-        images, labels = load_mnist(split, raw=True)
-        images = images.reshape(-1, PIXELS)
-        if digits != "0123456789":
-            wanted = torch.tensor([int(c) for c in digits])
-            keep = torch.isin(labels, wanted)
-            images, labels = images[keep], labels[keep]
-            relabel = torch.full((10,), -1, dtype=torch.long)
-            relabel[wanted] = torch.arange(len(digits))
-            labels = relabel[labels]
-        _DATA[key] = (images.to(device).contiguous(), labels.to(device).contiguous())
-    return _DATA[key]
+        flat = images.reshape(len(images), -1)
+        if classes != tuple(range(dataset.classes)):
+            flat, labels = select_classes(flat, labels, classes)
+        _DATA[key] = (images, flat.to(device).contiguous(), labels.to(device).contiguous())
+    return _DATA[key][1:]
 
 
 def minibatches(images: Tensor, labels: Tensor, split: str, seeds: Sequence[int],
                 batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless ``(x (S, B, 784) float32, y (S, B))`` minibatches from uint8 ``images``,
+    """Endless ``(x (S, B, C*H*W) float32, y (S, B))`` minibatches from uint8 ``images``,
     row ``i`` drawn with ``seed_generator(seeds[i], "batches", split)`` alone."""
     generators = [seed_generator(s, "batches", split) for s in seeds]
     n, S = images.shape[0], len(seeds)
@@ -128,7 +234,7 @@ def minibatches(images: Tensor, labels: Tensor, split: str, seeds: Sequence[int]
         index = torch.stack([torch.randint(n, (_INDEX_CHUNK, batch_size), generator=g) for g in generators], 1)
         for rows in index.to(images.device):
             flat = rows.reshape(-1)
-            x = to_float(images.index_select(0, flat)).view(S, batch_size, -1)
+            x = images_to_float(images.index_select(0, flat)).view(S, batch_size, -1)
             yield x, labels.index_select(0, flat).view(S, batch_size)
 
 
@@ -137,11 +243,13 @@ def minibatches(images: Tensor, labels: Tensor, split: str, seeds: Sequence[int]
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer's weight shape (fan-out first for convs, fan-in first for dense) and its bias size."""
+    """One layer's weight shape (fan-out first for convs, fan-in first for dense) and its
+    bias size; ``norm``: a batch-norm layer, its scale as the weight and its shift as the bias."""
 
     weight: tuple[int, ...]
     bias: int
     fan_in: int
+    norm: bool = False
 
     @property
     def size(self) -> int:
@@ -156,7 +264,7 @@ def _unflatten(params: Tensor, layers: Sequence[Layer]) -> list[tuple[Tensor, Te
     return [(w.unflatten(1, layer.weight), b) for layer, w, b in zip(layers, pieces[0::2], pieces[1::2])]
 
 
-def _init(config: MNISTConfig, layers: Sequence[Layer], seeds, device) -> Tensor:
+def _init(config, layers: Sequence[Layer], seeds, device) -> Tensor:
     dim = sum(layer.size for layer in layers)
     rows = []
     for s in seeds:
@@ -168,7 +276,15 @@ def _init(config: MNISTConfig, layers: Sequence[Layer], seeds, device) -> Tensor
                 theta[start:start + n] *= math.sqrt(2.0 / layer.fan_in)
                 theta[start + n:start + layer.size] = 0.0
                 start += layer.size
-        rows.append(theta * config.init_scale)
+        theta = theta * config.init_scale
+        start = 0
+        for layer in layers:
+            if layer.norm:
+                n = math.prod(layer.weight)
+                theta[start:start + n] = 1.0
+                theta[start + n:start + layer.size] = 0.0
+            start += layer.size
+        rows.append(theta)
     return torch.stack(rows).to(device)
 
 
@@ -178,11 +294,21 @@ def _cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(S * B, C), y.reshape(S * B), reduction="none").view(S, B).mean(1)
 
 
-class MNISTTask:
-    """What the MNIST optimizees share: data, initialisation and the parameter layout."""
+class ImageTask:
+    """What the image optimizees share: the data set and its kept classes (read and
+    checked here, when the task is built), initialisation and the parameter layout."""
 
-    config: MNISTConfig
+    config: MNISTConfig | ImageConfig
     layers: tuple[Layer, ...]
+
+    def __init__(self, config):
+        self.config = config
+        self.dataset = dataset_named(config.dataset)
+        self.classes = tuple(range(self.dataset.classes)) if config.classes is None else tuple(config.classes)
+        for split in SPLITS:
+            if len(split_data(self.dataset, split, self.classes, "cpu")[1]) == 0:
+                raise ConfigError(f"classes={list(self.classes)}: the {split} split of data set "
+                                  f"{config.dataset!r} has no images of these classes; choose others")
 
     @property
     def dim(self) -> int:
@@ -192,16 +318,16 @@ class MNISTTask:
         return _init(self.config, self.layers, seeds, device)
 
     def batches(self, split, seeds, device="cpu"):
-        images, labels = split_data(split, self.config.digits, device)
+        images, labels = split_data(self.dataset, split, self.classes, device)
         return minibatches(images, labels, split, seeds, self.config.batch_size)
 
 
-class MLP(MNISTTask):
-    """784 - hidden x layers - classes, the activation after every hidden layer."""
+class MLP(ImageTask):
+    """C*H*W - hidden x layers - classes, the activation after every hidden layer."""
 
-    def __init__(self, config: MLPConfig):
-        self.config = config
-        sizes = [PIXELS] + [config.hidden] * config.layers + [len(config.digits)]
+    def __init__(self, config: MLPConfig | ImageMLPConfig):
+        super().__init__(config)
+        sizes = [math.prod(self.dataset.shape)] + [config.hidden] * config.layers + [len(self.classes)]
         self.layers = tuple(Layer((i, o), o, i) for i, o in zip(sizes[:-1], sizes[1:]))
         self.groups = {"fc": slice(0, self.dim)}
 
@@ -219,47 +345,68 @@ class MLP(MNISTTask):
         return F.cross_entropy(h, y, reduction="none").mean(1)
 
 
-class ConvNet(MNISTTask):
-    """3x3 convs (padding 1) each with activation and 2x2 max pooling, then FC hidden, activation, FC classes.
+class ConvNet(ImageTask):
+    """Square convs (zero padding keeps the size), each with optional batch norm, the
+    activation and 2x2 max pooling; then FC hidden, activation, FC classes.
 
-    The paper's CIFAR net (Sec. 3.3) without batch norm.  The seeds' networks
-    run as one grouped convolution, the seed index folded into the channels.
+    The paper's CIFAR net (Sec. 3.3) is three conv layers with batch norm and ReLU
+    and 32 hidden units.  The seeds' networks run as one grouped convolution, the
+    seed index folded into the channels; batch norm then normalises each channel of
+    each seed over that seed's minibatch alone (training-mode statistics, on every
+    split: the loss is always that of the minibatch at hand; no running statistics),
+    so seeds batched give what they give one at a time.
     """
 
-    def __init__(self, config: ConvConfig):
-        self.config = config
-        layers, c_in, side = [], 1, 28
+    def __init__(self, config: ConvConfig | ImageConvConfig):
+        super().__init__(config)
+        c_in, height, width = self.dataset.shape
+        self.image = (c_in, height, width)
+        k = config.kernel
+        layers = []
         for c_out in config.channels:
-            layers.append(Layer((c_out, c_in, 3, 3), c_out, c_in * 9))
-            c_in, side = c_out, side // 2
-        self.conv_layers = len(layers)
-        flat = c_in * side * side
+            layers.append(Layer((c_out, c_in, k, k), c_out, c_in * k * k))
+            if config.batch_norm:
+                layers.append(Layer((c_out,), c_out, 1, norm=True))
+            c_in, height, width = c_out, height // 2, width // 2
+        n_conv = sum(layer.size for layer in layers)
+        flat = c_in * height * width
+        classes = len(self.classes)
         layers.append(Layer((flat, config.hidden), config.hidden, flat))
-        layers.append(Layer((config.hidden, len(config.digits)), len(config.digits), config.hidden))
+        layers.append(Layer((config.hidden, classes), classes, config.hidden))
         self.layers = tuple(layers)
-        n_conv = sum(layer.size for layer in layers[:self.conv_layers])
         self.groups = {"conv": slice(0, n_conv), "fc": slice(n_conv, self.dim)}
 
     def loss(self, params: Tensor, batch) -> Tensor:
         x, y = batch
         S, B = y.shape
+        C, H, W = self.image
         act = ACTIVATIONS[self.config.activation]
-        weights = _unflatten(params, self.layers)
-        h = x.view(S, B, 28, 28).transpose(0, 1).contiguous()  # (B, S * 1 channel, 28, 28)
-        for w, b in weights[:self.conv_layers]:
-            h = F.conv2d(h, w.flatten(0, 1), b.flatten(), padding=1, groups=S)
+        pieces = iter(_unflatten(params, self.layers))
+        h = x.view(S, B, C, H, W).transpose(0, 1).reshape(B, S * C, H, W)  # seeds' channels side by side
+        for _ in self.config.channels:
+            w, b = next(pieces)
+            h = F.conv2d(h, w.flatten(0, 1), b.flatten(), padding=self.config.kernel // 2, groups=S)
+            if self.config.batch_norm:
+                scale, shift = next(pieces)
+                h = F.batch_norm(h, None, None, scale.flatten(), shift.flatten(), training=True, eps=BN_EPS)
             h = F.max_pool2d(act(h), 2)
         h = h.reshape(B, S, -1).transpose(0, 1)  # (S, B, features)
-        (w1, b1), (w2, b2) = weights[self.conv_layers:]
+        (w1, b1), (w2, b2) = pieces
         h = act(torch.baddbmm(b1.unsqueeze(1), h, w1))
         return _cross_entropy(torch.baddbmm(b2.unsqueeze(1), h, w2), y)
 
 
 mlp = TaskFamily(MLPConfig, MLP, description="MLP on MNIST (paper Sec. 3.2)")
 conv = TaskFamily(ConvConfig, ConvNet, description="small conv net on MNIST, conv and fc groups (paper Sec. 3.3)")
+image_mlp = TaskFamily(ImageMLPConfig, MLP, description="MLP on any image data set, optionally a subset of its classes")
+image_conv = TaskFamily(ImageConvConfig, ConvNet,
+                        description="conv net on any image data set, batch norm optional, conv and fc groups "
+                                    "(the paper's CIFAR-10 net, Sec. 3.3)")
 
 
 @hookimpl
 def register_task_families(register):
     register("mnist-mlp", mlp)
     register("mnist-conv", conv)
+    register("image-mlp", image_mlp)
+    register("image-conv", image_conv)

@@ -1,5 +1,6 @@
 """Test-suite defaults: a derandomized hypothesis profile, ``--runslow``, and the
-MNIST directory taken from ``L2OBENCH_DATA_DIR`` (never a path written here)."""
+data directory taken from ``L2OBENCH_DATA_DIR`` (never a path written here): one
+sub-directory per data set, or the MNIST files themselves (the older layout)."""
 from __future__ import annotations
 
 import os
@@ -48,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     data = os.environ.get("L2OBENCH_DATA_DIR")
-    return f"L2OBENCH_DATA_DIR: {data or 'unset (MNIST is downloaded into the user cache)'}"
+    return f"L2OBENCH_DATA_DIR: {data or 'unset (data sets are downloaded into the user cache)'}"
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import sys
 def add_parser(sub) -> None:
     from ..registry import KINDS
 
-    p = sub.add_parser("list", help="list registered optimizers, learned optimizers, task families and executors",
+    p = sub.add_parser("list", help="list registered optimizers, learned optimizers, task families, datasets "
+                                    "and executors",
                        description="List what the installed plugins register: name, kind, distribution "
                                    "and version, and parameters with their defaults.")
     p.add_argument("--json", action="store_true",
@@ -18,8 +19,8 @@ def add_parser(sub) -> None:
 
 
 def describe(entry) -> str:
-    """First line of a factory's docstring, or a task family's description."""
-    text = getattr(entry.obj, "description", "") if entry.kind == "task" else ""
+    """First line of a factory's docstring, or a task family's or dataset's description."""
+    text = entry.obj.description if entry.kind in ("task", "dataset") else ""
     text = text or (getattr(entry.obj, "__doc__", None) or "")
     return text.strip().splitlines()[0] if text.strip() else ""
 
@@ -41,6 +42,8 @@ def cmd_list(args) -> int:
         rows = [("kind", "name", "distribution", "parameters")]
         for e in entries:
             params = ", ".join(f"{k}={v!r}" for k, v in e.parameters().items())
+            if e.kind == "dataset":  # no parameters: what a task family's config needs to know
+                params = f"classes={e.obj.classes}, shape={'x'.join(map(str, e.obj.shape))}"
             rows.append((e.kind, e.name, e.origin, params))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for r in rows:
