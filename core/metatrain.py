@@ -264,6 +264,10 @@ def meta_train(
     runs after each episode; returning ``True`` stops training.
     """
     config = _as_config(config)
+    if config.second_order and not lopt.capabilities.second_derivatives:
+        raise ConfigError(f"meta-train config: second_order=true, but learned optimizer "
+                          f"{lopt.name or type(lopt).__name__!r} has no second derivatives "
+                          f"(capabilities.second_derivatives=False); set second_order = false")
     device = torch.device(device)
     started = time.perf_counter()
     torch.manual_seed(config.seed)

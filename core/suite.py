@@ -26,305 +26,43 @@ are evaluated with the meta-parameters meta-training kept.
 Every mistake is refused by :func:`load_suite` in one line naming the file, the
 key path (``test[0].task.activation``), the value, what is allowed and, for a
 misspelt plugin name, the closest registered one.
+
+The file format is :mod:`l2obench.suite_format`; what a suite expands to (ids,
+variants, specs) is :mod:`l2obench.suite_specs`; both are importable from here.
 """
 from __future__ import annotations
 
-import collections.abc
-import difflib
-import hashlib
-import itertools
-import json
 import re
 import tomllib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from .config import VALIDATION_SEED_BASE
-from .errors import ConfigError, L2OError
+from .errors import ConfigError, L2OError, did_you_mean
 from .registry import unknown_name_message
+from .suite_format import (Baselines, CheckpointEntry, MetaTrainEntry, Name, Reference, Seeds, SuiteFile,
+                           SuiteSection, TaskTable, TestEntry, json_schema)
+from .suite_specs import (LearnedSpec, OptimizerSpec, Suite, TaskVariant, TestVariant, expand_grid, format_value,
+                          make_id, plain)
 
-#: Validation optimizees (baseline tuning, early stopping) use seeds from here on,
-#: like the meta-trainer's, so they never meet the test seeds 0, 1, 2, ...
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+__all__ = [
+    "load_suite", "parse_suite", "parse_toml", "SuiteError",
+    # the file format (l2obench.suite_format)
+    "Seeds", "Name", "SuiteSection", "TaskTable", "MetaTrainEntry", "CheckpointEntry", "Baselines", "TestEntry",
+    "Reference", "SuiteFile", "json_schema",
+    # what a suite expands to (l2obench.suite_specs)
+    "format_value", "make_id", "TaskVariant", "OptimizerSpec", "LearnedSpec", "TestVariant", "Suite",
+]
 
 
 class SuiteError(ConfigError):
     """A suite file is unreadable or invalid (one line: file, key path, value, what is allowed)."""
 
 
-# -- the file format -------------------------------------------------------------
-
-def _seeds(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("expected a count of seeds (an integer > 0) or a list of integer seeds")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("a count of seeds must be > 0")
-        return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        if any(v < 0 for v in value):
-            raise ValueError("seeds must be >= 0")
-        if len(set(value)) != len(value):
-            raise ValueError("seeds must be distinct")
-        return value
-    raise ValueError("expected a count of seeds (an integer > 0) or a non-empty list of integer seeds")
-
-
-def _int_or_list(value: Any) -> Any:
-    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-Seeds = typing.Annotated[list[int], pydantic.BeforeValidator(_seeds),
-                         pydantic.WithJsonSchema({"anyOf": [
-                             {"type": "integer", "exclusiveMinimum": 0},
-                             {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]})]
-Name = typing.Annotated[str, Field(pattern=_NAME_RE.pattern)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SuiteSection(_Model):
-    """``[suite]``: the suite's name, its seeds and its device."""
-
-    name: Name = Field(description="the suite's name, shown in reports")
-    description: str = Field("", description="one paragraph for the report")
-    seeds: Seeds = Field(list(range(10)), description="test optimizees: a count n (seeds 0..n-1) or a list of seeds")
-    validation_seeds: Seeds = Field(
-        list(range(10)), description="validation optimizees for tuning baselines: a count n (seeds "
-        f"{VALIDATION_SEED_BASE}..{VALIDATION_SEED_BASE}+n-1) or a list of offsets added to {VALIDATION_SEED_BASE}")
-    device: Optional[str] = Field(None, pattern=_DEVICE_RE.pattern,
-                                  description="cpu, cuda, cuda:N or mps; `l2obench run --device` overrides it")
-
-
-class TaskTable(BaseModel):
-    """``task = {family = "...", <config key> = value or [grid values], ...}``: a task family and its config.
-
-    Every other key is a parameter of the family's config (see `l2obench list`);
-    in a [[test]] entry a list is a grid axis (cartesian product over axes)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra={"additionalProperties": True})
-    family: str = Field(description="a registered task family, e.g. quadratic or mnist-mlp")
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-def _without_callables(annotation: Any) -> Any:
-    """``Union[Literal[...], Callable]`` -> ``Literal[...]``: a TOML file cannot hold a function."""
-    if typing.get_origin(annotation) is typing.Union:
-        kept = [a for a in typing.get_args(annotation) if typing.get_origin(a) is not collections.abc.Callable]
-        return typing.Union[tuple(kept)] if len(kept) > 1 else kept[0]
-    return annotation
-
-
-def _meta_train_model() -> type[BaseModel]:
-    """``[[meta_train]]``: the entry's own keys plus every setting of
-    :class:`l2obench.metatrain.MetaTrainConfig`, with its defaults and bounds."""
-    from .config import MetaTrainConfig
-
-    fields: dict[str, Any] = {
-        "name": (Name, Field(description="the optimizer's name in this suite: cell ids, tables, figures")),
-        "optimizer": (str, Field(description="a registered learned optimizer, e.g. lstm or rnnprop")),
-        "params": (dict[str, Any], Field(default_factory=dict, description="the learned optimizer's "
-                                         "hyperparameters (its plugin's factory keywords)")),
-        "task": (TaskTable, Field(description="the task to meta-train on: family and config (no grids)")),
-    }
-    for key, info in MetaTrainConfig.model_fields.items():
-        copy = pydantic.fields.FieldInfo.merge_field_infos(info)
-        fields[key] = (_without_callables(info.annotation), copy)
-    return pydantic.create_model(
-        "MetaTrainEntry", __config__=ConfigDict(extra="forbid", frozen=True),
-        __doc__="[[meta_train]]: a learned optimizer to meta-train (Eq. 3) before testing; "
-                "the other keys are l2obench.metatrain.MetaTrainConfig's settings.", **fields)
-
-
-MetaTrainEntry = _meta_train_model()
-
-
-class CheckpointEntry(_Model):
-    """``[[checkpoint]]``: an already meta-trained optimizer (from `l2obench meta-train`)."""
-
-    name: Name = Field(description="the optimizer's name in this suite")
-    path: str = Field(description="the checkpoint file, relative to the suite file")
-
-
-class Baselines(_Model):
-    """``[baselines]``: hand-designed optimizers, tuned per test variant on validation optimizees."""
-
-    optimizers: list[str] = Field(min_length=1, description="registered optimizers, e.g. sgd, nag, rmsprop, adam")
-    lr_grid: list[typing.Annotated[float, Field(gt=0)]] = Field(
-        default_factory=list, description="learning rates tried for every baseline (a log grid)")
-    params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per optimizer, other hyperparameters: a value is fixed, a list is a grid "
-        "axis tuned with lr; an lr here replaces lr_grid for that optimizer")
-    tune: Literal["final", "summed"] = Field(
-        "final", description="what tuning minimises, mean over validation seeds: the loss at the last step "
-        "of the horizon (the paper) or the loss summed over the horizon")
-
-
-class TestEntry(_Model):
-    """``[[test]]``: test variants, a grid over task configs times the horizons."""
-
-    task: TaskTable
-    horizons: typing.Annotated[list[typing.Annotated[int, Field(gt=0)]], pydantic.BeforeValidator(_int_or_list)] = \
-        Field(min_length=1, description="optimizer steps (T), one or a list")
-    optimizers: Optional[list[str]] = Field(
-        None, description="names of meta_train / checkpoint entries and baselines; default: all of them")
-
-
-class Reference(_Model):
-    """``[[reference]]``: a published number shown next to ours in the report."""
-
-    problem: str = Field(description="a label, e.g. 'MNIST base'")
-    task: str = Field(description="the id of one of this suite's task variants, e.g. quadratic[dim=10]")
-    horizon: int = Field(gt=0)
-    optimizer: str = Field(description="a name of this suite's optimizers")
-    summed_loss: Optional[float] = Field(None, description="loss summed over the horizon")
-    final_loss: Optional[float] = Field(None, description="loss at the last step")
-    lr: Optional[float] = Field(None, description="the learning rate the source tuned")
-    source: str = Field("", description="where the number comes from")
-
-
-class SuiteFile(_Model):
-    """An l2obench suite: meta-train or load learned optimizers, tune baselines on
-    validation optimizees, test everything on a grid of task variants and horizons."""
-
-    suite: SuiteSection
-    meta_train: list[MetaTrainEntry] = Field(default_factory=list)  # type: ignore[valid-type]
-    checkpoint: list[CheckpointEntry] = Field(default_factory=list)
-    baselines: Optional[Baselines] = None
-    test: list[TestEntry] = Field(min_length=1)
-    reference: list[Reference] = Field(default_factory=list)
-
-
-def json_schema() -> dict[str, Any]:
-    """The suite format as JSON Schema (draft 2020-12), from the pydantic models."""
-    schema = SuiteFile.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "l2obench suite"
-    return schema
-
-
-# -- what a validated suite expands to --------------------------------------------
-
-def format_value(value: Any) -> str:
-    """How a parameter value is written in an id: ``0.01``, ``1e-05``, ``true``, ``relu``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (int, str)):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"))
-
-
-def make_id(name: str, params: dict[str, Any]) -> str:
-    """``name[k=v,...]`` with the parameters in the given order; ``name`` alone without any."""
-    if not params:
-        return name
-    return f"{name}[{','.join(f'{k}={format_value(v)}' for k, v in params.items())}]"
-
-
-@dataclass(frozen=True)
-class TaskVariant:
-    """One point of a task grid: ``written`` is what the suite says (the id), ``config`` the
-    full validated config with defaults (what the cell hash and the results table use)."""
-
-    family: str
-    written: dict[str, Any]
-    config: dict[str, Any]
-    version: str  #: "distribution version" of the plugin that registered the family
-
-    @property
-    def id(self) -> str:
-        return make_id(self.family, self.written)
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """A hand-designed optimizer with its settings (``written`` for the id, ``params`` complete)."""
-
-    name: str
-    written: dict[str, Any]
-    params: dict[str, Any]
-    version: str
-
-    @property
-    def id(self) -> str:
-        return make_id(self.name, self.written)
-
-
-@dataclass(frozen=True)
-class LearnedSpec:
-    """A learned optimizer of the suite: meta-trained here (``train``) or loaded (``checkpoint``)."""
-
-    name: str
-    plugin: str
-    params: dict[str, Any]
-    version: str
-    task: Optional[TaskVariant] = None
-    train: Optional[dict[str, Any]] = None
-    checkpoint: Optional[Path] = None
-    checkpoint_hash: Optional[str] = None
-
-    @property
-    def id(self) -> str:
-        return self.name
-
-
-@dataclass(frozen=True)
-class TestVariant:
-    """One test variant family: a task variant, its horizons and the optimizers tested on it."""
-
-    task: TaskVariant
-    horizons: tuple[int, ...]
-    optimizers: tuple[str, ...]
-    entry: int
-
-
-@dataclass
-class Suite:
-    """A validated suite file, its grids expanded."""
-
-    path: Path
-    text: str
-    model: SuiteFile
-    learned: dict[str, LearnedSpec]
-    baselines: dict[str, list[OptimizerSpec]]
-    tests: list[TestVariant]
-    references: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.model.suite.name
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    @property
-    def test_seeds(self) -> list[int]:
-        return list(self.model.suite.seeds)
-
-    @property
-    def validation_seeds(self) -> list[int]:
-        return [VALIDATION_SEED_BASE + s for s in self.model.suite.validation_seeds]
-
-    @property
-    def tune_rule(self) -> str:
-        return self.model.baselines.tune if self.model.baselines else "final"
-
-
-# -- loading and validation --------------------------------------------------------
+# -- error messages ------------------------------------------------------------------
 
 def _loc(parts: tuple[Any, ...]) -> str:
     out = ""
@@ -363,8 +101,7 @@ def _pydantic_message(err: dict[str, Any], root: Any, prefix: tuple[Any, ...] = 
     if err["type"] == "extra_forbidden":
         model = _model_at(root, loc[:-1])
         allowed = list(model.model_fields) if model is not None else []
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(str(loc[-1]), allowed)
         return f"{path}: unknown key (value {value!r}); {hint}allowed keys: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"{path}: missing; this key is required"
@@ -376,6 +113,8 @@ def _pydantic_message(err: dict[str, Any], root: Any, prefix: tuple[Any, ...] = 
         msg = f"expected {ctx['expected']}"
     return f"{path}: invalid value {value!r}: {msg}"
 
+
+# -- loading and validation --------------------------------------------------------
 
 def parse_toml(text: str, path: Path) -> dict[str, Any]:
     """The data of TOML ``text``; a syntax error is one line ``file:line: ...``."""
@@ -421,17 +160,6 @@ def parse_suite(text: str, path: str | Path = "<suite>", registry=None) -> Suite
     return _Validator(path, text, model, registry if registry is not None else get_registry()).suite()
 
 
-def _grid(table: dict[str, Any]) -> list[dict[str, Any]]:
-    """Cartesian product over list-valued keys, in the order written (first key slowest)."""
-    keys = list(table)
-    axes = [table[k] if isinstance(table[k], list) else [table[k]] for k in keys]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
-
-
-def _plain(value: Any) -> Any:
-    """A config value as JSON-ready data (tuples become lists)."""
-    return json.loads(json.dumps(value, default=str))
-
 
 class _Validator:
     """The checks pydantic cannot do alone: names against the registry, task configs
@@ -459,7 +187,7 @@ class _Validator:
                 if isinstance(v, list) and not self._list_field(family, k):
                     self.fail(f"{where}.{k}", f"a list ({v!r}) is a grid, and grids are only allowed in [[test]]; "
                                               f"give one value")
-        combos = _grid(written) if grid else [written]
+        combos = expand_grid(written) if grid else [written]
         if grid:
             for k, v in written.items():
                 if isinstance(v, list) and not v:
@@ -472,8 +200,7 @@ class _Validator:
                 err = exc.errors()[0]
                 if err["type"] == "extra_forbidden":
                     keys = list(family.config.model_fields)
-                    close = difflib.get_close_matches(str(err["loc"][0]), keys, n=1)
-                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    hint = did_you_mean(str(err["loc"][0]), keys)
                     raise SuiteError(f"{self.path}: {where}.{_loc(err['loc'])}: unknown key of task family "
                                      f"{table.family!r} (value {err.get('input')!r}); {hint}allowed keys: "
                                      f"family, {', '.join(keys)}") from None
@@ -481,7 +208,7 @@ class _Validator:
                                  f"(task family {table.family!r})") from None
             except L2OError as exc:
                 self.fail(where, str(exc))
-            variants.append(TaskVariant(table.family, combo, _plain(config.model_dump()), entry.origin))
+            variants.append(TaskVariant(table.family, combo, plain(config.model_dump()), entry.origin))
         return variants
 
     @staticmethod
@@ -497,8 +224,7 @@ class _Validator:
         known = entry.parameters()
         for key, value in params.items():
             if key not in known:
-                close = difflib.get_close_matches(key, list(known), n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
+                hint = did_you_mean(key, list(known))
                 self.fail(f"{where}.{key}", f"unknown parameter of {entry.name!r} (value {value!r}); {hint}"
                                             f"allowed: {', '.join(known) or 'none'}")
             try:
@@ -524,7 +250,7 @@ class _Validator:
             (task,) = self.task(e.task, f"{where}.task", grid=False)
             train = {k: getattr(e, k) for k in _meta_train_keys()}
             learned[e.name] = LearnedSpec(e.name, e.optimizer, {**entry.parameters(), **e.params}, entry.origin,
-                                          task=task, train=_plain(train))
+                                          task=task, train=plain(train))
         for i, c in enumerate(m.checkpoint):
             where = f"checkpoint[{i}]"
             claim(c.name, f"{where}.name")
@@ -548,8 +274,7 @@ class _Validator:
                 claim(name, where)
             for name in b.params:
                 if name not in b.optimizers:
-                    close = difflib.get_close_matches(name, b.optimizers, n=1)
-                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    hint = did_you_mean(name, b.optimizers)
                     self.fail(f"baselines.params.{name}", f"{name!r} is not in baselines.optimizers; {hint}"
                                                           f"listed: {', '.join(b.optimizers)}")
             for name in b.optimizers:
@@ -570,7 +295,7 @@ class _Validator:
                     if isinstance(v, list) and not v:
                         self.fail(f"{where}.{k}", "an empty grid axis; give at least one value")
                 specs = []
-                for combo in _grid(table):
+                for combo in expand_grid(table):
                     self.params(entry, combo, where)
                     specs.append(OptimizerSpec(name, combo, {**entry.parameters(), **combo}, entry.origin))
                 baselines[name] = specs
@@ -599,8 +324,7 @@ class _Validator:
                 self.fail(f"{where}.optimizer", _not_in_suite(r.optimizer, names))
             if (r.task, r.horizon) not in variants:
                 known = sorted({f"{v} @ T={h}" for v, h in variants})
-                close = difflib.get_close_matches(f"{r.task} @ T={r.horizon}", known, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
+                hint = did_you_mean(f"{r.task} @ T={r.horizon}", known)
                 self.fail(where, f"{r.task} @ T={r.horizon} is not a test variant of this suite; {hint}"
                                  f"variants: {', '.join(known[:8])}{' ...' if len(known) > 8 else ''}")
             references.append(r.model_dump())
@@ -608,8 +332,7 @@ class _Validator:
 
 
 def _not_in_suite(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(str(name), names, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(str(name), names)
     return (f"{name!r} is not an optimizer of this suite; {hint}its optimizers (from meta_train, checkpoint "
             f"and baselines): {', '.join(names) or 'none'}")
 

@@ -17,16 +17,17 @@ import torch
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
-from l2obench import ConfigError, LearnedOptimizer, Optimizer, TaskConfig, TaskFamily, get_registry
+from l2obench import Capabilities, ConfigError, LearnedOptimizer, Optimizer, TaskConfig, TaskFamily, get_registry
 from l2obench.plugins.baselines import adam, sgd
 from l2obench.plugins.quadratic import family as quadratic
 from l2obench.task import seed_generator
-from l2obench.testing import (check_batched_equals_rows, check_config_errors, check_coordinates_independent,
-                              check_descent_on_quadratic, check_deterministic, check_inputs_unchanged,
-                              check_learned_optimizer, check_meta_gradients, check_optimizer, check_replay,
-                              check_permutation_equivariant, check_state_round_trip, check_state_structure,
-                              check_task_batching, check_task_deterministic, check_task_family,
-                              check_task_finite_at_init, check_updates_finite, check_zero_grad, checks_for,
+from l2obench.testing import (check_batched_equals_rows, check_capabilities, check_config_errors,
+                              check_coordinates_independent, check_descent_on_quadratic, check_deterministic,
+                              check_inputs_unchanged, check_learned_optimizer, check_meta_gradients, check_optimizer,
+                              check_permutation_equivariant, check_replay, check_second_derivatives,
+                              check_state_round_trip, check_state_structure, check_task_batching,
+                              check_task_deterministic, check_task_family, check_task_finite_at_init,
+                              check_updates_finite, check_uses_groups, check_zero_grad, checks_for,
                               parametrize_with_checks, strategies)
 
 KIT = settings(max_examples=10, deadline=None, derandomize=True, database=None)
@@ -210,7 +211,12 @@ class Forgetful(TinyLearned):
 
 def test_a_correct_learned_optimizer_passes():
     check_learned_optimizer(TinyLearned(), factory=TinyLearned)
-    check_learned_optimizer(TinyLearned())  # rebuilt as type(lopt)(**hyperparameters)
+
+
+def test_the_round_trip_rebuilds_through_the_registry_by_name_and_guesses_nothing():
+    check_state_round_trip(get_registry().learned("lstm", hidden=3, layers=1))
+    message = fails(check_state_round_trip, TinyLearned(), "has no name", "factory=")
+    assert "\n" not in message
 
 
 def test_detached_meta_parameters_are_caught():
@@ -218,8 +224,9 @@ def test_detached_meta_parameters_are_caught():
 
 
 def test_unrecorded_hyperparameters_break_the_round_trip():
-    fails(check_state_round_trip, Forgetful(width=3), "load_state_dict failed", "size mismatch")
-    check_state_round_trip(Forgetful(width=1))  # happens to match the default
+    with pytest.raises(AssertionError, match="load_state_dict failed.*size mismatch"):
+        check_state_round_trip(Forgetful(width=3), factory=Forgetful)
+    check_state_round_trip(Forgetful(width=1), factory=Forgetful)  # happens to match the default
 
 
 def test_learned_optimizer_checks_run_on_opt_fn():
@@ -427,6 +434,8 @@ class BadReplay(TinyLearned):
     """A replay whose meta-gradient is twice the steps' (``2 u - u.detach()``): the values
     agree, the gradients do not."""
 
+    capabilities = Capabilities(replay=True)
+
     def opt_fn(self, groups=None) -> Optimizer:
         inner = super().opt_fn(groups)
 
@@ -444,3 +453,132 @@ class BadReplay(TinyLearned):
 def test_a_replay_with_the_wrong_meta_gradient_is_caught():
     fails(check_replay, BadReplay(), "through replay differs from the one through the steps")
     assert "check_replay" not in [c.__name__ for c in checks_for(TinyLearned())]  # no replay, no check
+
+
+# -- capabilities ---------------------------------------------------------------------
+
+
+class UndeclaredReplay(BadReplay):
+    """Gives a replay but declares none."""
+
+    capabilities = Capabilities(replay=False)
+
+
+class ClaimedReplay(TinyLearned):
+    """Declares replay but gives none."""
+
+    capabilities = Capabilities(replay=True)
+
+
+def test_the_replay_flag_must_tell_the_truth():
+    check_capabilities(TinyLearned())
+    fails(check_capabilities, UndeclaredReplay(), "carries replay, but capabilities.replay is False")
+    fails(check_capabilities, ClaimedReplay(), "capabilities.replay is True, but")
+    assert "check_replay" in [c.__name__ for c in checks_for(ClaimedReplay())]  # read from the flag
+
+
+class _MetaGradientsOnly(torch.autograd.Function):
+    """The identity, with a hand-written backward that gives no gradient with respect to
+    the optimizee's gradients (as a fused kernel's may): first-order meta-training never
+    asks for one, a second-order meta-gradient does."""
+
+    @staticmethod
+    def forward(ctx, g):
+        return g.clone()
+
+    @staticmethod
+    def backward(ctx, d_out):
+        raise RuntimeError("the fused backward gives no gradient with respect to the optimizee's gradients")
+
+
+class OnceDifferentiable(TinyLearned):
+    """Feeds the gradients through :class:`_MetaGradientsOnly` but declares second derivatives."""
+
+    def opt_fn(self, groups=None) -> Optimizer:
+        inner = super().opt_fn(groups)
+        return Optimizer(inner.init, lambda g, s, p: inner.update(_MetaGradientsOnly.apply(g), s, p))
+
+
+def test_a_false_claim_of_second_derivatives_is_caught():
+    check_second_derivatives(TinyLearned())
+    fails(check_second_derivatives, OnceDifferentiable(), "second_derivatives is True", "second_derivatives=False")
+    honest = OnceDifferentiable()
+    honest.capabilities = Capabilities(second_derivatives=False)
+    assert "check_second_derivatives" not in [c.__name__ for c in checks_for(honest)]
+
+
+def test_meta_training_refuses_second_order_for_an_optimizer_without_second_derivatives():
+    from l2obench.metatrain import meta_train
+
+    lopt = OnceDifferentiable()
+    lopt.capabilities = Capabilities(second_derivatives=False)
+    with pytest.raises(ConfigError, match="second_order") as info:
+        meta_train(lopt, quadratic.task(dim=2), {"second_order": True, "epochs": 1, "episodes_per_epoch": 1},
+                   progress=False)
+    assert "\n" not in str(info.value)
+
+
+# -- optimizers that use the task's parameter groups --------------------------------------
+
+
+def _group_norms(x, groups):
+    """Per coordinate, the norm of its group's entries (coordinates in no group form one more)."""
+    label = torch.zeros(x.shape[-1], dtype=torch.long)
+    for k, sl in enumerate(groups.values(), 1):
+        label[sl] = k
+    out = torch.zeros_like(x)
+    for k in label.unique():
+        mask = label == k
+        out = torch.where(mask, x[..., mask].norm(dim=-1, keepdim=True), out)
+    return out
+
+
+def normalised(lr: float = 0.1, *, groups) -> Optimizer:
+    """Layer-wise normalised gradient descent: ``-lr * g / (||g_group|| + 1)``."""
+    return Optimizer(lambda p: {}, lambda g, s, p: (-lr * g / (_group_norms(g, groups) + 1.0), s),
+                     coordinatewise=False, uses_groups=True)
+
+
+def ignores_groups(lr: float = 0.1, *, groups) -> Optimizer:
+    """Takes groups and says it uses them, but normalises over all coordinates."""
+    return normalised(lr, groups={})
+
+
+def unflagged(lr: float = 0.1, *, groups) -> Optimizer:
+    """Uses its groups without saying so."""
+    return normalised(lr, groups=groups).with_flags(uses_groups=False)
+
+
+def flagged_without_groups(lr: float = 0.1) -> Optimizer:
+    return normalised(lr, groups={})
+
+
+def positional_groups(lr: float = 0.1, groups=None) -> Optimizer:
+    return normalised(lr, groups=groups or {})
+
+
+def nan_with_groups(lr: float = 0.1, *, groups) -> Optimizer:
+    """Divides by each group's norm unguarded: zero gradients give NaN."""
+    return Optimizer(lambda p: {}, lambda g, s, p: (-lr * g / _group_norms(g, groups), s), coordinatewise=False,
+                     uses_groups=True)
+
+
+def test_a_correct_layer_wise_optimizer_passes_through_its_factory():
+    check_optimizer(normalised)
+    assert "check_uses_groups" in [c.__name__ for c in checks_for(normalised)]
+    assert "check_uses_groups" not in [c.__name__ for c in checks_for(sgd)]  # a factory without groups
+
+
+def test_the_groups_flag_is_checked_against_what_the_optimizer_does():
+    fails(check_uses_groups, ignores_groups, "do not depend on the groups")
+    fails(check_uses_groups, unflagged, "says uses_groups=False")
+    fails(check_uses_groups, flagged_without_groups, "takes no groups")
+    fails(check_uses_groups, positional_groups, "keyword-only")
+    fails(check_uses_groups, nan_with_groups, "not all finite", "with groups {first: 0:")
+
+
+def test_an_optimizer_instance_that_uses_groups_must_be_checked_through_its_factory():
+    message = fails(check_uses_groups, normalised(groups={}), "needs its factory")
+    assert "\n" not in message
+    with pytest.raises(AssertionError, match="check_uses_groups"):
+        check_optimizer(normalised(groups={}))

@@ -11,8 +11,8 @@ It offers a plugin package's test suite two things:
   in the ini option ``l2obench_expected_failures``, one ``NAME-CHECK: reason``
   a line, and run as ``xfail(strict=True)``.
 - the fixture ``l2obench_check``: ``l2obench_check(obj, expected_failed_checks=None)``
-  runs every applicable check on an optimizer, learned optimizer or task
-  family and fails with one message listing the failures.
+  runs every applicable check on an optimizer (or its factory), learned
+  optimizer or task family and fails with one message listing the failures.
 
 For tests written by hand, ``l2obench.testing.parametrize_with_checks`` is the
 same thing as a decorator.
@@ -70,7 +70,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     dists = config.getoption(OPTION)
     if not dists:
         return
-    from .checks import checks_for, registered_objects
+    from .conformance import checks_for, registered_objects
 
     expected = _expected(config)
     for dist in dists:
@@ -92,6 +92,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 def l2obench_check() -> Callable[..., None]:
     """``l2obench_check(obj, expected_failed_checks=None)``: run every applicable
     conformance check on ``obj`` (see ``l2obench.testing.check_object``)."""
-    from .checks import check_object
+    from .conformance import check_object
 
     return check_object

@@ -1,16 +1,18 @@
-"""An example l2obench plugin: one optimizer and one task family, registered
+"""An example l2obench plugin: two optimizers and one task family, registered
 through the ``l2obench`` entry-point group exactly as the built-ins are."""
-from l2obench import hookimpl
+from l2obench.api import hookimpl
 
+from .lars import lars
 from .lion import lion
 from .logistic import family
 
-__all__ = ["lion", "family"]
+__all__ = ["lion", "lars", "family"]
 
 
 @hookimpl
 def register_optimizers(register):
     register("lion", lion)
+    register("lars", lars)
 
 
 @hookimpl

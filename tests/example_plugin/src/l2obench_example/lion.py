@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from l2obench.optimizer import Optimizer, chain, scale
-from l2obench.transforms import add_decayed_weights
+from l2obench.api import Optimizer, add_decayed_weights, chain, scale
 
 
 def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99) -> Optimizer:

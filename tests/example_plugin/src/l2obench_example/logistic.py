@@ -15,7 +15,7 @@ import pydantic
 import torch
 import torch.nn.functional as F
 
-from l2obench.task import TaskConfig, TaskFamily, seed_generator
+from l2obench.api import TaskConfig, TaskFamily, seed_generator
 
 
 class LogisticConfig(TaskConfig):

@@ -1,0 +1,170 @@
+"""Conformance checks for task families: finite at init, the batching contract
+(row ``i`` depends on ``seeds[i]`` alone), determinism, and one-line config errors."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..task import SPLITS, TaskFamily
+from . import strategies as lst
+from .properties import close, fail, identical, kit_check, kit_property
+
+__all__ = ["check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_config_errors",
+           "TASK_FAMILY_CHECKS"]
+
+
+def _seed_lists(min_size: int = 1, max_size: int = 3):
+    return st.lists(st.integers(0, 10_000), min_size=min_size, max_size=max_size, unique=True)
+
+
+def _loss_and_grad(task, params: Tensor, batch) -> tuple[Tensor, Tensor]:
+    with torch.enable_grad():
+        p = params.detach().clone().requires_grad_(True)
+        loss = task.loss(p, batch)
+        (grad,) = torch.autograd.grad(loss.sum(), p)
+    return loss.detach(), grad
+
+
+@kit_check
+def check_task_finite_at_init(family: TaskFamily) -> None:
+    """For sampled small configs, ``init(seeds)`` is a finite ``(S, dim)`` floating
+    tensor, the groups are slices inside ``dim``, and on the first minibatch of
+    every split the loss ``(S,)`` and its gradient are finite."""
+    name = "check_task_finite_at_init"
+
+    @kit_property(5)
+    @given(lst.task_configs(family), _seed_lists())
+    def prop(config, seeds):
+        task = family.task(**config)
+        params = task.init(seeds)
+        if not (isinstance(params, Tensor) and params.is_floating_point()
+                and tuple(params.shape) == (len(seeds), task.dim)):
+            got = (tuple(params.shape), params.dtype) if isinstance(params, Tensor) else type(params).__name__
+            fail(name, f"init() gave {got}, expected a floating tensor of shape {(len(seeds), task.dim)}",
+                 config=config, seeds=seeds)
+        if not torch.isfinite(params).all():
+            fail(name, "init() gave non-finite parameters", config=config, seeds=seeds)
+        for group, sl in task.groups.items():
+            inside = isinstance(sl, slice) and 0 <= (sl.start or 0) <= (
+                task.dim if sl.stop is None else sl.stop) <= task.dim
+            if not inside:
+                fail(name, f"group {group!r} is {sl!r}, not a slice inside dim={task.dim}", config=config)
+        for split in SPLITS:
+            loss, grad = _loss_and_grad(task, params, next(iter(task.batches(split, seeds))))
+            if tuple(loss.shape) != (len(seeds),):
+                fail(name, f"loss on split {split!r} has shape {tuple(loss.shape)}, expected {(len(seeds),)}",
+                     config=config, seeds=seeds)
+            if not torch.isfinite(loss).all() or not torch.isfinite(grad).all():
+                fail(name, f"loss {loss.tolist()} or its gradient is not finite at init on split {split!r}",
+                     config=config, seeds=seeds)
+
+    prop()
+
+
+def _first_losses(task, seeds: Sequence[int], params: Tensor, batches: int = 2) -> dict[str, list[Tensor]]:
+    out = {}
+    for split in SPLITS:
+        stream = iter(task.batches(split, seeds))
+        out[split] = [task.loss(params, next(stream)).detach() for _ in range(batches)]
+    return out
+
+
+@kit_check
+def check_task_batching(family: TaskFamily) -> None:
+    """The batching contract: row ``i`` of ``init(seeds)`` and of the losses on
+    the minibatches of every split depends on ``seeds[i]`` alone, so a batched
+    call equals one call per seed."""
+    name = "check_task_batching"
+
+    @kit_property(4)
+    @given(lst.task_configs(family), _seed_lists(2, 3))
+    def prop(config, seeds):
+        task = family.task(**config)
+        params = task.init(seeds)
+        losses = _first_losses(task, seeds, params)
+        for i, seed in enumerate(seeds):
+            alone = task.init([seed])
+            if not close(params[i:i + 1], alone):
+                fail(name, f"row {i} of init({seeds}) differs from init([{seed}])", config=config, seeds=seeds)
+            alone_losses = _first_losses(task, [seed], alone)
+            for split, per_batch in losses.items():
+                for b, (batched, single) in enumerate(zip(per_batch, alone_losses[split])):
+                    if not close(batched[i:i + 1], single):
+                        fail(name, f"on split {split!r}, minibatch {b}: row {i} of the batched loss is "
+                                   f"{batched[i].item()!r} but seed {seed} alone gives {single[0].item()!r}",
+                             config=config, seeds=seeds)
+
+    prop()
+
+
+@kit_check
+def check_task_deterministic(family: TaskFamily) -> None:
+    """Building the task twice from one config and calling it with the same
+    seeds gives bitwise the same initial parameters and minibatch losses."""
+    name = "check_task_deterministic"
+
+    @kit_property(4)
+    @given(lst.task_configs(family), _seed_lists())
+    def prop(config, seeds):
+        runs = []
+        for _ in range(2):
+            task = family.task(**config)
+            params = task.init(seeds)
+            runs.append((params, _first_losses(task, seeds, params)))
+        (p1, l1), (p2, l2) = runs
+        if not identical(p1, p2):
+            fail(name, "init() gave different parameters for the same seeds", config=config, seeds=seeds)
+        for split in l1:
+            for b, (x, y) in enumerate(zip(l1[split], l2[split])):
+                if not identical(x, y):
+                    fail(name, f"on split {split!r}, minibatch {b}: the same seeds gave losses {x.tolist()} "
+                               f"and {y.tolist()}", config=config, seeds=seeds)
+
+    prop()
+
+
+_WRONG_VALUES = ("not-a-number", 3.5, object())
+
+
+@kit_check
+def check_config_errors(family: TaskFamily) -> None:
+    """A config mistake is a :class:`~l2obench.ConfigError` with a one-line
+    message naming the key: an unknown key, and a value of the wrong type for
+    each field."""
+    name = "check_config_errors"
+
+    def expect_error(params: dict, key: str, what: str) -> None:
+        try:
+            family.validate(**params)
+        except ConfigError as exc:
+            msg = str(exc)
+            if "\n" in msg.strip():
+                raise AssertionError(f"{name}: the error for {what} spans several lines: {msg!r}") from None
+            if key not in msg:
+                raise AssertionError(f"{name}: the error for {what} does not name the key {key!r}: {msg!r}") from None
+            return
+        except Exception as exc:
+            raise AssertionError(f"{name}: {what} raised {type(exc).__name__} instead of ConfigError: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise AssertionError(f"{name}: {what} was accepted; it must raise ConfigError")
+
+    bogus = "no_such_key_l2obench"
+    expect_error({bogus: 1}, bogus, f"the unknown key {bogus!r}")
+    for field in family.config.model_fields:
+        for wrong in _WRONG_VALUES:
+            try:
+                family.config(**{field: wrong})
+            except Exception:
+                expect_error({field: wrong}, field, f"{field}={wrong!r} (wrong type)")
+                break
+
+
+TASK_FAMILY_CHECKS: tuple[Callable, ...] = (
+    check_task_finite_at_init, check_task_batching, check_task_deterministic, check_config_errors,
+)
+
