@@ -123,10 +123,11 @@ def test_the_paper_lstm_uses_the_kernel_and_replays_unrolls():
     lopt = get_registry().learned("lstm")
     assert lopt.opt_fn().replay is not None
     assert get_registry().learned("lstm", hidden=7, layers=3, preprocess=False).opt_fn().replay is not None
-    # Not the paper's shape: an input layer, averaging cells, a tanh head, per-group networks.
+    # One paper LSTM per group: each group's coordinates replayed by their own network.
+    assert get_registry().learned("lstm-groups").opt_fn({"conv": slice(0, 3)}).replay is not None
+    # Not the paper's shape: an input layer, a tanh head and stateful inputs; averaging cells.
     assert get_registry().learned("rnnprop").opt_fn().replay is None
     assert get_registry().learned("lstm-gac").opt_fn().replay is None
-    assert get_registry().learned("lstm-groups").opt_fn({"conv": slice(0, 3)}).replay is None
     assert lopt.double().opt_fn().replay is None  # float64 runs on torch
 
 
@@ -157,6 +158,42 @@ def test_replayed_unroll_gives_the_meta_gradient_of_the_graph():
         for a, b in zip(grads, grads_ref):
             assert b.abs().max() > 0
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("groups", [{"conv": slice(0, 3), "fc": slice(5, 9)}, {"fc": slice(0, 12)}])
+def test_per_group_networks_replay_each_group_on_the_kernel(groups):
+    """lstm-groups' ``replay``: the updates made, and the meta-gradient of every group's network
+    that the steps give when run with a graph (the gradients held constant)."""
+    torch.manual_seed(0)
+    lopt = get_registry().learned("lstm-groups", output_scale=0.5)
+    opt = lopt.opt_fn(groups)
+    gen = torch.Generator().manual_seed(1)
+    a, c = torch.rand(2, 12, generator=gen) + 0.5, torch.randn(2, 12, generator=gen)
+    v = torch.randn(4, 2, 12, generator=gen)
+    params = torch.zeros(2, 12)
+    start = state = opt.init(params)
+    grads, updates = [], []
+    with torch.no_grad():
+        for _ in range(4):
+            grads.append(a * (params - c))
+            update, state = opt.update(grads[-1], state, params)
+            updates.append(update)
+            params = params + update
+    replayed = opt.replay(torch.stack(grads), start, torch.stack(updates))
+    torch.testing.assert_close(replayed.detach(), torch.stack(updates), rtol=1e-5, atol=1e-7)
+    got = torch.autograd.grad((v * replayed).sum(), list(lopt.parameters()), allow_unused=True)
+    state, total = start, 0
+    for g, w in zip(grads, v):
+        update, state = opt.update(g, state, None)
+        total = total + (w * update).sum()
+    want = torch.autograd.grad(total, list(lopt.parameters()), allow_unused=True)
+    reached = set()
+    for (name, _), x, y in zip(lopt.named_parameters(), got, want):
+        assert (x is None) == (y is None), name
+        if y is not None:
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6, msg=name)
+            reached.add(name.split(".")[1])
+    assert reached == {name for name, _ in lopt.segments(groups, 12)}
 
 
 def test_meta_training_with_the_kernel_follows_the_torch_implementation(monkeypatch):

@@ -28,9 +28,10 @@ class LearnedLSTM(LearnedOptimizer):
     coordinates.
 
     The capabilities follow from the networks: ``replay`` where the fused kernel can
-    replay an unroll of the one network (:func:`.backend.replayable`; ``opt_fn`` then gives
-    ``replay`` wherever the kernel runs), ``groups`` the named networks, and no second
-    derivatives, since the hand-written backward (:mod:`.cell`) is once differentiable.
+    replay an unroll of every network (:func:`.backend.replayable`; ``opt_fn`` then gives
+    ``replay`` wherever the kernel runs, each group's coordinates replayed by their own
+    network), ``groups`` the named networks, and no second derivatives, since the
+    hand-written backward (:mod:`.cell`) is once differentiable.
     """
 
     def __init__(self, networks: LSTMNetwork | Mapping[str, LSTMNetwork], *, coordinatewise: bool = True,
@@ -42,7 +43,7 @@ class LearnedLSTM(LearnedOptimizer):
             raise ConfigError(f"learned LSTM: a {DEFAULT!r} network is required, got {sorted(networks)}")
         self.networks = nn.ModuleDict(networks)
         self.capabilities = Capabilities(
-            replay=len(networks) == 1 and all(backend.replayable(net) for net in networks.values()),
+            replay=all(backend.replayable(net) for net in networks.values()),
             groups=tuple(name for name in networks if name != DEFAULT), second_derivatives=False)
         self.coordinatewise = coordinatewise
         self._transform = transform
@@ -93,9 +94,16 @@ class LearnedLSTM(LearnedOptimizer):
                 new_state.update(prefixed(prefix, s))
             return torch.cat(parts, -1), new_state
 
+        def replay(grads: Tensor, state: State, updates: Tensor) -> Tensor:
+            segments = self.segments(groups, grads.shape[-1])
+            if len(segments) == 1:
+                return networks[segments[0][0]].replay(grads, state, updates)
+            return torch.cat([networks[name].replay(grads[..., sl], unprefixed(f"{k}.{name}.", state), updates[..., sl])
+                              for k, (name, sl) in enumerate(segments)], -1)
+
         # Coordinates served by different networks are not interchangeable.
         split = any(name in networks and name != DEFAULT for name in (groups or {}))
-        default = networks[DEFAULT]
-        replay = default.replay if not split and backend.replays_on_kernel(default) else None
+        used = {DEFAULT, *(name for name in (groups or {}) if name in networks)}
+        replays = all(backend.replays_on_kernel(networks[name]) for name in sorted(used))
         return Optimizer(init, update, coordinatewise=self.coordinatewise and not split, zero_grad="any",
-                         replay=replay)
+                         replay=replay if replays else None)

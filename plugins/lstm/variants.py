@@ -59,7 +59,7 @@ def lstm_groups(groups: str = "conv,fc", hidden: int = 20, layers: int = 2, prep
                 p: float = 10.0, output_scale: float = 0.1) -> LearnedLSTM:
     """One paper LSTM per named parameter group (Sec. 3.3: conv and fully connected layers of
     the CIFAR net), matched to the task's ``groups``; other coordinates use a default LSTM.
-    Replay: only on tasks without those groups (then the default LSTM serves every coordinate)."""
+    Replay: yes, on the fused kernel, each group's coordinates by the group's own LSTM."""
     names = [n.strip() for n in groups.split(",") if n.strip()]
     if not names or len(set(names)) != len(names) or DEFAULT in names:
         raise ConfigError(f"lstm-groups: groups={groups!r} must be distinct comma-separated names "
