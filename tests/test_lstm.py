@@ -4,7 +4,10 @@ networks, and the fast LSTM against a straightforward torch.nn.LSTMCell one
 (issue 6: same updates, same meta-gradients, same meta-training steps)."""
 from __future__ import annotations
 
+import ast
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from l2obench import ConfigError, get_registry
+from l2obench import Capabilities, ConfigError, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train
 from l2obench.plugins.lstm import cell as lstm_cell_module
 from l2obench.plugins.lstm import network, preprocess
@@ -80,6 +83,44 @@ def test_meta_gradients_reach_every_parameter(name):
     grads = torch.autograd.grad(loss, list(meta.values()), allow_unused=True)
     dead = [n for n, g in zip(meta, grads) if g is None or not bool(g.abs().sum() > 0)]
     assert not dead, f"no meta-gradient reaches {dead}"
+
+
+#: what each variant can do, as data: replay where every network has the paper's shape
+CAPABILITIES = {
+    "lstm": Capabilities(replay=True, groups=(), second_derivatives=False),
+    "lstm-gac": Capabilities(replay=False, groups=(), second_derivatives=False),
+    "rnnprop": Capabilities(replay=False, groups=(), second_derivatives=False),
+    "lstm-groups": Capabilities(replay=True, groups=("conv", "fc"), second_derivatives=False),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_each_variant_states_its_capabilities_and_knows_its_name(name):
+    lopt = make(name)
+    assert lopt.capabilities == CAPABILITIES[name]
+    assert lopt.name == name
+    assert lopt.hyperparameters == get_registry().get("learned", name).parameters()
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every absolute import of ``source``, ``from a import b`` as ``a.b`` (b may be a module)."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_the_plugin_imports_only_the_public_api():
+    """Besides torch and the standard library: l2obench.api, the kernel module and itself."""
+    for path in sorted(Path(network.__file__).parent.glob("*.py")):
+        for name in imported_modules(path.read_text()):
+            top = name.split(".")[0]
+            public = name.startswith("l2obench.api.") or name == "l2obench.plugins.lstm_kernel"
+            assert public or top == "torch" or (top in sys.stdlib_module_names and top != "l2obench"), \
+                f"{path.name} imports {name}"
 
 
 # -- structure: coordinatewise, global averaging, groups ---------------------------------

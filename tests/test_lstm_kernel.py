@@ -131,6 +131,13 @@ def test_the_paper_lstm_uses_the_kernel_and_replays_unrolls():
     assert lopt.double().opt_fn().replay is None  # float64 runs on torch
 
 
+@pytest.mark.parametrize("name", ["lstm", "lstm-gac", "rnnprop", "lstm-groups"])
+@pytest.mark.parametrize("groups", [None, {"conv": slice(0, 3), "fc": slice(3, 7)}, {"fc": slice(2, 5)}])
+def test_where_the_kernel_runs_opt_fn_gives_replay_as_the_capabilities_say(name, groups):
+    lopt = get_registry().learned(name)
+    assert (lopt.opt_fn(groups).replay is not None) == lopt.capabilities.replay
+
+
 def quadratic_meta_gradients(opt_of, lopt, seeds=(3, 4), unrolls=2, steps=5):
     task = get_registry().task("quadratic", dim=37)
     opt = opt_of(lopt.opt_fn(task.groups))
