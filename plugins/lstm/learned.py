@@ -103,6 +103,7 @@ class LearnedLSTM(LearnedOptimizer):
 
         # Coordinates served by different networks are not interchangeable.
         split = any(name in networks and name != DEFAULT for name in (groups or {}))
+        # Replay only where the kernel replays every network used (see backend: elsewhere it costs a forward more).
         used = {DEFAULT, *(name for name in (groups or {}) if name in networks)}
         replays = all(backend.replays_on_kernel(networks[name]) for name in sorted(used))
         return Optimizer(init, update, coordinatewise=self.coordinatewise and not split, zero_grad="any",
