@@ -62,13 +62,55 @@ def test_kind_filter(listing):
 
 def test_table_has_one_row_per_entry_with_distribution_and_defaults(listing):
     lines = listing().splitlines()
-    assert lines[0].split() == ["kind", "name", "distribution", "parameters"]
+    assert lines[0].split() == ["kind", "name", "distribution", "capabilities", "parameters"]
     by_name = {line.split()[1]: line for line in lines[1:]}
     for name in BASELINES:
         assert by_name[name].split()[:3] == ["optimizer", name, "l2obench"]
         assert "lr=" in by_name[name]
     assert "l2obench" in by_name["quadratic"] and "dim=10" in by_name["quadratic"]
     assert "mnist-mlp" in by_name
+
+
+def test_learned_optimizers_show_their_capabilities(listing):
+    """Built with their defaults; the other kinds have none (null)."""
+    rows = {(r["kind"], r["name"]): r for r in listing("--json")}
+    assert rows[("learned", "lstm")]["capabilities"] == {"replay": True, "groups": [], "second_derivatives": False}
+    assert rows[("learned", "rnnprop")]["capabilities"]["replay"] is False
+    assert rows[("learned", "lstm-groups")]["capabilities"]["groups"] == ["conv", "fc"]
+    assert rows[("optimizer", "adam")]["capabilities"] is None
+    by_name = {line.split()[1]: line for line in listing("--kind", "learned").splitlines()[1:]}
+    assert "  replay 1st-order  " in by_name["lstm"] and "  no-replay 1st-order  " in by_name["rnnprop"]
+    assert "replay groups=conv,fc 1st-order" in by_name["lstm-groups"]
+
+
+def test_a_learned_optimizer_that_does_not_build_with_its_defaults_is_still_listed(plugin_env, capsys):
+    from l2obench import hookimpl, registry
+
+    class Needy:
+        @hookimpl
+        def register_learned_optimizers(register):
+            def needy(width: int):
+                """Needs a width."""
+                raise AssertionError("not called")
+
+            register("needy", needy)
+
+    plugin_env.setattr(registry, "_default", registry.Registry([Needy]))
+    assert main(["list", "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["needy"]["capabilities"] is None and rows["lstm"]["capabilities"]["replay"] is True
+    assert "learned optimizer 'needy' of <inline> - does not build with its defaults" in err
+
+
+def test_listing_leaves_the_global_random_state_alone(listing):
+    import torch
+
+    torch.manual_seed(0)
+    listing("--json")
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
 
 
 def test_console_script_prints_json():

@@ -4,7 +4,10 @@ networks, and the fast LSTM against a straightforward torch.nn.LSTMCell one
 (issue 6: same updates, same meta-gradients, same meta-training steps)."""
 from __future__ import annotations
 
+import ast
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from l2obench import ConfigError, get_registry
+from l2obench import Capabilities, ConfigError, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train
-from l2obench.plugins import lstm as lstm_plugin
+from l2obench.plugins.lstm import cell as lstm_cell_module
+from l2obench.plugins.lstm import network, preprocess
 
 VARIANTS = ["lstm", "lstm-gac", "rnnprop", "lstm-groups"]
 
@@ -81,6 +85,44 @@ def test_meta_gradients_reach_every_parameter(name):
     assert not dead, f"no meta-gradient reaches {dead}"
 
 
+#: what each variant can do, as data: replay where every network has the paper's shape
+CAPABILITIES = {
+    "lstm": Capabilities(replay=True, groups=(), second_derivatives=False),
+    "lstm-gac": Capabilities(replay=False, groups=(), second_derivatives=False),
+    "rnnprop": Capabilities(replay=False, groups=(), second_derivatives=False),
+    "lstm-groups": Capabilities(replay=True, groups=("conv", "fc"), second_derivatives=False),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_each_variant_states_its_capabilities_and_knows_its_name(name):
+    lopt = make(name)
+    assert lopt.capabilities == CAPABILITIES[name]
+    assert lopt.name == name
+    assert lopt.hyperparameters == get_registry().get("learned", name).parameters()
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every absolute import of ``source``, ``from a import b`` as ``a.b`` (b may be a module)."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_the_plugin_imports_only_the_public_api():
+    """Besides torch and the standard library: l2obench.api, the kernel module and itself."""
+    for path in sorted(Path(network.__file__).parent.glob("*.py")):
+        for name in imported_modules(path.read_text()):
+            top = name.split(".")[0]
+            public = name.startswith("l2obench.api.") or name == "l2obench.plugins.lstm_kernel"
+            assert public or top == "torch" or (top in sys.stdlib_module_names and top != "l2obench"), \
+                f"{path.name} imports {name}"
+
+
 # -- structure: coordinatewise, global averaging, groups ---------------------------------
 
 
@@ -118,7 +160,7 @@ def test_global_averaging_cells_mix_coordinates_and_plain_lstm_does_not(grads, b
 
 
 def test_gac_averages_over_the_coordinates_of_each_seed():
-    core = lstm_plugin.StackedLSTM(input_size=2, hidden=6, layers=2, averaged=2)
+    core = network.StackedLSTM(input_size=2, hidden=6, layers=2, averaged=2)
     x = torch.randn(2, 3, 5)
     top, state = core(x, core.init(torch.zeros(3, 5)))
     for k in range(2):
@@ -158,7 +200,7 @@ def test_log_sign_preprocessing_matches_appendix_a_on_edge_values():
     values = [0.0, -0.0, 1e-30, -1e-30, math.exp(-p) * 0.5, -math.exp(-p) * 0.999, 1e-3, -1e-3, 1.0, -7.5,
               1e30, -1e30, 3e38]
     g = torch.tensor([values], dtype=torch.float64)
-    features, _ = lstm_plugin.log_sign(p).apply(g, {})
+    features, _ = preprocess.log_sign(p).apply(g, {})
     assert features.shape == (2, 1, len(values))
 
     def appendix_a(x):
@@ -169,12 +211,12 @@ def test_log_sign_preprocessing_matches_appendix_a_on_edge_values():
     want = torch.tensor([appendix_a(v) for v in values], dtype=torch.float64).T
     torch.testing.assert_close(features[:, 0], want, rtol=1e-12, atol=0)
     # at exactly e^-p the log branch is taken: (-1, sign)
-    at, _ = lstm_plugin.log_sign(p).apply(torch.tensor([[math.exp(-p)]], dtype=torch.float64), {})
+    at, _ = preprocess.log_sign(p).apply(torch.tensor([[math.exp(-p)]], dtype=torch.float64), {})
     torch.testing.assert_close(at[:, 0, 0], torch.tensor([-1.0, 1.0], dtype=torch.float64))
 
 
 def test_adam_normalised_inputs_follow_rnnprop():
-    pre = lstm_plugin.adam_normalised(beta1=0.9, beta2=0.8, eps=1e-8)
+    pre = preprocess.adam_normalised(beta1=0.9, beta2=0.8, eps=1e-8)
     grads = [torch.tensor([[1.0, -2.0, 0.0]]), torch.tensor([[3.0, -2.0, 0.0]])]
     state = pre.init(grads[0])
     m = v = 0.0
@@ -288,7 +330,7 @@ def test_fused_cell_matches_lstmcell_forward_and_gradients(needs):
     x = torch.randn(3, M, dtype=torch.float64, requires_grad="x" in needs)
     h = torch.randn(5, M, dtype=torch.float64, requires_grad="h" in needs)
     c = torch.randn(5, M, dtype=torch.float64, requires_grad=True)
-    h1, c1 = lstm_plugin.lstm_cell(x, h, c, cell)
+    h1, c1 = lstm_cell_module.lstm_cell(x, h, c, cell)
     h2, c2 = cell(x.t(), (h.t(), c.t()))
     torch.testing.assert_close(h1, h2.t(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(c1, c2.t(), rtol=1e-12, atol=1e-14)
@@ -299,7 +341,7 @@ def test_fused_cell_matches_lstmcell_forward_and_gradients(needs):
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # only h (or only c) used downstream
-    g_only_h = torch.autograd.grad((lstm_plugin.lstm_cell(x, h, c, cell)[0] * wh).sum(), list(cell.parameters()))
+    g_only_h = torch.autograd.grad((lstm_cell_module.lstm_cell(x, h, c, cell)[0] * wh).sum(), list(cell.parameters()))
     g_ref = torch.autograd.grad((cell(x.t(), (h.t(), c.t()))[0].t() * wh).sum(), list(cell.parameters()))
     for a, b in zip(g_only_h, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -308,12 +350,12 @@ def test_fused_cell_matches_lstmcell_forward_and_gradients(needs):
 @pytest.mark.parametrize("chunk", [4, 11, 64])
 def test_no_graph_cell_in_chunks_matches_lstmcell(monkeypatch, chunk):
     """Without a graph the cell runs NO_GRAD_CHUNK columns at a time, writing into the new state."""
-    monkeypatch.setattr(lstm_plugin, "NO_GRAD_CHUNK", chunk)
+    monkeypatch.setattr(lstm_cell_module, "NO_GRAD_CHUNK", chunk)
     torch.manual_seed(3)
     cell = torch.nn.LSTMCell(3, 5).double()
     x, h, c = (torch.randn(n, 2, 13, dtype=torch.float64) for n in (3, 5, 5))
     with torch.no_grad():
-        h1, c1 = lstm_plugin.lstm_cell(x, h, c, cell)
+        h1, c1 = lstm_cell_module.lstm_cell(x, h, c, cell)
         h2, c2 = cell(x.flatten(1).t(), (h.flatten(1).t(), c.flatten(1).t()))
     assert h1.shape == c1.shape == (5, 2, 13)
     torch.testing.assert_close(h1.flatten(1), h2.t(), rtol=1e-12, atol=1e-14)
@@ -327,7 +369,7 @@ def test_fused_cell_passes_gradcheck():
             torch.randn(3, 4, dtype=torch.float64, requires_grad=True),
             torch.randn(3, 4, dtype=torch.float64, requires_grad=True),
             *cell.parameters()]
-    assert torch.autograd.gradcheck(lambda *a: lstm_plugin._LSTMCell.apply(*a), args)
+    assert torch.autograd.gradcheck(lambda *a: lstm_cell_module._LSTMCell.apply(*a), args)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from l2obench import L2OWarning, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train, unroll
-from l2obench.plugins import lstm as lstm_plugin
+from l2obench.plugins.lstm import backend
 from l2obench.plugins import lstm_kernel
 
 pytestmark = pytest.mark.skipif(not lstm_kernel.available(), reason="the fused LSTM kernel could not be built here")
@@ -53,7 +53,7 @@ def test_step_matches_the_torch_network(case):
     with torch.no_grad():
         top, want = net.lstm(x[0], torch_state(h, c))
         update = net.head(top)
-    got_update, got_h, got_c = lstm_kernel.step(net.kernel_parameters(), net.head.scale, x[0], list(h), list(c),
+    got_update, got_h, got_c = lstm_kernel.step(backend.kernel_parameters(net), net.head.scale, x[0], list(h), list(c),
                                                 hidden)
     torch.testing.assert_close(got_update, update, rtol=1e-5, atol=1e-6)
     for k in range(layers):
@@ -74,7 +74,7 @@ def test_step_on_many_coordinates_matches_the_torch_network(m):
         top, want = net.lstm(x, torch_state(h, c))
         update = net.head(top)
     for _ in range(2):
-        got_update, got_h, got_c = lstm_kernel.step(net.kernel_parameters(), net.head.scale, x, h, c, 20)
+        got_update, got_h, got_c = lstm_kernel.step(backend.kernel_parameters(net), net.head.scale, x, h, c, 20)
         torch.testing.assert_close(got_update, update, rtol=1e-5, atol=1e-6)
         for k in range(2):
             torch.testing.assert_close(got_h[k], want[f"h{k}"], rtol=1e-5, atol=1e-6)
@@ -93,11 +93,12 @@ def test_unroll_backward_matches_autograd_through_the_torch_network(case, data):
     for t in range(steps):
         top, state = net.lstm(x[t], state)
         total = total + (net.head(top) * d_out[t]).sum()
-    want = torch.autograd.grad(total, net.kernel_weights())
-    flat = lstm_kernel.unroll_backward(net.kernel_parameters(), net.head.scale, x, list(h), list(c), d_out, hidden)
-    for a, b in zip(net.kernel_gradients(flat), want, strict=True):
+    want = torch.autograd.grad(total, backend.kernel_weights(net))
+    params = backend.kernel_parameters(net)
+    flat = lstm_kernel.unroll_backward(params, net.head.scale, x, list(h), list(c), d_out, hidden)
+    for a, b in zip(backend.kernel_gradients(net, flat), want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
-    assert {id(w) for w in net.kernel_weights()} == {id(p) for p in net.parameters()}
+    assert {id(w) for w in backend.kernel_weights(net)} == {id(p) for p in net.parameters()}
 
 
 def test_unroll_backward_is_the_same_on_any_number_of_threads():
@@ -108,11 +109,11 @@ def test_unroll_backward_is_the_same_on_any_number_of_threads():
     h, c = torch.randn(2, 20, m, generator=gen) * 0.1, torch.randn(2, 20, m, generator=gen)
     d_out = torch.randn(steps, m, generator=gen)
     threads = torch.get_num_threads()
-    results = []
+    params, results = backend.kernel_parameters(net), []
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(lstm_kernel.unroll_backward(net.kernel_parameters(), 0.1, x, list(h), list(c), d_out, 20))
+            results.append(lstm_kernel.unroll_backward(params, 0.1, x, list(h), list(c), d_out, 20))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
@@ -122,11 +123,19 @@ def test_the_paper_lstm_uses_the_kernel_and_replays_unrolls():
     lopt = get_registry().learned("lstm")
     assert lopt.opt_fn().replay is not None
     assert get_registry().learned("lstm", hidden=7, layers=3, preprocess=False).opt_fn().replay is not None
-    # Not the paper's shape: an input layer, averaging cells, a tanh head, per-group networks.
+    # One paper LSTM per group: each group's coordinates replayed by their own network.
+    assert get_registry().learned("lstm-groups").opt_fn({"conv": slice(0, 3)}).replay is not None
+    # Not the paper's shape: an input layer, a tanh head and stateful inputs; averaging cells.
     assert get_registry().learned("rnnprop").opt_fn().replay is None
     assert get_registry().learned("lstm-gac").opt_fn().replay is None
-    assert get_registry().learned("lstm-groups").opt_fn({"conv": slice(0, 3)}).replay is None
     assert lopt.double().opt_fn().replay is None  # float64 runs on torch
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm-gac", "rnnprop", "lstm-groups"])
+@pytest.mark.parametrize("groups", [None, {"conv": slice(0, 3), "fc": slice(3, 7)}, {"fc": slice(2, 5)}])
+def test_where_the_kernel_runs_opt_fn_gives_replay_as_the_capabilities_say(name, groups):
+    lopt = get_registry().learned(name)
+    assert (lopt.opt_fn(groups).replay is not None) == lopt.capabilities.replay
 
 
 def quadratic_meta_gradients(opt_of, lopt, seeds=(3, 4), unrolls=2, steps=5):
@@ -156,6 +165,42 @@ def test_replayed_unroll_gives_the_meta_gradient_of_the_graph():
         for a, b in zip(grads, grads_ref):
             assert b.abs().max() > 0
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("groups", [{"conv": slice(0, 3), "fc": slice(5, 9)}, {"fc": slice(0, 12)}])
+def test_per_group_networks_replay_each_group_on_the_kernel(groups):
+    """lstm-groups' ``replay``: the updates made, and the meta-gradient of every group's network
+    that the steps give when run with a graph (the gradients held constant)."""
+    torch.manual_seed(0)
+    lopt = get_registry().learned("lstm-groups", output_scale=0.5)
+    opt = lopt.opt_fn(groups)
+    gen = torch.Generator().manual_seed(1)
+    a, c = torch.rand(2, 12, generator=gen) + 0.5, torch.randn(2, 12, generator=gen)
+    v = torch.randn(4, 2, 12, generator=gen)
+    params = torch.zeros(2, 12)
+    start = state = opt.init(params)
+    grads, updates = [], []
+    with torch.no_grad():
+        for _ in range(4):
+            grads.append(a * (params - c))
+            update, state = opt.update(grads[-1], state, params)
+            updates.append(update)
+            params = params + update
+    replayed = opt.replay(torch.stack(grads), start, torch.stack(updates))
+    torch.testing.assert_close(replayed.detach(), torch.stack(updates), rtol=1e-5, atol=1e-7)
+    got = torch.autograd.grad((v * replayed).sum(), list(lopt.parameters()), allow_unused=True)
+    state, total = start, 0
+    for g, w in zip(grads, v):
+        update, state = opt.update(g, state, None)
+        total = total + (w * update).sum()
+    want = torch.autograd.grad(total, list(lopt.parameters()), allow_unused=True)
+    reached = set()
+    for (name, _), x, y in zip(lopt.named_parameters(), got, want):
+        assert (x is None) == (y is None), name
+        if y is not None:
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6, msg=name)
+            reached.add(name.split(".")[1])
+    assert reached == {name for name, _ in lopt.segments(groups, 12)}
 
 
 def test_meta_training_with_the_kernel_follows_the_torch_implementation(monkeypatch):
@@ -240,8 +285,8 @@ def test_kernel_inputs_are_checked():
     net = network(4, 1, 2)
     x = torch.zeros(2, 5, dtype=torch.float64)
     with pytest.raises(ValueError, match="contiguous float32 CPU"):
-        lstm_kernel.step(net.kernel_parameters(), 0.1, x, [torch.zeros(4, 5)], [torch.zeros(4, 5)], 4)
-    assert lstm_plugin.LSTMNetwork.fused(net)
+        lstm_kernel.step(backend.kernel_parameters(net), 0.1, x, [torch.zeros(4, 5)], [torch.zeros(4, 5)], 4)
+    assert backend.replays_on_kernel(net)
 
 
 def test_non_finite_gradients_give_what_torch_gives():
@@ -281,11 +326,11 @@ def test_a_compiler_without_openmp_builds_the_threaded_kernel(monkeypatch, tmp_p
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        threaded = lstm_kernel.unroll_backward(net.kernel_parameters(), 0.1, x, list(h), list(c), d_out, 20)
+        threaded = lstm_kernel.unroll_backward(backend.kernel_parameters(net), 0.1, x, list(h), list(c), d_out, 20)
     finally:
         torch.set_num_threads(threads)
     monkeypatch.delenv("CXX")
-    assert torch.equal(threaded, lstm_kernel.unroll_backward(net.kernel_parameters(), 0.1, x, list(h), list(c),
+    assert torch.equal(threaded, lstm_kernel.unroll_backward(backend.kernel_parameters(net), 0.1, x, list(h), list(c),
                                                              d_out, 20))
 
 
@@ -313,11 +358,12 @@ def test_fewer_openmp_threads_than_asked_for_still_cover_every_coordinate(tmp_pa
     code = ("import torch; torch.set_num_threads(2)\n"
             "from l2obench import get_registry\n"
             "from l2obench.plugins import lstm_kernel\n"
+            "from l2obench.plugins.lstm import backend\n"
             "torch.manual_seed(0); net = get_registry().learned('lstm').networks['default']\n"
             "g = torch.Generator().manual_seed(0)\n"
             "x, h = torch.randn(2, 1000, generator=g), torch.randn(2, 20, 1000, generator=g)\n"
             "c = torch.zeros(2, 20, 1000)\n"
-            "out, _, _ = lstm_kernel.step(net.kernel_parameters(), 0.1, x, list(h), list(c), 20)\n"
+            "out, _, _ = lstm_kernel.step(backend.kernel_parameters(net), 0.1, x, list(h), list(c), 20)\n"
             "torch.save(out, %r)\n")
     outs = []
     for name, limit in (("limited", "1"), ("free", None)):
@@ -349,6 +395,6 @@ def test_replay_without_the_kernel_recomputes_the_steps_with_a_graph(monkeypatch
         monkeypatch.setenv("L2OBENCH_NATIVE", native)
         replayed = net.replay(grads, state, updates)
         torch.testing.assert_close(replayed, updates, rtol=1e-5, atol=1e-7)
-        results.append(torch.autograd.grad((v * replayed).sum(), net.kernel_weights()))
+        results.append(torch.autograd.grad((v * replayed).sum(), backend.kernel_weights(net)))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

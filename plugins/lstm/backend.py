@@ -1,0 +1,173 @@
+"""Where an LSTM network runs on the fused kernel and where on torch ops: the one
+place that decides, and the glue between a network and
+:mod:`l2obench.plugins.lstm_kernel`.
+
+The kernel computes one shape, a stack of LSTM layers under a linear head, in
+float32 on the CPU, where it is about twice as fast as torch ops.  Hence:
+
+- **graph-free steps** (evaluation, and meta-training's steps before a replay) run
+  on the kernel for every network without global averaging cells: an input layer
+  runs before it and a tanh head after it on torch ops (RNNprop).  Averaging
+  cells mix coordinates between layers, which the kernel does not do.
+- **replay**, the meta-gradient of a whole unroll in one backward, runs on the
+  kernel for networks of the paper's shape (:func:`replayable`: no input layer, no
+  averaging cells, linear head, a stateless preprocessor), and only there does a
+  learned LSTM give ``replay``: on torch ops a replay would recompute the unroll's
+  steps with a graph, one forward pass more than backpropagating through the steps
+  as they run, for the same meta-gradient.
+- everything else (float64, other devices, ``L2OBENCH_NATIVE=0``, no compiler) runs
+  on torch ops (:mod:`.cell`): the same numbers up to rounding.
+
+Structure is checked before the kernel is asked for, so a network the kernel
+cannot serve never builds it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from l2obench.api import State
+from l2obench.plugins import lstm_kernel
+
+if TYPE_CHECKING:
+    from .network import LSTMNetwork
+
+
+# -- the decision ---------------------------------------------------------------------
+
+
+def replayable(net: LSTMNetwork) -> bool:
+    """Whether the kernel's backward covers a whole unroll of ``net`` (its structure
+    alone): the paper's shape, whose LSTM inputs depend on each step's gradient only."""
+    return (net.encoder is None and net.head.squash == "linear" and not net.lstm.averaged
+            and not net.preprocessor.stateful)
+
+
+def _kernel_runs(net: LSTMNetwork) -> bool:
+    """The meta-parameters are float32 on the CPU and the kernel is built and on."""
+    weight = net.head.linear.weight
+    return weight.dtype == torch.float32 and weight.device.type == "cpu" and lstm_kernel.available()
+
+
+def steps_on_kernel(net: LSTMNetwork, x: Tensor) -> bool:
+    """Whether the kernel computes ``net``'s LSTM and head for the features ``x`` (after
+    the input layer): no graph is being built, no averaging cells, float32 on the CPU."""
+    return (not torch.is_grad_enabled() and x.dtype == torch.float32 and not net.lstm.averaged
+            and _kernel_runs(net))
+
+
+def replays_on_kernel(net: LSTMNetwork, grads: Tensor | None = None) -> bool:
+    """Whether the kernel computes the backward of an unroll of ``net`` (fed ``grads``,
+    when given): :func:`replayable`, float32 on the CPU."""
+    if grads is not None and not (grads.dtype == torch.float32 and grads.device.type == "cpu"):
+        return False
+    return replayable(net) and _kernel_runs(net)
+
+
+# -- the kernel's layout of the meta-parameters ------------------------------------------
+
+
+def kernel_parameters(net: LSTMNetwork) -> Tensor:
+    """The meta-parameters in the kernel's flat layout (lstm_kernel.cpp)."""
+    with torch.no_grad():
+        parts = []
+        for cell in net.lstm.cells:
+            parts += [torch.cat([cell.weight_ih, cell.weight_hh], 1).view(-1), cell.bias_ih + cell.bias_hh]
+        parts += [net.head.linear.weight.view(-1), net.head.linear.bias]
+        return torch.cat(parts)
+
+
+def kernel_weights(net: LSTMNetwork) -> list[Tensor]:
+    """The meta-parameters the kernel computes with, in the order of :func:`kernel_gradients`:
+    each layer's ``weight_ih, weight_hh, bias_ih, bias_hh``, then the head's weight and bias."""
+    cells = [w for cell in net.lstm.cells for w in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+    return [*cells, net.head.linear.weight, net.head.linear.bias]
+
+
+def kernel_gradients(net: LSTMNetwork, flat: Tensor) -> list[Tensor]:
+    """A gradient in the kernel's flat layout, split to match :func:`kernel_weights`
+    (both biases of a layer get the gradient of their sum)."""
+    hidden, grads, at = net.lstm.hidden, [], 0
+    for cell in net.lstm.cells:
+        n_in = cell.weight_ih.shape[1]
+        w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
+        at += w.numel()
+        bias = flat[at:at + 4 * hidden]
+        at += 4 * hidden
+        grads += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), bias, bias.clone()]
+    if flat.numel() != at + hidden + 1:
+        raise ValueError(f"a kernel gradient of {flat.numel()} numbers for a network of {at + hidden + 1}")
+    return grads + [flat[at:at + hidden].view(1, hidden), flat[at + hidden:]]
+
+
+def _states(net: LSTMNetwork, state: State, m: int) -> tuple[list[Tensor], list[Tensor]]:
+    hidden, layers = net.lstm.hidden, range(len(net.lstm.cells))
+    return ([state[f"h{k}"].reshape(hidden, m).contiguous() for k in layers],
+            [state[f"c{k}"].reshape(hidden, m).contiguous() for k in layers])
+
+
+# -- steps and replays on the kernel ---------------------------------------------------
+
+
+def step(net: LSTMNetwork, x: Tensor, state: State) -> tuple[Tensor, State]:
+    """``net``'s LSTM and head on the features ``x (F, ...)``: the update and the new LSTM
+    state, as ``net.head(net.lstm(x, state))`` gives them (:func:`steps_on_kernel`)."""
+    shape, hidden = x.shape[1:], net.lstm.hidden
+    m = shape.numel()
+    h, c = _states(net, state, m)
+    linear = net.head.squash == "linear"  # else the kernel gives w . h + b, squashed here as Head does
+    out, h, c = lstm_kernel.step(kernel_parameters(net), net.head.scale if linear else 1.0,
+                                 x.reshape(x.shape[0], m).contiguous(), h, c, hidden)
+    if not linear:
+        out = torch.tanh(out).mul_(net.head.scale)
+    new = {}
+    for k in range(len(h)):
+        new[f"h{k}"], new[f"c{k}"] = h[k].view(hidden, *shape), c[k].view(hidden, *shape)
+    return out.view(shape), new
+
+
+def replay(net: LSTMNetwork, grads: Tensor, state: State, updates: Tensor) -> Tensor:
+    """``updates (T, ...)``, made from ``state`` fed ``grads (T, ...)``, as a function of the
+    meta-parameters whose backward is one kernel call for the whole unroll (:func:`replays_on_kernel`)."""
+    steps, m = grads.shape[0], grads[0].numel()
+    x = net.preprocessor.apply(grads, {})[0]  # (F, T, ...): stateless, so every step at once
+    x = x.reshape(x.shape[0], steps, m).transpose(0, 1).contiguous()
+    h0, c0 = _states(net, state, m)
+    return _Replay.apply(_Unrolled(net, kernel_parameters(net), x, h0, c0, updates.detach()), *kernel_weights(net))
+
+
+@dataclass
+class _Unrolled:
+    """What the kernel's backward of one unroll needs: the network, its flat meta-parameters,
+    the LSTM inputs ``x (T, F, M)``, the state before the unroll, and the updates made."""
+
+    net: LSTMNetwork
+    params: Tensor
+    x: Tensor
+    h0: list
+    c0: list
+    updates: Tensor
+
+
+class _Replay(torch.autograd.Function):
+    """Returns the unroll's updates; the backward is the kernel's backpropagation through
+    the whole unroll, split into the gradients of each LSTM layer's and the head's weights."""
+
+    @staticmethod
+    def forward(ctx, unrolled: _Unrolled, *weights):
+        ctx.unrolled = unrolled
+        return unrolled.updates
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_updates):
+        u = ctx.unrolled
+        net, hidden = u.net, u.net.lstm.hidden
+        d_out = d_updates.reshape(u.x.shape[0], -1).contiguous()
+        flat = lstm_kernel.unroll_backward(u.params, net.head.scale, u.x, u.h0, u.c0, d_out, hidden)
+        del ctx.unrolled
+        return (None, *kernel_gradients(net, flat))
