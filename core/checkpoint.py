@@ -8,6 +8,10 @@ optimizer through the registry and refuses, in one line naming the file, a
 truncated, corrupted or modified file, an unknown plugin, a plugin version other
 than the one that saved it, or tensors that do not fit the hyperparameters.
 The hash detects corruption and edits; it is not a signature.
+
+A checkpoint travels as bytes as well as a file (:func:`checkpoint_bytes`, and
+:func:`load_checkpoint` of the bytes), so a worker without the run directory's
+file system receives and returns one as plain data.
 """
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import torch
 
 from .atomic import atomic_write_bytes
 from .errors import CheckpointError, L2OError
+from .learned import LearnedOptimizer
 
 FORMAT = "l2obench-checkpoint/1"
 _KEYS = ("format", "plugin", "distribution", "version", "hyperparameters", "training", "l2obench_version")
@@ -32,7 +37,7 @@ _KEYS = ("format", "plugin", "distribution", "version", "hyperparameters", "trai
 class CheckpointInfo:
     """What a checkpoint says about itself."""
 
-    path: str
+    path: str  #: the file, or ``"<bytes>"`` for a checkpoint read from memory
     plugin: str
     distribution: str
     version: str
@@ -55,28 +60,30 @@ def content_hash(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, lopt: torch.nn.Module, name: str,
-                    training: Mapping[str, Any] | None = None, *, registry=None) -> str:
-    """Write ``lopt`` (registered as learned optimizer ``name``) to ``path`` atomically;
-    returns the content hash."""
+def checkpoint_bytes(lopt: LearnedOptimizer, training: Mapping[str, Any] | None = None, *,
+                     registry=None) -> tuple[bytes, str]:
+    """``lopt`` as the bytes of a checkpoint file, and their content hash.
+
+    ``lopt`` must have been built through the registry, which records its ``name`` and
+    ``hyperparameters`` (:class:`l2obench.learned.LearnedOptimizer`); ``training`` is
+    what to remember of how it was trained (JSON-ready)."""
     from . import __version__
     from .registry import get_registry
 
-    path = Path(path)
+    name = lopt.name
+    if name is None:
+        raise CheckpointError(f"cannot save a {type(lopt).__name__} that was not built through the registry "
+                              f"(it has no registered name); build it with get_registry().learned(name, ...)")
     reg = registry if registry is not None else get_registry()
     try:
         entry = reg.get("learned", name)
     except L2OError as exc:
-        raise CheckpointError(f"cannot save checkpoint {path}: {exc}") from None
-    hyper = getattr(lopt, "hyperparameters", None)
-    if not isinstance(hyper, Mapping):
-        raise CheckpointError(f"cannot save checkpoint {path}: learned optimizer {name!r} has no "
-                              f"hyperparameters dict to rebuild it from")
+        raise CheckpointError(f"cannot save learned optimizer {name!r}: {exc}") from None
     try:
-        hyper_json = json.dumps(dict(hyper), sort_keys=True)
+        hyper_json = json.dumps(dict(lopt.hyperparameters), sort_keys=True)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"cannot save checkpoint {path}: hyperparameters of {name!r} are not JSON ({exc})") \
-            from None
+        raise CheckpointError(f"cannot save learned optimizer {name!r}: its hyperparameters are not JSON "
+                              f"({exc})") from None
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in lopt.state_dict().items()}
     metadata = {
         "format": FORMAT,
@@ -91,21 +98,44 @@ def save_checkpoint(path: str | os.PathLike, lopt: torch.nn.Module, name: str,
 
     from safetensors.torch import save
 
-    data = save(tensors, metadata=metadata)
-    atomic_write_bytes(path, data)
+    return save(tensors, metadata=metadata), digest
+
+
+def save_checkpoint(path: str | os.PathLike, lopt: LearnedOptimizer, training: Mapping[str, Any] | None = None,
+                    *, registry=None) -> str:
+    """Write ``lopt`` (see :func:`checkpoint_bytes`) to ``path`` atomically; returns the content hash."""
+    try:
+        data, digest = checkpoint_bytes(lopt, training, registry=registry)
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    atomic_write_bytes(Path(path), data)
     return digest
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
-    """The tensors and metadata of a checkpoint file, integrity-checked (no plugin needed)."""
-    path = Path(path)
-    where = f"checkpoint {path}"
+#: A checkpoint: a file, or the bytes of one (as :func:`checkpoint_bytes` gives them).
+Source = Union[str, os.PathLike, bytes]
+#: how messages name a checkpoint given as bytes
+IN_MEMORY = "<bytes>"
+
+
+def _read(source: Source) -> tuple[bytes, str]:
+    """The bytes of ``source`` and how messages name it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), IN_MEMORY
+    path = Path(source)
     try:
-        data = path.read_bytes()
+        return path.read_bytes(), str(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{where}: no such file") from None
+        raise CheckpointError(f"checkpoint {path}: no such file") from None
     except OSError as exc:
-        raise CheckpointError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        raise CheckpointError(f"checkpoint {path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """The tensors and metadata of a checkpoint (a file or its bytes), integrity-checked
+    (no plugin needed)."""
+    data, name = _read(source)
+    where = f"checkpoint {name}"
     if len(data) < 8:
         raise CheckpointError(f"{where}: truncated ({len(data)} bytes); re-create it with l2obench meta-train")
     (n,) = struct.unpack("<Q", data[:8])
@@ -135,13 +165,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
         training = json.loads(metadata["training"])
     except ValueError:
         raise CheckpointError(f"{where}: metadata is not valid JSON") from None
-    info = CheckpointInfo(str(path), metadata["plugin"], metadata["distribution"], metadata["version"],
+    info = CheckpointInfo(name, metadata["plugin"], metadata["distribution"], metadata["version"],
                           hyper, training, metadata["l2obench_version"], digest)
     return tensors, info
 
 
-def load_checkpoint(path: str | os.PathLike, registry=None, *, check_version: bool = True):
-    """Rebuild the learned optimizer saved at ``path``: ``(LearnedOptimizer, CheckpointInfo)``.
+def load_checkpoint(source: Source, registry=None, *, check_version: bool = True):
+    """Rebuild the learned optimizer saved in ``source`` (a file or its bytes):
+    ``(LearnedOptimizer, CheckpointInfo)``.
 
     The plugin is looked up by name in ``registry`` (the installed plugins by
     default); its distribution and version must match the ones that saved the
@@ -149,7 +180,7 @@ def load_checkpoint(path: str | os.PathLike, registry=None, *, check_version: bo
     """
     from .registry import get_registry
 
-    tensors, info = read_checkpoint(path)
+    tensors, info = read_checkpoint(source)
     where = f"checkpoint {info.path}"
     reg = registry if registry is not None else get_registry()
     try:

@@ -11,6 +11,7 @@ import time
 #: after ``l2obench`` itself (which imports nothing heavy), so only the interpreter's own
 #: start-up, some tens of milliseconds, comes before.  The process's start time is not
 #: used: a shell that ``exec``s the command after other work makes that much earlier.
+#: Subcommands read it as ``args.started`` (see :func:`main`).
 STARTED = time.time()
 
 from .errors import ConfigError, L2OError  # noqa: E402
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` (default: this process's arguments).  ``args.started``, the
+    clock a subcommand reports wall time from, is :data:`STARTED` when this is the process's
+    own command, and now when a program (or a test) calls ``main`` with its arguments."""
+    started = STARTED if argv is None else time.time()
     from .errors import one_line_warnings
     from .memory import keep_freed_memory
 
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = started
     try:
         return int(args.func(args) or 0)
     except L2OError as exc:

@@ -13,16 +13,20 @@ and ``validation_loss`` rows for meta-training cells.  The columns are listed
 in :data:`COLUMNS`; every task config parameter is a column too (``dim``,
 ``hidden``, ``activation``, ...; one that clashes with a column above is
 prefixed ``task_``).  Reports read this table and the manifest only.
+
+The columns are declared once, in :data:`COLUMNS`, and :func:`cell_frame` builds a
+finished cell's rows against them.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from .atomic import atomic_write_bytes
+from .cells import Cell, CellKind, OptimizerKind
 
 #: The fixed columns of the results table, with what they hold.
 COLUMNS: dict[str, str] = {
@@ -59,6 +63,90 @@ MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 
 
+# -- the rows of a finished cell -----------------------------------------------------
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _versions(*origins: str) -> str:
+    """``"l2obench 0.1.0"``, ... -> ``{"l2obench": "0.1.0"}`` as JSON."""
+    return _json(dict(o.rsplit(" ", 1) if " " in o else (o, "?") for o in origins))
+
+
+def _task_columns(task: dict[str, Any]) -> dict[str, Any]:
+    """The task config's parameters as columns (``task_`` before a name that clashes)."""
+    cols = {}
+    for k, v in task["config"].items():
+        name = f"task_{k}" if k in COLUMNS else k
+        cols[name] = v if isinstance(v, (int, float, str, bool)) or v is None else _json(v)
+    return cols
+
+
+def cell_frame(cell: Cell, result: dict[str, Any]):
+    """The tidy rows of a finished cell, :data:`COLUMNS` in order and then the task's.
+
+    ``result`` is what :func:`l2obench.work.run_cell` returned: ``losses`` ``(seeds, steps)``
+    and ``diverged_at`` for a tune or test cell, ``history`` and ``validation`` (episode,
+    value) pairs for a meta-train cell."""
+    import numpy as np
+
+    spec = cell.spec
+    if cell.kind is CellKind.META_TRAIN:
+        opt = {"name": spec["name"], "id": spec["name"], "kind": OptimizerKind.LEARNED.value,
+               "plugin": spec["plugin"], "params": spec["params"], "version": spec["version"]}
+        history, validation = result["history"], result["validation"]
+        rows = {"horizon": int(result["horizon"]), "split": "train", "seed": int(result["seed"]),
+                "step": np.asarray([e for e, _ in history + validation], dtype=np.int64),
+                "metric": ["meta_loss"] * len(history) + ["validation_loss"] * len(validation),
+                "loss": np.asarray([v for _, v in history + validation], dtype=np.float64),
+                "status": "ok", "diverged_step": -1}
+        n = len(history) + len(validation)
+    else:
+        opt = spec["optimizer"]
+        losses = result["losses"]
+        S, T = losses.shape
+        diverged = np.asarray(result["diverged_at"], dtype=np.int64)
+        rows = {"horizon": int(spec["horizon"]), "split": spec["split"],
+                "seed": np.repeat(np.asarray(spec["seeds"], dtype=np.int64), T),
+                "step": np.tile(np.arange(T, dtype=np.int64), S), "metric": "loss", "loss": losses.reshape(-1),
+                "status": np.repeat(np.where(diverged >= 0, "diverged", "ok"), T),
+                "diverged_step": np.repeat(diverged, T)}
+        n = S * T
+    lr = opt["params"].get("lr") if opt["kind"] == OptimizerKind.BASELINE else None
+    values = {
+        "cell_id": cell.id, "cell_key": cell.key, "kind": cell.kind.value, "optimizer": opt["name"],
+        "optimizer_id": opt["id"], "optimizer_kind": opt["kind"], "optimizer_plugin": opt["plugin"],
+        "optimizer_params": _json(opt["params"]), "lr": float(lr) if isinstance(lr, (int, float)) else math.nan,
+        "task": spec["task"]["id"], "family": spec["task"]["family"], "task_config": _json(spec["task"]["config"]),
+        **rows, "checkpoint": result.get("checkpoint", ""), "device": spec["device"],
+        "wall_time": float(result["wall_time"]), "compute_time": result["compute"][1] - result["compute"][0],
+        "versions": _versions(opt["version"], spec["task"]["version"]),
+    }
+    return _frame(values, n, spec["task"])
+
+
+def _frame(values: dict[str, Any], n: int, task: dict[str, Any]):
+    """``n`` rows with the columns of :data:`COLUMNS` (a scalar repeated, an array as is),
+    then the task's columns."""
+    import numpy as np
+    import pandas as pd
+
+    if values.keys() != COLUMNS.keys():
+        missing, undeclared = sorted(COLUMNS.keys() - values.keys()), sorted(values.keys() - COLUMNS.keys())
+        raise ValueError(f"rows do not match the results table's columns: missing {missing}, undeclared {undeclared}")
+    if n:
+        frame = pd.DataFrame({c: (values[c] if not np.isscalar(values[c]) and not isinstance(values[c], str)
+                                  else [values[c]] * n) for c in COLUMNS})
+    else:
+        frame = pd.DataFrame(columns=list(COLUMNS))
+    for k, v in _task_columns(task).items():
+        frame[k] = v
+    return frame
+
+
+# -- the run directory ---------------------------------------------------------------
+
 def cell_path(directory: str | os.PathLike, key: str) -> Path:
     return Path(directory) / CELLS / f"{key}.parquet"
 
@@ -86,6 +174,22 @@ def read_cell(directory: str | os.PathLike, key: str, columns: list[str] | None 
     import pandas as pd
 
     return pd.read_parquet(cell_path(directory, key), columns=columns)
+
+
+def read_losses(directory: str | os.PathLike, key: str):
+    """``(seeds, steps)`` losses of a finished tune or test cell, seeds in the cell's order."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(cell_path(directory, key), columns=["seed", "step", "loss"])
+    seed, step, loss = (table.column(c).to_numpy() for c in ("seed", "step", "loss"))
+    seeds, rows = np.unique(seed, return_inverse=True)
+    order = np.argsort(np.unique(seed, return_index=True)[1])  # first-appearance order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    out = np.full((len(seeds), int(step.max()) + 1), np.nan)
+    out[rank[rows], step] = loss
+    return out
 
 
 def done_keys(directory: str | os.PathLike) -> set[str]:
@@ -197,7 +301,3 @@ def load_results(directory: str | os.PathLike):
         raise ConfigError(f"{directory}: no results (neither {RESULTS} nor {CELLS}/); run `l2obench run` first")
     return _read_cells(directory, keys).to_pandas()
 
-
-def now() -> str:
-    """The current time as ISO 8601 with the UTC offset."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

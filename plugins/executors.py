@@ -1,11 +1,13 @@
 """Executors that run suite cells: ``local`` (a process pool on this machine) and
 ``ray`` (a Ray cluster, the optional extra ``l2obench[ray]``).
 
-An executor is what ``factory(workers)`` returns: ``submit(fn, *args)`` gives a
-:class:`concurrent.futures.Future`, ``map(fn, items)`` yields results as they
-finish, ``shutdown(cancel=False)`` ends it, and ``threads`` is the number of
-torch threads each cell may use.  ``fn`` and its arguments are plain picklable
-data, so a worker needs nothing but the installed plugins.
+An executor is what ``factory(workers)`` returns (:class:`l2obench.api.Executor`):
+``submit(fn, *args)`` gives a :class:`concurrent.futures.Future`,
+``shutdown(cancel=False)`` ends it, and ``threads`` is the number of torch threads
+each cell may use; the two here also have ``map(fn, items)``, which yields results as they
+finish.  ``fn`` and its arguments are plain picklable data, and ``fn`` does the
+worker's set-up itself (torch threads, warnings, allocator), so a worker needs
+nothing but the installed plugins, and these executors only run it.
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ import os
 import sys
 from typing import Any, Callable, Iterable, Iterator
 
-from l2obench import hookimpl
-from l2obench.errors import PluginError
+from l2obench.api import PluginError, get_registry, hookimpl
 
 
 def _cores() -> int:
@@ -48,16 +49,12 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="l2obench-parent-watch", daemon=True).start()
 
 
-def _init_worker(threads: int) -> None:
-    """Set torch threads and load what every cell needs, once per worker.  A worker
-    ends without tearing down torch (seconds on a busy machine): the pool has
-    flushed its queues by the time the interpreter exits."""
+def _init_worker() -> None:
+    """Load the plugins every cell needs, once per worker, while the runner validates the
+    suite.  A worker ends without tearing down torch (seconds on a busy machine): the
+    pool has flushed its queues by the time the interpreter exits."""
     atexit.register(_quick_exit)
     _exit_with_parent()
-    _prepare(threads)
-    import l2obench.runner  # noqa: F401
-    from l2obench.registry import get_registry
-
     get_registry()
 
 
@@ -104,7 +101,7 @@ class LocalExecutor:
         self.threads = max(1, _cores() // self.workers)
         self.start_method = _start_method(self.threads)
         self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(self.start_method),
-                                            initializer=_init_worker, initargs=(self.threads,))
+                                            initializer=_init_worker)
         for _ in range(self.workers):  # the pool starts one process per submission
             self._pool.submit(_ready)
 
@@ -133,21 +130,7 @@ class LocalExecutor:
         self.shutdown(cancel=exc[0] is not None)
 
 
-def _prepare(threads: int) -> None:
-    """What a worker sets up before running cells, as the ``l2obench`` command does for
-    itself: freed memory kept for reuse, one-line warnings, its torch threads."""
-    from l2obench.errors import one_line_warnings
-    from l2obench.memory import keep_freed_memory
-
-    keep_freed_memory()
-    one_line_warnings()
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _call_with_threads(fn: Callable, threads: int, *args):
-    _prepare(threads)
+def _call(fn: Callable, *args):
     return fn(*args)
 
 
@@ -169,11 +152,11 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, int(workers))
         self.threads = max(1, cpus // self.workers)
-        self._task = ray.remote(num_cpus=self.threads, max_retries=0)(_call_with_threads)
+        self._task = ray.remote(num_cpus=self.threads, max_retries=0)(_call)
         self._refs: list[Any] = []
 
     def submit(self, fn: Callable, *args) -> cf.Future:
-        ref = self._task.remote(fn, self.threads, *args)
+        ref = self._task.remote(fn, *args)
         self._refs.append(ref)
         return ref.future()
 

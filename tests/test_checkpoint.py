@@ -1,7 +1,9 @@
-"""Checkpoints: a round trip gives the same optimizer; a truncated, tampered or
-mismatched file is refused with one line naming it; nothing is unpickled."""
+"""Checkpoints: a round trip gives the same optimizer, through a file or as bytes; a
+truncated, tampered or mismatched file is refused with one line naming it; nothing is
+unpickled."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import struct
@@ -10,9 +12,12 @@ import pytest
 import torch
 
 from l2obench import CheckpointError, Registry
-from l2obench.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from l2obench.checkpoint import IN_MEMORY, checkpoint_bytes, load_checkpoint, read_checkpoint, save_checkpoint
 
 from test_metatrain import QUAD, TinyLearned, TinyPlugin
+
+
+TRAINING = {"task": "quadratic", "config": {"horizon": 20}}
 
 
 @pytest.fixture
@@ -23,9 +28,9 @@ def registry():
 @pytest.fixture
 def saved(tmp_path, registry):
     torch.manual_seed(0)
-    lopt = TinyLearned(hidden=6, init_log_lr=-3.0)
+    lopt = registry.learned("tiny", hidden=6, init_log_lr=-3.0)
     path = tmp_path / "tiny.safetensors"
-    digest = save_checkpoint(path, lopt, "tiny", {"task": "quadratic", "config": {"horizon": 20}}, registry=registry)
+    digest = save_checkpoint(path, lopt, TRAINING, registry=registry)
     return path, lopt, digest
 
 
@@ -99,10 +104,10 @@ def test_version_mismatch_is_refused(saved):
 
 
 def test_hyperparameters_not_matching_tensors_are_refused(tmp_path, registry):
-    lopt = TinyLearned(hidden=8)
+    lopt = registry.learned("tiny", hidden=8)
     lopt.hyperparameters = {"hidden": 4, "init_log_lr": -6.0}
     path = tmp_path / "bad.safetensors"
-    save_checkpoint(path, lopt, "tiny", registry=registry)
+    save_checkpoint(path, lopt, registry=registry)
     refused(path, registry, "has shape .* expects")
 
 
@@ -119,20 +124,46 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path, registry):
 
 
 def test_saving_checks_its_inputs(tmp_path, registry):
+    path = tmp_path / "x.safetensors"
+    with pytest.raises(CheckpointError, match="not built through the registry") as info:
+        save_checkpoint(path, TinyLearned(), registry=registry)  # no registered name to rebuild it by
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    renamed = registry.learned("tiny")
+    renamed.name = "nope"
     with pytest.raises(CheckpointError, match="unknown learned optimizer 'nope'"):
-        save_checkpoint(tmp_path / "x.safetensors", TinyLearned(), "nope", registry=registry)
-    lopt = TinyLearned()
+        save_checkpoint(path, renamed, registry=registry)
+    lopt = registry.learned("tiny")
     lopt.hyperparameters = {"hidden": object()}
     with pytest.raises(CheckpointError, match="not JSON"):
-        save_checkpoint(tmp_path / "x.safetensors", lopt, "tiny", registry=registry)
+        save_checkpoint(path, lopt, registry=registry)
+    assert not list(tmp_path.iterdir())
 
 
 def test_overwrite_is_atomic_and_metadata_is_readable_without_the_plugin(saved, registry):
     path, lopt, first = saved
     with torch.no_grad():
         lopt.log_lr.add_(1.0)
-    second = save_checkpoint(path, lopt, "tiny", registry=registry)
+    second = save_checkpoint(path, lopt, registry=registry)
     assert second != first
     tensors, info = read_checkpoint(path)
     assert info.content_hash == second and torch.equal(tensors["log_lr"], lopt.log_lr.detach())
     assert json.loads(json.dumps(info.training)) == {}
+
+
+def test_bytes_round_trip_without_files(saved, registry, tmp_path, monkeypatch):
+    """A checkpoint as bytes is the file's bytes, and loads from memory alone: workers
+    send and receive checkpoints as data, with no temporary file."""
+    import tempfile
+
+    path, lopt, digest = saved
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: pytest.fail("a temporary file was made"))
+    data, same = checkpoint_bytes(lopt, TRAINING, registry=registry)
+    assert same == digest  # (safetensors may order the header differently: the hash is over canonical JSON)
+    assert read_checkpoint(data)[1] == dataclasses.replace(read_checkpoint(path)[1], path=IN_MEMORY)
+    loaded, info = load_checkpoint(data, registry)
+    assert info.path == IN_MEMORY and info.content_hash == digest and info.training == TRAINING
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in lopt.state_dict().items())
+    assert loaded.name == "tiny" and loaded.hyperparameters == lopt.hyperparameters
+    with pytest.raises(CheckpointError, match=f"checkpoint {IN_MEMORY}: truncated"):
+        load_checkpoint(data[: len(data) // 2], registry)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]

@@ -118,3 +118,36 @@ def test_argparse_refuses_bad_choices(capsys):
         main(TRAIN + ["--weights", "heavy", "--out", "x"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_meta_train_options_are_the_config_fields_with_its_defaults():
+    """Every MetaTrainConfig setting is an option, its default the config's (written once)."""
+    from l2obench.cli import build_parser
+    from l2obench.config import MetaTrainConfig
+
+    args = build_parser().parse_args(["meta-train", "--optimizer", "tiny", "--task", "quadratic", "--out", "x"])
+    assert MetaTrainConfig.from_params(**{k: getattr(args, k) for k in MetaTrainConfig.model_fields}) \
+        == MetaTrainConfig()
+    args = build_parser().parse_args(TRAIN + ["--clip", "none", "--time-limit", "30", "--second-order",
+                                              "--weights", "final", "--out", "x"])
+    assert (args.clip, args.time_limit_s, args.second_order, args.weights) == (None, 30.0, True, "final")
+    assert (args.horizon, args.unroll, args.meta_batch, args.lr) == (10, 5, 2, 0.05)
+
+
+@pytest.mark.parametrize("name, match", [
+    ("tpu", "expected cpu, cuda or cuda:N"),
+    ("mps", "mps is not supported"),
+    ("cuda:x", "expected cpu, cuda or cuda:N"),
+    *([("cuda", "no CUDA device")] if not torch.cuda.is_available() else []),
+])
+def test_one_device_check_for_every_command(name, match, capsys, tmp_path, monkeypatch):
+    from l2obench.devices import resolve_device
+
+    with pytest.raises(l2obench.ConfigError, match=match) as info:
+        resolve_device(name, "suite.device")
+    assert str(info.value).startswith("suite.device") and "\n" not in str(info.value)
+    monkeypatch.chdir(tmp_path)
+    for argv in (["evaluate", "--optimizer", "adam", "--task", "quadratic"],
+                 TRAIN + ["--out", "x.safetensors"], ["run", "nowhere.toml", "--out", "out", "--dry-run"]):
+        assert match in error_line(capsys, argv + ["--device", name])
+    assert resolve_device("cpu").type == "cpu"

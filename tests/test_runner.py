@@ -20,7 +20,8 @@ import pytest
 import l2obench
 from l2obench import store
 from l2obench.cli import main
-from l2obench.runner import Runner, cell_key
+from l2obench.cells import CellKind, cell_key
+from l2obench.runner import Runner
 from l2obench.suite import load_suite, parse_suite
 
 HEAD = """\
@@ -112,7 +113,7 @@ def test_cli_run_with_report_writes_the_report_after_the_last_cell(suite_file, r
     copy = tmp_path / "copy"
     shutil.copytree(reference, copy)
     runner = Runner(load_suite(suite_file), copy)
-    store.cell_path(copy, runner.learned_tests[0].key).unlink()
+    store.cell_path(copy, runner.plan.learned_tests[0].key).unlink()
     assert main(["run", str(suite_file), "--out", str(copy), "--workers", "1", "--no-progress", "--report"]) == 0
     out = capsys.readouterr().out
     assert "1 cells run" in out and "time with the report:" in out and "outside optimizer steps" in out
@@ -213,12 +214,12 @@ def test_resume_with_a_tuning_group_half_done(suite_file, reference, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(reference, copy)
     runner = Runner(load_suite(suite_file), copy)
-    group = next(iter(runner.groups.values()))
+    group = next(iter(runner.plan.groups.values()))
     removed = [group.cells[-1].key] + [c.key for c in runner.chosen.values()]
     for key in removed:
         store.cell_path(copy, key).unlink()
     runner = Runner(load_suite(suite_file), copy)
-    assert not any(k[0] == next(iter(runner.groups)) for k in runner.chosen)
+    assert not any(k[0] == next(iter(runner.plan.groups)) for k in runner.chosen)
     summary = runner.run(pool=ThreadExecutor(1), progress=False, stream=open(os.devnull, "w"))
     assert summary.ran == len(removed) and not summary.failed
     pd.testing.assert_frame_equal(canonical(l2obench.load_results(copy)),
@@ -228,7 +229,7 @@ def test_resume_with_a_tuning_group_half_done(suite_file, reference, tmp_path):
 def test_cells_differing_only_in_horizon_run_once_and_the_shorter_read_the_prefix(suite_file, reference, tmp_path):
     """Learned tests at T=10 and T=20 are one run to 20 steps, and so are a baseline's when
     tuning chose the same settings for both; the T=10 rows are those of a run of 10 steps."""
-    from l2obench.runner import execute_cell
+    from l2obench.work import run_cell
 
     class Counting(ThreadExecutor):
         submitted: list[str] = []
@@ -240,16 +241,16 @@ def test_cells_differing_only_in_horizon_run_once_and_the_shorter_read_the_prefi
     runner = Runner(load_suite(suite_file), tmp_path)
     summary = runner.run(pool=Counting(2), progress=False, stream=open(os.devnull, "w"))
     assert summary.ran == CELLS and not summary.failed
-    tests = [c for c in runner.all_known_cells() if c.kind == "test"]
+    tests = [c for c in runner.all_known_cells() if c.kind is CellKind.TEST]
     shared = {(c.spec["optimizer"]["id"], c.spec["task"]["id"]) for c in tests if c.spec["horizon"] == 10} \
         & {(c.spec["optimizer"]["id"], c.spec["task"]["id"]) for c in tests if c.spec["horizon"] == 20}
     assert len(shared) >= 2  # at least the learned optimizer on both variants
     assert Counting.submitted.count("test 10") == len(tests) // 2 - len(shared)
     assert Counting.submitted.count("test 20") == len(tests) // 2
-    short = next(c for c in runner.learned_tests if c.spec["horizon"] == 10)
+    short = next(c for c in runner.plan.learned_tests if c.spec["horizon"] == 10)
     lines = Runner(load_suite(suite_file), tmp_path, force=True).describe()
     assert any(short.id in x and "(read from the first 10 steps of [" in x for x in lines)
-    alone = execute_cell("test", short.spec, {"checkpoint": runner._checkpoint_bytes("lstm-tiny")})
+    alone = run_cell(CellKind.TEST, short.spec, {"checkpoint": runner.checkpoint_bytes("lstm-tiny")})
     rows = store.read_cell(tmp_path, short.key, ["seed", "step", "loss", "diverged_step"])
     np.testing.assert_array_equal(rows["loss"].to_numpy().reshape(4, 10), alone["losses"])
     np.testing.assert_array_equal(rows["diverged_step"].to_numpy()[::10], alone["diverged_at"])
@@ -258,7 +259,7 @@ def test_cells_differing_only_in_horizon_run_once_and_the_shorter_read_the_prefi
 
 
 def test_a_prefix_keeps_only_the_divergences_inside_it():
-    from l2obench.runner import prefix_result
+    from l2obench.cells import prefix_result
 
     losses = np.array([[1.0, 2.0, np.inf, np.nan], [1.0, 1.0, 1.0, 1.0], [np.nan] * 4])
     cut = prefix_result({"losses": losses, "diverged_at": np.array([2, -1, 0]), "compute": (0, 1)}, 2)
@@ -278,16 +279,16 @@ def test_a_deleted_checkpoint_means_meta_training_again(suite_file, reference, t
 
 
 def test_a_failing_cell_is_reported_and_the_others_finish(suite_file, tmp_path, monkeypatch):
-    from l2obench import runner as runner_module
+    from l2obench import work
 
-    real = runner_module._evaluate
+    real = work.run_evaluation
 
     def flaky(spec, runtime):
         if spec["optimizer"]["id"] == "adam[lr=0.1]" and spec["task"]["config"]["dim"] == 8:
             raise RuntimeError("a plugin bug")
         return real(spec, runtime)
 
-    monkeypatch.setattr(runner_module, "_evaluate", flaky)
+    monkeypatch.setattr(work, "run_evaluation", flaky)
     suite = parse_suite(HEAD + BODY, tmp_path / "s.toml")
     summary = Runner(suite, tmp_path / "out").run(pool=ThreadExecutor(2), progress=False,
                                                    stream=open(os.devnull, "w"))
@@ -310,9 +311,9 @@ def test_cell_keys_are_stable_and_editing_the_suite_keeps_finished_cells(tmp_pat
     assert set(keys) < more
     fewer_seeds = {c.key for c in Runner(parse_suite(TINY.replace("seeds = 4", "seeds = 5"), tmp_path / "s.toml"),
                                          tmp_path).all_known_cells()}
-    assert set(keys) & fewer_seeds == {c.key for c in base.all_known_cells() if c.kind != "test"}
-    spec = base.meta["lstm-tiny"].spec
-    assert cell_key("meta-train", {**spec, "version": "l2obench 9.9"}) != base.meta["lstm-tiny"].key
+    assert set(keys) & fewer_seeds == {c.key for c in base.all_known_cells() if c.kind is not CellKind.TEST}
+    spec = base.plan.meta["lstm-tiny"].spec
+    assert cell_key(CellKind.META_TRAIN, {**spec, "version": "l2obench 9.9"}) != base.plan.meta["lstm-tiny"].key
 
 
 def test_overlapping_test_entries_share_cells(tmp_path):
@@ -320,7 +321,7 @@ def test_overlapping_test_entries_share_cells(tmp_path):
     runner = Runner(parse_suite(overlap, tmp_path / "s.toml"), tmp_path)
     cells = runner.all_known_cells()
     assert len({c.key for c in cells}) == len(cells)
-    tune8 = [c for g in runner.groups.values() if g.task.id == "quadratic[dim=8]" for c in g.cells]
+    tune8 = [c for g in runner.plan.groups.values() if g.task.id == "quadratic[dim=8]" for c in g.cells]
     assert {c.spec["horizon"] for c in tune8 if c.spec["optimizer"]["name"] == "sgd"} == {30}
     assert {c.spec["horizon"] for c in tune8 if c.spec["optimizer"]["name"] == "adam"} == {20}
     lines = runner.describe()
@@ -331,7 +332,7 @@ def test_overlapping_test_entries_share_cells(tmp_path):
 def _torch_sum_in_worker(n: int) -> tuple[int, float]:
     import torch
 
-    return torch.get_num_threads(), float(torch.arange(n, dtype=torch.float64).sum())
+    return os.getpid(), float(torch.arange(n, dtype=torch.float64).sum())
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
@@ -349,7 +350,8 @@ def test_local_workers_fork_when_safe_and_spawn_otherwise():
         waiter.join()
     with executors.LocalExecutor(executors._cores()) as pool:
         assert pool.start_method == "fork" and pool.threads == 1
-        assert pool.submit(_torch_sum_in_worker, 1000).result(timeout=60) == (1, 499500.0)
+        pid, total = pool.submit(_torch_sum_in_worker, 1000).result(timeout=60)
+        assert pid != os.getpid() and total == 499500.0
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell's exec")

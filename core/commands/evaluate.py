@@ -24,67 +24,42 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def cell_id(name: str, params: dict) -> str:
-    """A readable id like ``adam[lr=0.1]``."""
-    return f"{name}[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else name
-
-
-def build_optimizer(args, reg):
-    """The Optimizer to evaluate and a description of where it came from."""
-    from ..cli import parse_params
-    from ..errors import ConfigError
-
-    if args.checkpoint:
-        if args.param:
-            raise ConfigError("--param applies to --optimizer; a checkpoint carries its own hyperparameters")
-        from ..checkpoint import load_checkpoint
-
-        lopt, info = load_checkpoint(args.checkpoint, reg)
-        return lopt, {"checkpoint": args.checkpoint, "optimizer": cell_id(info.plugin, info.hyperparameters),
-                      "sha256": info.content_hash}
-    params = parse_params(args.param, "--param")
-    if args.optimizer in reg.entries["optimizer"]:
-        return reg.optimizer(args.optimizer, **params), {"optimizer": cell_id(args.optimizer, params)}
-    if args.optimizer in reg.entries["learned"]:
-        import torch
-
-        torch.manual_seed(0)
-        return reg.learned(args.optimizer, **params), {"optimizer": cell_id(args.optimizer, params) + " (untrained)"}
-    from ..registry import unknown_name_message
-
-    known = list(reg.entries["optimizer"]) + list(reg.entries["learned"])
-    raise ConfigError(unknown_name_message("optimizer", args.optimizer, known))
-
-
 def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
     import torch
 
     from ..cli import parse_params
+    from ..devices import resolve_device
     from ..errors import ConfigError
     from ..evaluate import run
-    from ..learned import LearnedOptimizer
     from ..registry import get_registry
+    from ..resolve import resolve_optimizer
     from ..stats import mean_ci
-    from .metatrain import resolve_device
+    from ..suite import make_id
 
     if args.steps <= 0 or args.seeds <= 0:
         raise ConfigError(f"--steps and --seeds must be positive (got {args.steps} and {args.seeds})")
+    if args.checkpoint and args.param:
+        raise ConfigError("--param applies to --optimizer; a checkpoint carries its own hyperparameters")
     reg = get_registry()
     device = resolve_device(args.device)
-    optimizer, origin = build_optimizer(args, reg)
+    params = parse_params(args.param, "--param")
     task_params = parse_params(args.task_param, "--task-param")
     task = reg.task(args.task, **task_params)
-    if isinstance(optimizer, LearnedOptimizer):
-        optimizer = optimizer.to(device).eval()
-        optimizer = optimizer.opt_fn(task.groups)
+    spec = Path(args.checkpoint) if args.checkpoint else args.optimizer
+    resolved = resolve_optimizer(spec, task, device, params=params, registry=reg)
+    origin = {"optimizer": resolved.id + (" (untrained)" if resolved.untrained else "")}
+    if resolved.checkpoint is not None:
+        origin = {"checkpoint": args.checkpoint, **origin, "sha256": resolved.checkpoint.content_hash}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     with torch.no_grad():
-        traj = run(optimizer, task, seeds, args.steps, args.split, device)
+        traj = run(resolved.optimizer, task, seeds, args.steps, args.split, device)
     final, summed = mean_ci(traj.final.tolist()), mean_ci(traj.summed.tolist())
     diverged = int((traj.diverged_at >= 0).sum())
     report = {
         **origin,
-        "task": cell_id(args.task, task_params),
+        "task": make_id(args.task, task_params),
         "split": args.split, "seeds": args.seeds, "first_seed": args.first_seed, "steps": args.steps,
         "device": str(device),
         "final": _summary(final), "summed": _summary(summed), "diverged": diverged,

@@ -1,9 +1,28 @@
-"""``l2obench meta-train``: meta-train a learned optimizer on a task family and save a checkpoint."""
+"""``l2obench meta-train``: meta-train a learned optimizer on a task family and save a checkpoint.
+
+The meta-training options are :class:`~l2obench.config.MetaTrainConfig`'s fields, with
+its defaults and descriptions: a setting added there is an option here."""
 from __future__ import annotations
 
+import argparse
 import math
+import typing
 
+from ..devices import resolve_device  # noqa: F401  (l2obench.commands.bench imports it from here)
 from ..errors import ConfigError
+
+#: option names that differ from the field's (``--time-limit`` reads better than ``--time-limit-s``)
+_FLAGS = {"time_limit_s": "--time-limit"}
+#: what --help says of a field that has no description in MetaTrainConfig
+_HELP = {
+    "epochs": "epochs of meta-training",
+    "episodes_per_epoch": "episodes (fresh optimizees) per epoch",
+    "weights": "loss weights w_t of Eq. 3 (ones, as in the paper)",
+    "second_order": "keep second derivatives",
+    "validation_seeds": "validation optimizees for early stopping; 0 turns it off",
+    "seed": "seed of the initial meta-parameters and of the optimizees drawn",
+    "time_limit_s": "stop training after this many seconds",
+}
 
 
 def add_parser(sub) -> None:
@@ -13,59 +32,74 @@ def add_parser(sub) -> None:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a hyperparameter of the learned optimizer")
     p.add_argument("--task", required=True, metavar="FAMILY", help="task family to meta-train on")
     p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="a config value of the task family")
-    p.add_argument("--horizon", type=int, default=100, help="optimizee steps per episode (default 100)")
-    p.add_argument("--unroll", type=int, default=20, help="steps per truncated unroll (default 20)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--episodes-per-epoch", type=int, default=20)
-    p.add_argument("--meta-batch", type=int, default=1, help="optimizees per episode, batched (default 1)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate on the meta-parameters")
-    p.add_argument("--clip", type=_clip, default=1.0, metavar="NORM|none", help="meta-gradient norm clip")
-    p.add_argument("--weights", choices=["ones", "final", "unroll-final", "linear"], default="ones",
-                   help="loss weights w_t of Eq. 3 (default ones, as in the paper)")
-    p.add_argument("--second-order", action="store_true", help="keep second derivatives")
-    p.add_argument("--validate-every", type=int, default=1, metavar="EPOCHS")
-    p.add_argument("--validation-seeds", type=int, default=8, help="0 turns early stopping off")
-    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", help="stop training after this long")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_options(p)
     p.add_argument("--out", required=True, metavar="FILE", help="checkpoint to write (.safetensors)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_meta_train)
 
 
-def _clip(text: str):
-    if text.lower() in ("none", "off"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        import argparse
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`MetaTrainConfig` field, its default and bounds those of the field."""
+    from ..config import WEIGHTINGS, MetaTrainConfig
 
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+    for name, info in MetaTrainConfig.model_fields.items():
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        default = info.get_default(call_default_factory=True)
+        text = info.description or _HELP.get(name, "")
+        kind = _plain_type(info.annotation)
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=text)
+            continue
+        options: dict[str, typing.Any] = {"dest": name, "default": default,
+                                          "help": f"{text} (default {_shown(default)})".lstrip()}
+        if name == "weights":
+            options["choices"] = WEIGHTINGS
+        elif _optional(info.annotation):
+            options.update(type=_number_or_none(kind), metavar="NUMBER|none")
+        else:
+            options["type"] = kind
+        parser.add_argument(flag, **options)
 
 
-def resolve_device(name: str):
-    """A torch device for ``--device``, refused in one line when it is not available."""
-    import torch
+def _plain_type(annotation) -> type:
+    """``int``, ``float``, ``bool`` or ``str`` for a field's annotation (``float | None``:
+    float; a string-or-function field: str, since a command line gives strings)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    for kind in (bool, int, float, str):
+        if kind in args:
+            return kind
+    return str
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {name!r}: expected cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name!r}: expected cpu or cuda[:N]")
-    return device
+
+def _optional(annotation) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def _shown(default) -> str:
+    return "none" if default is None else str(default)
+
+
+def _number_or_none(kind: type):
+    def parse(text: str):
+        if text.lower() in ("none", "off"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def cmd_meta_train(args) -> int:
-    import torch
-
     from ..checkpoint import save_checkpoint
     from ..cli import parse_params
-    from ..metatrain import MetaTrainConfig, meta_train
+    from ..config import MetaTrainConfig
+    from ..metatrain import meta_train
     from ..registry import get_registry
+    from ..resolve import learned_optimizer
 
     reg = get_registry()
     entry = reg.get("learned", args.optimizer)
@@ -73,17 +107,12 @@ def cmd_meta_train(args) -> int:
     entry.check_parameters(hyper)
     family = reg.family(args.task)
     task_config = family.validate(**parse_params(args.task_param, "--task-param"))
-    config = MetaTrainConfig.from_params(
-        horizon=args.horizon, unroll=args.unroll, epochs=args.epochs, episodes_per_epoch=args.episodes_per_epoch,
-        meta_batch=args.meta_batch, lr=args.lr, clip=args.clip, weights=args.weights,
-        second_order=args.second_order, validate_every=args.validate_every,
-        validation_seeds=args.validation_seeds, seed=args.seed, time_limit_s=args.time_limit)
+    config = MetaTrainConfig.from_params(**{name: getattr(args, name) for name in MetaTrainConfig.model_fields})
     device = resolve_device(args.device)
     if str(args.out).endswith("/"):
         raise ConfigError(f"--out {args.out!r}: expected a file name, e.g. lstm.safetensors")
 
-    torch.manual_seed(args.seed)
-    lopt = entry.create(**hyper)
+    lopt = learned_optimizer(args.optimizer, hyper, seed=config.seed, registry=reg)
     task = family.task(task_config)
     result = meta_train(lopt, task, config, device=device, progress=not args.quiet)
     training = {
@@ -99,7 +128,7 @@ def cmd_meta_train(args) -> int:
         "wall_s": round(result.wall_s, 3),
         "steps_per_s": round(result.steps_per_s, 3),
     }
-    digest = save_checkpoint(args.out, lopt.cpu(), args.optimizer, training, registry=reg)
+    digest = save_checkpoint(args.out, lopt, training, registry=reg)
     best = "off" if result.best_val is None else f"{result.best_val:.6g} (epoch {result.best_epoch})"
     print(f"saved {args.out} (sha256 {digest[:12]}): validation summed loss {best}, "
           f"{len(result.history)} episodes, {result.skipped} skipped, {result.wall_s:.1f} s, "

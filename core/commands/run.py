@@ -25,23 +25,18 @@ def add_parser(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    import re
-
+    from ..devices import resolve_device
     from ..errors import ConfigError
+    from ..executor import start_executor
     from ..registry import get_registry
-    from ..runner import Runner, process_started, start_executor
+    from ..runner import Runner
     from ..suite import load_suite
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give a number of workers >= 1")
-    if args.device is not None and not re.match(r"^(cpu|cuda(:\d+)?|mps)$", args.device):
-        raise ConfigError(f"--device {args.device!r}: expected cpu, cuda, cuda:N or mps")
+    if args.device is not None:
+        resolve_device(args.device)
     get_registry().get("executor", args.executor)
-    if args.device and args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {args.device}: torch sees no CUDA device on this machine")
     # The workers start (and import torch) while the suite is validated; nothing is
     # written before validation passes, and they are stopped if it fails.
     pool = None if args.dry_run else start_executor(args.executor, args.workers)
@@ -60,7 +55,7 @@ def cmd_run(args) -> int:
         return 0
     if args.report:  # the plotting libraries load while the cells run
         threading.Thread(target=_preload_report, name="l2obench-report-preload", daemon=True).start()
-    started = process_started()
+    started = args.started
     summary = runner.run(args.executor, args.workers, progress=not args.no_progress,
                          command=["l2obench", *sys.argv[1:]], pool=pool, started=started)
     outside = summary.wall_s - summary.compute_union_s

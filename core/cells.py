@@ -1,0 +1,133 @@
+"""The cell model: a unit of a suite's work, plain data with a stable key.
+
+A suite expands to three kinds of cells (:class:`CellKind`):
+
+- **meta-train** ``meta-train lstm-base``: meta-train a learned optimizer
+  (:func:`l2obench.metatrain.meta_train`) and keep its checkpoint;
+- **tune** ``tune adam[lr=0.01] @ mnist-mlp[hidden=40] @ T=200``: one point of a
+  baseline's grid on the validation optimizees of one task variant, run to the
+  variant's longest horizon (a shorter horizon reads the same trajectory's prefix);
+- **test** ``adam[lr=0.03] @ mnist-mlp[hidden=40] @ T=100``: an optimizer on the test
+  optimizees of a variant; a baseline with the settings its tuning chose for that
+  horizon, a learned optimizer with its meta-trained checkpoint.
+
+A cell's ``spec`` is everything that defines its result: its id, the full task config
+with defaults, all hyperparameters, seeds, split, horizon, device, the meta-training
+cell or checkpoint it uses, and the versions of the plugins involved.  Its ``key``, a
+hash of the spec, names its file in a run directory, so a rerun skips finished cells
+and editing a suite reruns only the cells whose definition changed.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .suite import LearnedSpec, OptimizerSpec, TaskVariant
+
+
+class CellKind(enum.StrEnum):
+    """What a cell does; the value is how the results table and cell keys write it."""
+
+    META_TRAIN = "meta-train"
+    TUNE = "tune"
+    TEST = "test"
+
+
+class OptimizerKind(enum.StrEnum):
+    """A hand-designed baseline (tuned on validation optimizees) or a learned optimizer."""
+
+    BASELINE = "baseline"
+    LEARNED = "learned"
+
+
+def cell_key(kind: CellKind | str, spec: dict[str, Any]) -> str:
+    """A short stable hash of what defines a cell's result."""
+    blob = json.dumps({"kind": str(kind), "spec": spec}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: ``spec`` is plain JSON-ready data, everything that defines the
+    result (and the input of ``key``); ``needs`` names learned optimizers whose
+    meta-training must finish first."""
+
+    kind: CellKind
+    id: str
+    spec: dict[str, Any]
+    needs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", CellKind(self.kind))
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.kind, self.spec)
+
+
+def task_spec(task: TaskVariant) -> dict[str, Any]:
+    return {"id": task.id, "family": task.family, "config": task.config, "version": task.version}
+
+
+def baseline_spec(opt: OptimizerSpec) -> dict[str, Any]:
+    return {"name": opt.name, "id": opt.id, "kind": OptimizerKind.BASELINE.value, "plugin": opt.name,
+            "params": opt.params, "version": opt.version}
+
+
+def learned_spec(spec: LearnedSpec, source: str) -> dict[str, Any]:
+    """A learned optimizer in a cell; ``source`` is the meta-training cell (``meta-train:KEY``)
+    or checkpoint (``checkpoint:HASH``) its meta-parameters come from."""
+    return {"name": spec.name, "id": spec.id, "kind": OptimizerKind.LEARNED.value, "plugin": spec.plugin,
+            "params": spec.params, "version": spec.version, "source": source}
+
+
+def evaluation_cell(kind: CellKind | str, optimizer: dict[str, Any], task: TaskVariant, horizon: int, split: str,
+                    seeds: list[int], device: str, needs: tuple[str, ...] = ()) -> Cell:
+    """A tune or test cell: ``optimizer`` (a :func:`baseline_spec` or :func:`learned_spec`)
+    on ``task`` for ``horizon`` steps, every seed in one batched run."""
+    kind = CellKind(kind)
+    prefix = "tune " if kind is CellKind.TUNE else ""
+    spec = {"optimizer": optimizer, "task": task_spec(task), "horizon": horizon, "split": split,
+            "seeds": list(seeds), "device": device}
+    return Cell(kind, f"{prefix}{optimizer['id']} @ {task.id} @ T={horizon}", spec, needs)
+
+
+def meta_train_cell(spec: LearnedSpec, device: str) -> Cell:
+    body = {"name": spec.name, "plugin": spec.plugin, "params": spec.params, "version": spec.version,
+            "task": task_spec(spec.task), "train": spec.train, "device": device}
+    return Cell(CellKind.META_TRAIN, f"meta-train {spec.name}", body)
+
+
+def share_prefixes(cells: list[Cell], done: set[str]) -> dict[str, list[Cell]]:
+    """The test cells of ``cells`` not in ``done``, grouped by everything but their horizon:
+    ``{key of the longest: the shorter ones, read from its prefix}``; every other cell
+    not done maps to ``[]``.
+
+    Test cells that differ only in their horizon (a learned optimizer at T=100 and
+    T=1000, or a baseline whose tuning chose the same settings for both) run once, to
+    the longest: a seed's minibatches and an optimizer's steps do not depend on how
+    long it runs, so the shorter ones are the same trajectory's prefix."""
+    families: dict[str, dict[str, Cell]] = {}
+    for cell in cells:
+        if cell.key not in done:
+            family = cell_key(cell.kind, {**cell.spec, "horizon": None}) if cell.kind is CellKind.TEST else cell.key
+            families.setdefault(family, {})[cell.key] = cell
+    plan = {}
+    for members in families.values():
+        *shorter, longest = sorted(members.values(), key=lambda c: c.spec.get("horizon", 0))
+        plan[longest.key] = shorter
+    return plan
+
+
+def prefix_result(result: dict[str, Any], horizon: int) -> dict[str, Any]:
+    """A finished evaluation's raw results cut to its first ``horizon`` steps (timings, those
+    of the run they come from)."""
+    import numpy as np
+
+    diverged = np.asarray(result["diverged_at"])
+    return {**result, "losses": np.array(result["losses"][:, :horizon]),
+            "diverged_at": np.where(diverged < horizon, diverged, -1)}

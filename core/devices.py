@@ -1,0 +1,34 @@
+"""Which torch device a name means: the one check behind every ``--device`` and a
+suite's ``device`` (``l2obench run``, ``meta-train``, ``evaluate``, ``bench``)."""
+from __future__ import annotations
+
+import re
+
+from .errors import ConfigError
+
+#: The device names l2obench accepts: the batched kernels are written for these two.
+NAMES = "cpu, cuda or cuda:N"
+_NAME_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(name: str, where: str = "--device"):
+    """The :class:`torch.device` for ``name``; refused in one line that starts with
+    ``where`` (the flag or the file and key) when the name is unknown, names a CUDA
+    device this machine does not have, or is ``mps`` (not supported)."""
+    import torch
+
+    text = str(name).strip()
+    if text == "mps" or text.startswith("mps:"):
+        raise ConfigError(f"{where} {text!r}: Apple's mps is not supported; use cpu (or cuda on a machine "
+                          f"with an NVIDIA GPU)")
+    if not _NAME_RE.match(text):
+        raise ConfigError(f"{where} {text!r}: expected {NAMES}")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where} {text}: torch sees no CUDA device on this machine; use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{where} {text}: this machine has {count} CUDA device(s), cuda:0 to "
+                              f"cuda:{count - 1}")
+    return device
