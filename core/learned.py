@@ -23,8 +23,11 @@ class Capabilities:
     """What a learned optimizer can do, as data read by the meta-trainer, the
     conformance kit, ``l2obench list`` and the report (never probed with ``getattr``).
 
-    - ``replay``: ``opt_fn()`` gives :attr:`Optimizer.replay`, so meta-training runs an
-      unroll without a graph and backpropagates through ``replay`` once.
+    - ``replay``: the variant's networks can give :attr:`Optimizer.replay`, so meta-training
+      runs an unroll without a graph and backpropagates through ``replay`` once; a property of
+      the variant's structure: ``opt_fn()`` carries ``replay`` where its backend serves it (the
+      ``lstm`` plugin's fused kernel: float32 on the CPU), and the meta-trainer falls back to
+      the steps' graph elsewhere.
     - ``groups``: names of task parameter groups with meta-parameters of their own
       (e.g. ``("conv", "fc")``); the kit unrolls on a task exposing them.
     - ``second_derivatives``: ``update`` is twice differentiable, so meta-training may
