@@ -36,7 +36,7 @@ FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 #: tried in turn: with OpenMP (threads shared with torch's pool), then with std::thread
 #: for compilers without it (Apple's clang)
 VARIANTS = (("-fopenmp",), ())
-ABI = 1
+ABI = 2
 
 _float_p = ctypes.POINTER(ctypes.c_float)
 _ptrs = ctypes.POINTER(ctypes.c_void_p)
