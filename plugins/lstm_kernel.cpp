@@ -45,7 +45,7 @@ namespace {
 constexpr int VL = 16, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4;
 #elif defined(__AVX2__) && defined(__FMA__)
 #define L2O_ISA "avx2"
-constexpr int VL = 8, GEMV_BLOCK = 10, OUTER_ROWS = 3, OUTER_COLS = 4;
+constexpr int VL = 8, GEMV_BLOCK = 10, OUTER_ROWS = 6, OUTER_COLS = 2;
 #else
 // Compiler vectors of 128 bits (SSE2, NEON), no streaming stores.
 #define L2O_ISA "generic"
@@ -69,6 +69,19 @@ inline void stream_tile(float*, vf) {}
 inline void stream_fence() {
 #if defined(__AVX512F__)
     _mm_sfence();
+#endif
+}
+
+// x clamped to [lo, hi], NaN kept: min and max return their second operand if
+// either is NaN.
+inline vf clamp(vf x, float lo, float hi) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_max_ps(_mm512_set1_ps(lo), _mm512_min_ps(_mm512_set1_ps(hi), (__m512)x));
+#elif defined(__AVX2__) && defined(__FMA__)
+    return (vf)_mm256_max_ps(_mm256_set1_ps(lo), _mm256_min_ps(_mm256_set1_ps(hi), (__m256)x));
+#else
+    x = x > hi ? vf{} + hi : x;
+    return x < lo ? vf{} + lo : x;
 #endif
 }
 
@@ -96,8 +109,7 @@ inline vf splat(float x) { return vf{} + x; }
 // the integer k and leaves k + 127, the exponent of 2^k, in the low bits.
 inline vf vexp(vf x) {
     constexpr float shift = 12582912.0f + 127.0f;
-    x = x > splat(88.0f) ? splat(88.0f) : x;
-    x = x < splat(-87.0f) ? splat(-87.0f) : x;
+    x = clamp(x, -87.0f, 88.0f);
     const vf n = x * 1.44269504088896341f + shift;
     const vf k = n - shift;
     vf r = x - k * 0.693359375f;
@@ -342,15 +354,16 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
         for (int64_t tile = first; tile < last; ++tile) {
             const int64_t m0 = tile * VL;
             const int n = (int)std::min<int64_t>(VL, M - m0);
-            if (m0 % LINE < VL && m0 + AHEAD < last * VL) {  // once per line
-                const int64_t ahead = m0 + AHEAD;
-                prefetch(x, F, M, ahead);
-                for (int l = 0; l < L; ++l) prefetch(h_in[l], H, M, ahead), prefetch(c_in[l], H, M, ahead);
-                if (!STREAMS)
-                    for (int l = 0; l < L; ++l) prefetch_write(h_out[l], H, M, ahead), prefetch_write(c_out[l], H, M, ahead);
-            }
+            // Once per line of each row, spread over a line's tiles where a tile is less than
+            // a line: the rows read at its first tile, the rows written at its last.
+            const int64_t ahead = m0 + AHEAD;
+            const bool in_range = ahead < last * VL;
+            const bool reads = in_range && m0 % LINE == 0, writes = in_range && !STREAMS && (m0 + VL) % LINE == 0;
+            if (reads) prefetch(x, F, M, ahead);
             gather(x, F, M, m0, n, xin.data());
             for (int l = 0; l < L; ++l) {
+                if (reads) prefetch(h_in[l], H, M, ahead), prefetch(c_in[l], H, M, ahead);
+                if (writes) prefetch_write(h_out[l], H, M, ahead - VL), prefetch_write(c_out[l], H, M, ahead - VL);
                 const int in = net.in(l);
                 gather(h_in[l], H, M, m0, n, xin.data() + in);
                 gather(c_in[l], H, M, m0, n, c.data());
