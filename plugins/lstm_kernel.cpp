@@ -85,21 +85,6 @@ inline vf clamp(vf x, float lo, float hi) {
 #endif
 }
 
-// 1 / d for d >= 1 (the sigmoid's denominator): the hardware estimate and one Newton
-// step, within two ulps of the quotient, where division costs many cycles per vector.
-inline vf reciprocal(vf d) {
-#if defined(__AVX512F__)
-    const vf r = (vf)_mm512_rcp14_ps((__m512)d);
-#elif defined(__AVX2__) && defined(__FMA__)
-    const vf r = (vf)_mm256_rcp_ps((__m256)d);
-#else
-    return 1.0f / d;
-#endif
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-    return r * (2.0f - d * r);
-#endif
-}
-
 // -- Vector arithmetic ----------------------------------------------------------
 
 inline vf splat(float x) { return vf{} + x; }
@@ -125,7 +110,7 @@ inline vf vexp(vf x) {
 }
 
 // sigmoid(z) from -z: the gate weights are stored negated, so the product gives -z.
-inline vf sigmoid_of_negated(vf minus_z) { return reciprocal(1.0f + vexp(minus_z)); }
+inline vf sigmoid_of_negated(vf minus_z) { return 1.0f / (1.0f + vexp(minus_z)); }
 
 // out[o] = bias[o] + sum_j A[j * n_out + o] * in[j] for o in [o0, o0 + B): a matrix
 // with n_red rows of n_out weights applied to a tile; B outputs at a time in registers.
