@@ -9,7 +9,9 @@ of 20, Adam(1e-3) on the meta-parameters, no clipping, second derivatives
 dropped, one optimizee per episode.  It runs through :func:`l2obench.metatrain.meta_train`;
 only the episodes after a warm-up episode are timed.  Ratios against the
 reference are measured in one invocation, the two interleaved, so both see the
-same machine load.
+same machine load.  Each figure says whether the LSTM ran on the plugin's fused
+CPU kernel or on torch ops, and why; :func:`compare_isas` times the kernel built
+for each instruction set the CPU can run against torch ops and the reference.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ def metatrain_throughput(episodes: int = 5, *, horizon: int = HORIZON, unroll: i
     task = reg.task(TASK[0], **TASK[1])
     config = MetaTrainConfig(horizon=horizon, unroll=unroll, epochs=1, episodes_per_epoch=episodes + 1,
                              meta_batch=1, lr=META_LR, clip=None, validation_seeds=0, seed=seed)
+    backend = lstm_backend(device)  # decided (and self-checked) before anything is timed
     ends: list[float] = []
     result = meta_train(lopt, task, config, device=device, progress=False,
                         callback=lambda row: ends.append(time.perf_counter()) and None)
@@ -78,7 +81,23 @@ def metatrain_throughput(episodes: int = 5, *, horizon: int = HORIZON, unroll: i
     meta_losses = [row["meta_loss"] for row in result.history[1:]]
     return {"steps_per_s": episodes * horizon / elapsed, "episodes": episodes, "horizon": horizon,
             "unroll": unroll, "seconds": elapsed, "optimizee_dim": task.dim,
-            "final_meta_loss": meta_losses[-1], "skipped": result.skipped}
+            "final_meta_loss": meta_losses[-1], "skipped": result.skipped, **backend}
+
+
+def lstm_backend(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Which implementation runs the paper's LSTM: ``lstm_backend`` (``"kernel"`` or
+    ``"torch"``), ``lstm_backend_reason``, and the kernel's ``kernel_isa`` and
+    ``kernel_march`` when it runs."""
+    from l2obench.plugins import lstm_kernel
+
+    if torch.device(device).type != "cpu":
+        return {"lstm_backend": "torch", "lstm_backend_reason": "the fused kernel is for the CPU; "
+                f"{torch.device(device).type} runs torch ops"}
+    used, reason = lstm_kernel.backend()
+    out = {"lstm_backend": "kernel" if used else "torch", "lstm_backend_reason": reason}
+    if used:
+        out.update(kernel_isa=lstm_kernel.isa(), kernel_march=lstm_kernel.march())
+    return out
 
 
 def reference_throughput(path: str | os.PathLike, episodes: int, threads: int,
@@ -121,6 +140,83 @@ def compare_metatrain(episodes: int, rounds: int, reference: str | os.PathLike, 
     return {"steps_per_s": statistics.median(r["ours"] for r in rows),
             "reference_steps_per_s": statistics.median(r["reference"] for r in rows),
             "ratio": statistics.median(r["ratio"] for r in rows), "rounds": rows, "episodes": episodes}
+
+
+def isa_builds() -> list[dict[str, Any]]:
+    """The kernel builds to compare: ``native`` and, on x86-64, ``x86-64-v4`` (AVX-512),
+    ``x86-64-v3`` (AVX2) and ``x86-64`` (generic), each with its instruction set and the
+    CPU flags it needs that this CPU lacks (``missing``; such a build is skipped)."""
+    import platform
+
+    from l2obench.plugins import lstm_kernel
+
+    marches = ["native"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        marches += list(lstm_kernel.X86_MARCHES)
+    builds = []
+    for march in marches:
+        try:
+            isa = lstm_kernel.isa_for(march)
+            missing = lstm_kernel.missing_cpu_flags(march)
+        except (OSError, subprocess.SubprocessError) as exc:
+            isa, missing = "?", [f"no compiler for it ({exc})"]
+        builds.append({"march": march, "isa": isa, "missing": missing})
+    return builds
+
+
+def _command_json(env: dict[str, str], episodes: int, threads: int) -> dict[str, Any]:
+    """``l2obench bench metatrain --json`` in a fresh process with ``env`` added."""
+    cmd = [sys.executable, "-m", "l2obench.cli", "bench", "metatrain", "--episodes", str(episodes), "--threads",
+           str(threads), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"bench metatrain --isas: the run with {env} failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
+def compare_isas(episodes: int, rounds: int, reference: str | os.PathLike | None, *, threads: int) -> dict[str, Any]:
+    """Meta-training throughput with the kernel built for each instruction set this CPU
+    can run (:func:`isa_builds`, forced with ``L2OBENCH_NATIVE=1`` and
+    ``L2OBENCH_KERNEL_MARCH``), with torch ops (``L2OBENCH_NATIVE=0``) and, if given,
+    the reference: each a fresh process, all of them once per round, the order rotating
+    from round to round.  Ratios are medians of the rounds' ratios."""
+    if rounds < 1:
+        raise ConfigError(f"bench metatrain: --rounds {rounds} must be at least 1")
+    builds = isa_builds()
+    runs: dict[str, Any] = {f"kernel -march={b['march']}": {"L2OBENCH_NATIVE": "1", "L2OBENCH_KERNEL_MARCH": b["march"]}
+                            for b in builds if not b["missing"]}
+    runs["torch"] = {"L2OBENCH_NATIVE": "0"}
+    if reference is not None:
+        runs["reference"] = None
+    names = list(runs)
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(rounds):
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            if runs[name] is None:
+                speeds[name].append(reference_throughput(reference, episodes, threads)["steps_per_s"])
+            else:
+                out = _command_json(runs[name], episodes, threads)
+                if name != "torch" and out["lstm_backend"] != "kernel":
+                    raise ConfigError(f"bench metatrain --isas: {name} ran on torch ops ({out['lstm_backend_reason']})")
+                speeds[name].append(out["steps_per_s"])
+    rows = []
+    for b in builds:
+        name = f"kernel -march={b['march']}"
+        row = {**b, "runs": speeds.get(name)}
+        if name in speeds:
+            row["steps_per_s"] = statistics.median(speeds[name])
+            row["vs_torch"] = statistics.median(o / t for o, t in zip(speeds[name], speeds["torch"]))
+            if reference is not None:
+                row["vs_reference"] = statistics.median(o / r for o, r in zip(speeds[name], speeds["reference"]))
+        rows.append(row)
+    out = {"builds": rows, "torch_steps_per_s": statistics.median(speeds["torch"]), "torch_runs": speeds["torch"],
+           "episodes": episodes, "rounds": rounds}
+    if reference is not None:
+        out.update(reference_steps_per_s=statistics.median(speeds["reference"]), reference_runs=speeds["reference"],
+                   torch_vs_reference=statistics.median(t / r for t, r in zip(speeds["torch"], speeds["reference"])))
+    return out
 
 
 def evaluate_throughput(optimizers: Sequence[str] = ("adam", "lstm"), *, seeds: int = 32, steps: int = 100,

@@ -30,27 +30,75 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512F__) || defined(__AVX__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 namespace {
 
-constexpr int VL = 16;
+// -- The instruction set: vector width and register blocking, decided here only.
+// VL floats per vector is one tile of coordinates; GEMV_BLOCK gate outputs of a
+// matrix-vector product and OUTER_ROWS x OUTER_COLS weight-gradient sums are
+// held in registers (with room left for the operands: 32 zmm, 16 ymm).
+#if defined(__AVX512F__)
+#define L2O_ISA "avx512"
+constexpr int VL = 16, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4;
+#elif defined(__AVX2__) && defined(__FMA__)
+#define L2O_ISA "avx2"
+constexpr int VL = 8, GEMV_BLOCK = 10, OUTER_ROWS = 6, OUTER_COLS = 2;
+#else
+// Compiler vectors of 128 bits (SSE2, NEON), no streaming stores.
+#define L2O_ISA "generic"
+constexpr int VL = 4, GEMV_BLOCK = 8, OUTER_ROWS = 2, OUTER_COLS = 4;
+#endif
+
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+// Stores of whole tiles at their boundaries that do not first read the lines they
+// overwrite into the cache, where a tile is a whole cache line (a smaller tile would
+// leave half-written lines in the write-combining buffers).
+#if defined(__AVX512F__)
+constexpr bool STREAMS = true;
+inline void stream_tile(float* dst, vf v) { _mm512_stream_ps(dst, (__m512)v); }
+#else
+constexpr bool STREAMS = false;
+inline void stream_tile(float*, vf) {}
+#endif
+
+inline void stream_fence() {
+#if defined(__AVX512F__)
+    _mm_sfence();
+#endif
+}
+
+// x clamped to [lo, hi], NaN kept: min and max return their second operand if
+// either is NaN.
+inline vf clamp(vf x, float lo, float hi) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_max_ps(_mm512_set1_ps(lo), _mm512_min_ps(_mm512_set1_ps(hi), (__m512)x));
+#elif defined(__AVX2__) && defined(__FMA__)
+    return (vf)_mm256_max_ps(_mm256_set1_ps(lo), _mm256_min_ps(_mm256_set1_ps(hi), (__m256)x));
+#else
+    x = x > hi ? vf{} + hi : x;
+    return x < lo ? vf{} + lo : x;
+#endif
+}
+
+// -- Vector arithmetic ----------------------------------------------------------
 
 inline vf splat(float x) { return vf{} + x; }
 
 // exp(x) for x in [-87, 88] (clamped; NaN stays NaN): Cephes' expf, range
-// reduction by ln 2 and a polynomial.
+// reduction by ln 2 and a polynomial.  Adding 1.5 * 2^23 + 127 rounds x / ln 2 to
+// the integer k and leaves k + 127, the exponent of 2^k, in the low bits.
 inline vf vexp(vf x) {
-    x = x > splat(88.0f) ? splat(88.0f) : x;
-    x = x < splat(-87.0f) ? splat(-87.0f) : x;
-    vf n = x * 1.44269504088896341f + 12582912.0f;  // round to nearest: 1.5 * 2^23
-    n = n - 12582912.0f;
-    vf r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    constexpr float shift = 12582912.0f + 127.0f;
+    x = clamp(x, -87.0f, 88.0f);
+    const vf n = x * 1.44269504088896341f + shift;
+    const vf k = n - shift;
+    vf r = x - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
     vf p = splat(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -58,15 +106,13 @@ inline vf vexp(vf x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf)e;
+    return p * (vf)((vi)n << 23);
 }
 
-inline vf vsigmoid(vf z) { return 1.0f / (1.0f + vexp(-z)); }
-// tanh(z) = 2 sigmoid(2z) - 1, as lstm.py computes it.
-inline vf vtanh(vf z) { return 2.0f * vsigmoid(2.0f * z) - 1.0f; }
+// sigmoid(z) from -z: the gate weights are stored negated, so the product gives -z.
+inline vf sigmoid_of_negated(vf minus_z) { return 1.0f / (1.0f + vexp(minus_z)); }
 
-// out[o] = bias[o] + sum_j A[j * n_out + o] * in[j] for o in [0, n_out): a matrix
+// out[o] = bias[o] + sum_j A[j * n_out + o] * in[j] for o in [o0, o0 + B): a matrix
 // with n_red rows of n_out weights applied to a tile; B outputs at a time in registers.
 template <int B>
 inline void gemv_block(const float* A, int n_out, int o0, int n_red, const vf* in, vf* out, const float* bias) {
@@ -83,13 +129,24 @@ inline void gemv_block(const float* A, int n_out, int o0, int n_red, const vf* i
     for (int b = 0; b < B; ++b) out[o0 + b] = acc[b];
 }
 
+// The last n < B outputs from o0, in one block of n.
+template <int B>
+inline void gemv_tail(const float* A, int n_out, int o0, int n, int n_red, const vf* in, vf* out,
+                      const float* bias) {
+    if constexpr (B > 0) {
+        if (n == B)
+            gemv_block<B>(A, n_out, o0, n_red, in, out, bias);
+        else
+            gemv_tail<B - 1>(A, n_out, o0, n, n_red, in, out, bias);
+    }
+}
+
 // gemv for outputs o_begin .. n_out.
 inline void gemv(const float* A, int n_out, int n_red, const vf* in, vf* out, const float* bias,
                  int o_begin = 0) {
     int o = o_begin;
-    for (; o + 16 <= n_out; o += 16) gemv_block<16>(A, n_out, o, n_red, in, out, bias);
-    for (; o + 4 <= n_out; o += 4) gemv_block<4>(A, n_out, o, n_red, in, out, bias);
-    for (; o < n_out; ++o) gemv_block<1>(A, n_out, o, n_red, in, out, bias);
+    for (; o + GEMV_BLOCK <= n_out; o += GEMV_BLOCK) gemv_block<GEMV_BLOCK>(A, n_out, o, n_red, in, out, bias);
+    gemv_tail<GEMV_BLOCK - 1>(A, n_out, o, n_out - o, n_red, in, out, bias);
 }
 
 inline float hsum(vf v) {
@@ -99,9 +156,9 @@ inline float hsum(vf v) {
 }
 
 // G[r * K + k] += sum_t D[t][r] * X[t][k], lane by lane; D is (T, R) tiles, X (T, K)
-// tiles (row strides ld, lx in tiles).  4 x 4 blocks of accumulators.  The lanes are
-// summed once per block of tiles, not per tile: a horizontal sum costs as much as
-// the products of a few steps.
+// tiles (row strides ld, lx in tiles).  OUTER_ROWS x OUTER_COLS blocks of accumulators.
+// The lanes are summed once per block of tiles, not per tile: a horizontal sum costs as
+// much as the products of a few steps.
 template <int BR, int BK>
 inline void outer_block(const vf* D, int ld, const vf* X, int lx, int T, int r0, int k0, int K, vf* G) {
     vf acc[BR][BK];
@@ -110,9 +167,9 @@ inline void outer_block(const vf* D, int ld, const vf* X, int lx, int T, int r0,
     for (int t = 0; t < T; ++t) {
         const vf* d = D + (int64_t)t * ld + r0;
         const vf* x = X + (int64_t)t * lx + k0;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int i = 0; i < BR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int j = 0; j < BK; ++j) acc[i][j] += d[i] * x[j];
     }
     for (int i = 0; i < BR; ++i)
@@ -122,18 +179,22 @@ inline void outer_block(const vf* D, int ld, const vf* X, int lx, int T, int r0,
 template <int BR>
 inline void outer_rows(const vf* D, int ld, const vf* X, int lx, int T, int r0, int K, vf* G) {
     int k = 0;
-    for (; k + 4 <= K; k += 4) outer_block<BR, 4>(D, ld, X, lx, T, r0, k, K, G);
+    for (; k + OUTER_COLS <= K; k += OUTER_COLS) outer_block<BR, OUTER_COLS>(D, ld, X, lx, T, r0, k, K, G);
     for (; k < K; ++k) outer_block<BR, 1>(D, ld, X, lx, T, r0, k, K, G);
 }
 
 inline void outer(const vf* D, int ld, const vf* X, int lx, int T, int R, int K, vf* G) {
     int r = 0;
-    for (; r + 4 <= R; r += 4) outer_rows<4>(D, ld, X, lx, T, r, K, G);
+    for (; r + OUTER_ROWS <= R; r += OUTER_ROWS) outer_rows<OUTER_ROWS>(D, ld, X, lx, T, r, K, G);
     for (; r < R; ++r) outer_rows<1>(D, ld, X, lx, T, r, K, G);
 }
 
 // Copy lanes m0 .. m0+n of `rows` rows (row stride M) into tiles, zero-padding the rest.
 inline void gather(const float* src, int rows, int64_t M, int64_t m0, int n, vf* dst) {
+    if (n == VL) {  // whole tiles: one unaligned vector load a row
+        for (int r = 0; r < rows; ++r) std::memcpy(&dst[r], src + (int64_t)r * M + m0, sizeof(vf));
+        return;
+    }
     for (int r = 0; r < rows; ++r) {
         vf v = {};
         std::memcpy(&v, src + (int64_t)r * M + m0, sizeof(float) * n);
@@ -142,42 +203,36 @@ inline void gather(const float* src, int rows, int64_t M, int64_t m0, int n, vf*
 }
 
 inline void scatter(const vf* src, int rows, int64_t M, int64_t m0, int n, float* dst) {
+    if (n == VL) {
+        for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r], sizeof(vf));
+        return;
+    }
     for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r], sizeof(float) * n);
 }
 
-// scatter for the step's new states, with stores that do not first read the lines they
-// overwrite into the cache (whole tiles on 64-byte boundaries): a batch of optimizees
-// writes states far larger than the cache, and the next step reads them back anyway.
+// scatter for the step's new states, streamed where stream_tile can (whole tiles on
+// their boundaries): a batch of optimizees writes states far larger than the cache,
+// and the next step reads them back anyway.
 inline void scatter_stream(const vf* src, int rows, int64_t M, int64_t m0, int n, float* dst) {
     for (int r = 0; r < rows; ++r) {
         float* row = dst + (int64_t)r * M + m0;
-#if defined(__AVX512F__)
-        if (n == VL && ((uintptr_t)row & 63) == 0) {
-            _mm512_stream_ps(row, (__m512)src[r]);
-            continue;
-        }
-#elif defined(__AVX__)
-        if (n == VL && ((uintptr_t)row & 63) == 0) {
-            const float* v = (const float*)&src[r];
-            _mm256_stream_ps(row, _mm256_loadu_ps(v));
-            _mm256_stream_ps(row + 8, _mm256_loadu_ps(v + 8));
-            continue;
-        }
-#endif
-        std::memcpy(row, &src[r], sizeof(float) * n);
+        if (n < VL)
+            std::memcpy(row, &src[r], sizeof(float) * n);
+        else if (STREAMS && ((uintptr_t)row % sizeof(vf)) == 0)
+            stream_tile(row, src[r]);
+        else
+            std::memcpy(row, &src[r], sizeof(vf));
     }
 }
 
-inline void stream_fence() {
-#if defined(__AVX512F__) || defined(__AVX__)
-    _mm_sfence();
-#endif
-}
-
-// Ask for the lines of lanes m .. m+VL of `rows` rows: the rows of a tile are H x M
-// apart, too many streams for the hardware prefetchers to follow.
+// Ask for the lines of lanes m .. m+VL of `rows` rows, to read or to write: the rows
+// of a tile are H x M apart, too many streams for the hardware prefetchers to follow.
 inline void prefetch(const float* src, int rows, int64_t M, int64_t m) {
     for (int r = 0; r < rows; ++r) __builtin_prefetch(src + (int64_t)r * M + m, 0, 0);
+}
+
+inline void prefetch_write(const float* dst, int rows, int64_t M, int64_t m) {
+    for (int r = 0; r < rows; ++r) __builtin_prefetch(dst + (int64_t)r * M + m, 1, 3);
 }
 
 struct Net {
@@ -197,32 +252,40 @@ struct Net {
     int64_t size() const { return head() + H + 1; }
 };
 
-// One layer's step for a tile: gates from the stacked input xin (K tiles), the
-// activations (i, f, g, o) into act, the new cell state into c_new, tanh(c_new)
-// into tanh_c, the new hidden state into h_new.  WT is W_l transposed (K x 4H).
+// W_l transposed (K x 4H) and then b_l, for the forward's product: the rows of the
+// sigmoid gates (i, f, o) negated and those of g times -2, so that one sigmoid of
+// the negated product serves every gate, tanh(z) = 2 sigmoid(2z) - 1 as lstm.py
+// computes it.
+std::vector<float> gate_weights(const Net& net, int l) {
+    const int H = net.H, R = 4 * H, K = net.K(l);
+    const float* W = net.params + net.w(l);
+    const float* b = net.params + net.b(l);
+    std::vector<float> out((size_t)(K + 1) * R);
+    for (int r = 0; r < R; ++r) {
+        const float factor = r >= 2 * H && r < 3 * H ? -2.0f : -1.0f;
+        for (int k = 0; k < K; ++k) out[(size_t)k * R + r] = factor * W[(size_t)r * K + k];
+        out[(size_t)K * R + r] = factor * b[r];
+    }
+    return out;
+}
+
+// One layer's step for a tile: gates from the stacked input xin (K tiles) with the
+// gate_weights WT, the activations (i, f, g, o) into act, the new cell state into
+// c_new, tanh(c_new) into tanh_c (if given), the new hidden state into h_new.
 inline void cell_forward(const Net& net, int l, const float* WT, const vf* xin, const vf* c, vf* act, vf* c_new,
                          vf* tanh_c, vf* h_new) {
-    const int H = net.H;
-    gemv(WT, 4 * H, net.K(l), xin, act, net.params + net.b(l));
+    const int H = net.H, K = net.K(l);
+    gemv(WT, 4 * H, K, xin, act, WT + (int64_t)K * 4 * H);
+    for (int r = 0; r < 4 * H; ++r) act[r] = sigmoid_of_negated(act[r]);
     for (int j = 0; j < H; ++j) {
-        const vf i = vsigmoid(act[j]), f = vsigmoid(act[H + j]), g = vtanh(act[2 * H + j]),
-                 o = vsigmoid(act[3 * H + j]);
-        act[j] = i, act[H + j] = f, act[2 * H + j] = g, act[3 * H + j] = o;
+        const vf i = act[j], f = act[H + j], g = 2.0f * act[2 * H + j] - 1.0f, o = act[3 * H + j];
+        act[2 * H + j] = g;
         const vf cn = f * c[j] + i * g;
-        const vf tc = vtanh(cn);
+        const vf tc = 2.0f * sigmoid_of_negated(-2.0f * cn) - 1.0f;
         c_new[j] = cn;
         if (tanh_c) tanh_c[j] = tc;
         h_new[j] = o * tc;
     }
-}
-
-std::vector<float> transposed(const Net& net, int l) {
-    const int R = 4 * net.H, K = net.K(l);
-    const float* W = net.params + net.w(l);
-    std::vector<float> out((size_t)R * K);
-    for (int r = 0; r < R; ++r)
-        for (int k = 0; k < K; ++k) out[(size_t)k * R + r] = W[(size_t)r * K + k];
-    return out;
 }
 
 // fn(worker, workers) on up to min(threads, n) workers; `workers` is how many
@@ -252,7 +315,10 @@ void parallel(int threads, int64_t n, Fn fn) {
 
 extern "C" {
 
-int l2o_lstm_abi() { return 1; }
+int l2o_lstm_abi() { return 2; }
+
+// The instruction set this library was built for (avx512, avx2, generic).
+const char* l2o_lstm_isa() { return L2O_ISA; }
 
 // One step for all M coordinates: x (F x M) and, per layer, h_in[l], c_in[l] (H x M)
 // give h_out[l], c_out[l] and the update out (M).
@@ -261,24 +327,28 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
                    float* out, int threads) {
     const Net net{L, H, F, params, scale};
     std::vector<std::vector<float>> WT;
-    for (int l = 0; l < L; ++l) WT.push_back(transposed(net, l));
+    for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l));
     const float* w_head = params + net.head();
     const float b_head = w_head[H];
     const int64_t tiles = (M + VL - 1) / VL;
-    constexpr int64_t AHEAD = 4;  // tiles to prefetch ahead
+    constexpr int64_t AHEAD = 64;             // lanes to prefetch ahead: four cache lines of each row
+    constexpr int64_t LINE = 64 / sizeof(float);  // lanes per cache line
     parallel(threads, tiles, [&](int worker, int workers) {
         const int64_t first = tiles * worker / workers, last = tiles * (worker + 1) / workers;
         std::vector<vf> xin(std::max(F, H) + H), c(H), act(4 * H), c_new(H), h_new(H);
         for (int64_t tile = first; tile < last; ++tile) {
             const int64_t m0 = tile * VL;
             const int n = (int)std::min<int64_t>(VL, M - m0);
-            if (tile + AHEAD < last) {
-                const int64_t ahead = m0 + AHEAD * VL;
-                prefetch(x, F, M, ahead);
-                for (int l = 0; l < L; ++l) prefetch(h_in[l], H, M, ahead), prefetch(c_in[l], H, M, ahead);
-            }
+            // Once per line of each row, spread over a line's tiles where a tile is less than
+            // a line: the rows read at its first tile, the rows written at its last.
+            const int64_t ahead = m0 + AHEAD;
+            const bool in_range = ahead < last * VL;
+            const bool reads = in_range && m0 % LINE == 0, writes = in_range && !STREAMS && (m0 + VL) % LINE == 0;
+            if (reads) prefetch(x, F, M, ahead);
             gather(x, F, M, m0, n, xin.data());
             for (int l = 0; l < L; ++l) {
+                if (reads) prefetch(h_in[l], H, M, ahead), prefetch(c_in[l], H, M, ahead);
+                if (writes) prefetch_write(h_out[l], H, M, ahead - VL), prefetch_write(c_out[l], H, M, ahead - VL);
                 const int in = net.in(l);
                 gather(h_in[l], H, M, m0, n, xin.data() + in);
                 gather(c_in[l], H, M, m0, n, c.data());
@@ -307,7 +377,7 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
     const Net net{L, H, F, params, scale};
     const int64_t P = net.size();
     std::vector<std::vector<float>> WT;
-    for (int l = 0; l < L; ++l) WT.push_back(transposed(net, l));
+    for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l));
     const float* w_head = params + net.head();
     const int64_t tiles = (M + VL - 1) / VL;
     // Fixed blocks of tiles, summed in order: the same result for any thread count.

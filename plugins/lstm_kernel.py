@@ -7,50 +7,113 @@ the meta-gradient of a whole unroll with second derivatives dropped
 (recomputing the unroll's forward tile by tile, so that what the backward
 reads stays in cache instead of crossing memory twice per step).
 
-The library is compiled once per source, compiler and CPU into the user cache
-(``~/.cache/l2obench/kernels`` on Linux) with ``-O3 -march=native``; it
-needs nothing but the C++ standard library, so the build takes a second or
-two.  Where no compiler is found or the build fails, a warning says so once
-and the torch implementation runs instead.  ``L2OBENCH_NATIVE=0`` turns the
-kernel off; ``CXX`` names the compiler (default ``c++``).
+The library is compiled once per source, compiler, ``-march`` and CPU into the
+user cache (``~/.cache/l2obench/kernels`` on Linux) with ``-O3``; it needs
+nothing but the C++ standard library, so the build takes a few seconds.  Its
+vector width and register blocking follow the instruction set the ``-march``
+enables (``avx512``, ``avx2`` with FMA, else ``generic`` compiler vectors), which
+names the file.  On first use on a machine a self-check times the kernel
+against torch ops on the paper's MNIST shapes (one unroll, forward and
+meta-gradient) and keeps the result in a JSON file beside the library; the
+kernel runs only where it was faster.  Where it is slower, or no compiler is
+found, or the build fails, a warning says so once and the torch implementation
+runs instead.  :func:`backend` says which runs and why.
+
+Environment:
+
+- ``L2OBENCH_NATIVE``: ``auto`` (the default) uses the kernel where the
+  self-check found it faster; ``1`` (on, true, yes, force) uses it wherever it
+  builds; ``0`` (off, false, no) uses torch ops.
+- ``L2OBENCH_KERNEL_MARCH``: the compiler's ``-march`` (default ``native``, e.g.
+  ``x86-64-v3`` for AVX2, ``x86-64`` for the generic path); a build for an
+  instruction set this CPU lacks is refused with a warning.  Delete the JSON
+  file beside a library to check it again.
+- ``CXX``: the compiler (default ``c++``).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
+import json
 import os
+import platform
 import subprocess
+import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from l2obench.env import env_switch
-from l2obench.errors import L2OWarning
+from l2obench.errors import ConfigError, L2OWarning
 
 SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 #: tried in turn: with OpenMP (threads shared with torch's pool), then with std::thread
 #: for compilers without it (Apple's clang)
 VARIANTS = (("-fopenmp",), ())
-ABI = 1
+ABI = 2
+#: ``-march`` values the ISA benchmark tries on x86-64: AVX-512, AVX2 with FMA, SSE2 only
+X86_MARCHES = ("x86-64-v4", "x86-64-v3", "x86-64")
+#: the self-check's workload: the paper's MNIST optimizee (784-20-10 MLP), an unroll of 10 steps
+CHECK_COORDINATES, CHECK_STEPS = 15910, 10
+
+_ON, _OFF = ("1", "on", "true", "yes", "force"), ("0", "off", "false", "no")
+#: an instruction set's compiler macro -> the /proc/cpuinfo flag a CPU needs to run it
+_CPU_FLAG = {"__AVX512F__": "avx512f", "__AVX512BW__": "avx512bw", "__AVX512DQ__": "avx512dq",
+             "__AVX512VL__": "avx512vl", "__AVX512CD__": "avx512cd", "__AVX2__": "avx2", "__FMA__": "fma",
+             "__AVX__": "avx", "__F16C__": "f16c", "__BMI2__": "bmi2"}
 
 _float_p = ctypes.POINTER(ctypes.c_float)
 _ptrs = ctypes.POINTER(ctypes.c_void_p)
+#: set by :func:`forced` (the self-check times both implementations through the plugin)
+_forced: str | None = None
+
+
+def choice() -> str:
+    """``L2OBENCH_NATIVE`` read as ``"auto"``, ``"kernel"`` or ``"torch"``."""
+    value = os.environ.get("L2OBENCH_NATIVE", "auto").strip().lower()
+    if value in ("", "auto"):
+        return "auto"
+    if value in _ON:
+        return "kernel"
+    if value in _OFF:
+        return "torch"
+    raise ConfigError(f"L2OBENCH_NATIVE={value!r} is not auto, 1 or 0; set auto (the kernel where the self-check "
+                      "found it faster), 1 (the kernel) or 0 (torch ops)")
 
 
 def enabled() -> bool:
     """Whether the kernel may be used (``L2OBENCH_NATIVE`` is not 0, false, no or off)."""
-    return env_switch("L2OBENCH_NATIVE")
+    return _forced == "kernel" or (_forced is None and choice() != "torch")
+
+
+def march() -> str:
+    """The ``-march`` the kernel is built for (``L2OBENCH_KERNEL_MARCH``, default ``native``)."""
+    return os.environ.get("L2OBENCH_KERNEL_MARCH", "native").strip() or "native"
 
 
 def cache_dir() -> Path:
     import pooch
 
     return Path(pooch.os_cache("l2obench")) / "kernels"
+
+
+def _cxx() -> str:
+    return os.environ.get("CXX", "c++")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _cpu_flags() -> str:
@@ -60,24 +123,59 @@ def _cpu_flags() -> str:
                 return line
     except OSError:
         pass
-    import platform
-
     return platform.machine() + platform.processor()
 
 
-def _build(cxx: str) -> Path:
-    """The library for this source, compiler and CPU: from the cache, else compiled
-    with the first of :data:`VARIANTS` that builds."""
+@functools.lru_cache(maxsize=None)
+def _compiler(cxx: str, march: str) -> tuple[str, str, frozenset]:
+    """(version, instruction set, vector macros) of ``cxx -march=<march>``."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags()]).encode())
-    target = cache_dir() / f"lstm-{key.hexdigest()[:16]}.so"
+    done = subprocess.run([cxx, f"-march={march}", "-dM", "-E", "-x", "c++", os.devnull], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise OSError(f"{cxx} -march={march} exited with status {done.returncode}: {last}")
+    macros = frozenset(m for line in done.stdout.splitlines() for m in line.split()[1:2] if m in _CPU_FLAG)
+    return version, isa_of(macros), macros
+
+
+def isa_for(march: str, cxx: str | None = None) -> str:
+    """The instruction-set path (``avx512``, ``avx2``, ``generic``) of a build for ``-march``."""
+    return _compiler(cxx or _cxx(), march)[1]
+
+
+def isa_of(macros) -> str:
+    """The kernel's instruction-set path for these compiler macros, as lstm_kernel.cpp decides it."""
+    if "__AVX512F__" in macros:
+        return "avx512"
+    if "__AVX2__" in macros and "__FMA__" in macros:
+        return "avx2"
+    return "generic"
+
+
+def missing_cpu_flags(march: str, cxx: str | None = None) -> list[str]:
+    """The CPU flags a ``-march`` build needs that this CPU lacks (none for ``native``)."""
+    if march == "native":
+        return []
+    flags = set(_cpu_flags().split(":", 1)[-1].split())
+    return sorted(_CPU_FLAG[m] for m in _compiler(cxx or _cxx(), march)[2] if _CPU_FLAG[m] not in flags)
+
+
+def build(march: str = "native", cxx: str | None = None) -> Path:
+    """The library for this source, compiler, ``-march`` and CPU: from the cache, else
+    compiled with the first of :data:`VARIANTS` that builds."""
+    cxx = cxx or _cxx()
+    version, isa, _ = _compiler(cxx, march)
+    flags = (*FLAGS, f"-march={march}")
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), isa, _cpu_flags()]).encode())
+    target = cache_dir() / f"lstm-{isa}-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         for extra in VARIANTS:
-            done = subprocess.run([cxx, *FLAGS, *extra, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
+            done = subprocess.run([cxx, *flags, *extra, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
             if done.returncode == 0:
                 os.replace(tmp, target)
                 return target
@@ -89,32 +187,158 @@ def _build(cxx: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _load(cxx: str) -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL(str(_build(cxx)))
-        if lib.l2o_lstm_abi() != ABI:
-            raise OSError("the cached library is of another version")
-    except (OSError, subprocess.SubprocessError) as exc:
-        warnings.warn(f"the fused LSTM kernel is unavailable ({exc}); the LSTM runs on torch ops, about half as "
-                      "fast (L2OBENCH_NATIVE=0 silences this)", L2OWarning, stacklevel=3)
-        return None
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    if lib.l2o_lstm_abi() != ABI:
+        raise OSError("the cached library is of another version")
     i, i64, f, fp, vp = ctypes.c_int, ctypes.c_int64, ctypes.c_float, _float_p, _ptrs
     lib.l2o_lstm_step.argtypes = [i, i, i, i64, fp, f, fp, vp, vp, vp, vp, fp, i]
     lib.l2o_lstm_step.restype = None
     lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, fp, f, fp, vp, vp, fp, fp, i]
     lib.l2o_lstm_unroll_backward.restype = None
+    lib.l2o_lstm_isa.restype = ctypes.c_char_p
     return lib
 
 
+@functools.lru_cache(maxsize=None)
+def _load(cxx: str, march: str) -> ctypes.CDLL | None:
+    try:
+        missing = missing_cpu_flags(march, cxx)
+        if missing:
+            raise OSError(f"this CPU cannot run -march={march} (no {', '.join(missing)})")
+        return _open(build(march, cxx))
+    except (OSError, subprocess.SubprocessError) as exc:
+        warnings.warn(f"the fused LSTM kernel is unavailable ({exc}); the LSTM runs on torch ops "
+                      "(L2OBENCH_NATIVE=0 silences this)", L2OWarning, stacklevel=3)
+        return None
+
+
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel, building it on first use; ``None`` if it is turned off or cannot be built."""
+    """The loaded kernel for :func:`march`, building it on first use; ``None`` if it is
+    turned off or cannot be built."""
     if not enabled():
         return None
-    return _load(os.environ.get("CXX", "c++"))
+    return _load(_cxx(), march())
+
+
+def isa() -> str | None:
+    """The instruction set of the loaded kernel (``avx512``, ``avx2``, ``generic``), or ``None``."""
+    lib = library()
+    return None if lib is None else lib.l2o_lstm_isa().decode()
+
+
+def backend() -> tuple[bool, str]:
+    """Whether the kernel runs the LSTM (float32 on the CPU), and why: turned off or
+    forced by ``L2OBENCH_NATIVE``, not built, or the self-check's timings."""
+    if _forced is not None:
+        return _forced == "kernel" and library() is not None, f"forced to {_forced} for the self-check"
+    return _decide(choice(), _cxx(), march())
 
 
 def available() -> bool:
-    return library() is not None
+    """Whether the kernel should be used: see :func:`backend`."""
+    return backend()[0]
+
+
+def reset() -> None:
+    """Forget this process's decisions and loaded builds' checks, so the next use decides
+    again (after a self-check record is deleted, or in tests)."""
+    _decide.cache_clear()
+    _load.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _decide(how: str, cxx: str, march: str) -> tuple[bool, str]:
+    if how == "torch":
+        return False, "turned off by L2OBENCH_NATIVE=0"
+    lib = _load(cxx, march)
+    if lib is None:
+        return False, f"the kernel could not be built for -march={march}"
+    isa_name = lib.l2o_lstm_isa().decode()
+    if how == "kernel":
+        return True, f"forced by L2OBENCH_NATIVE=1 ({isa_name}, -march={march})"
+    record = self_check(build(march, cxx))
+    timings = (f"{record['kernel_ms']:.0f} ms against {record['torch_ms']:.0f} ms for torch ops on a "
+               f"{CHECK_STEPS}-step unroll of the paper's MNIST LSTM, {record['threads']} threads")
+    if record["kernel_ms"] < record["torch_ms"]:
+        return True, f"the self-check found the kernel faster on this CPU ({isa_name}, -march={march}: {timings})"
+    warnings.warn(f"the fused LSTM kernel is slower than torch ops on this CPU ({isa_name}, -march={march}: "
+                  f"{timings}); the LSTM runs on torch ops (L2OBENCH_NATIVE=1 forces the kernel)", L2OWarning,
+                  stacklevel=4)
+    return False, f"the self-check found torch ops faster on this CPU ({isa_name}, -march={march}: {timings})"
+
+
+def record_path(library_path: Path) -> Path:
+    """Where the self-check of a built library is kept: beside it."""
+    return library_path.with_suffix(".json")
+
+
+def self_check(library_path: Path) -> dict:
+    """The self-check of a built library: from its JSON file, else timed now and kept.
+    Each implementation runs one unroll of the paper's MNIST LSTM (forward steps and
+    meta-gradient); the faster of three alternated runs of each counts."""
+    path = record_path(library_path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    kernel, torch_ops = [], []
+    unroll_seconds("kernel"), unroll_seconds("torch")  # warm-up: first allocations, oneDNN's set-up
+    for _ in range(3):
+        kernel.append(unroll_seconds("kernel"))
+        torch_ops.append(unroll_seconds("torch"))
+    record = {"kernel_ms": min(kernel) * 1e3, "torch_ms": min(torch_ops) * 1e3, "threads": torch.get_num_threads(),
+              "coordinates": CHECK_COORDINATES, "steps": CHECK_STEPS,
+              "isa": _open(library_path).l2o_lstm_isa().decode(), "cpu": _cpu_model(),
+              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    return record
+
+
+@contextlib.contextmanager
+def forced(name: str) -> Iterator[None]:
+    """Within the block, :func:`backend` answers ``name`` (``"kernel"`` or ``"torch"``)."""
+    global _forced
+    before, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def unroll_seconds(name: str, coordinates: int = CHECK_COORDINATES, steps: int = CHECK_STEPS) -> float:
+    """Seconds for one unroll of the paper's LSTM through the plugin's public optimizer,
+    on the kernel (steps without a graph, then ``replay``'s backward) or on torch ops
+    (steps with a graph, then its backward), as meta-training runs them."""
+    from l2obench import get_registry
+
+    gen = torch.Generator().manual_seed(0)
+    grads = torch.randn(steps, 1, coordinates, generator=gen) * 1e-2
+    weights = torch.randn(steps, 1, coordinates, generator=gen)
+    with forced(name):
+        lopt = get_registry().learned("lstm")
+        opt = lopt.opt_fn()
+        if (opt.replay is not None) != (name == "kernel"):
+            raise RuntimeError(f"the lstm optimizer does not run on {name} when forced to")
+        start = time.perf_counter()
+        state = opt.init(grads[0])
+        if name == "kernel":
+            updates, s = [], state
+            with torch.no_grad():
+                for g in grads:
+                    u, s = opt.update(g, s, None)
+                    updates.append(u)
+            total = (opt.replay(grads, state, torch.stack(updates)) * weights).sum()
+        else:
+            total = 0
+            for g, w in zip(grads, weights):
+                u, state = opt.update(g, state, None)
+                total = total + (u * w).sum()
+        total.backward()
+        return time.perf_counter() - start
 
 
 def _fp(t: Tensor):
@@ -131,10 +355,12 @@ def _check(*tensors: Tensor) -> None:
             raise ValueError("the fused LSTM kernel takes contiguous float32 CPU tensors")
 
 
-def step(params: Tensor, scale: float, x: Tensor, h: Sequence[Tensor], c: Sequence[Tensor], hidden: int):
+def step(params: Tensor, scale: float, x: Tensor, h: Sequence[Tensor], c: Sequence[Tensor], hidden: int, *,
+         lib: ctypes.CDLL | None = None):
     """One step for ``M`` coordinates: features ``x (F, M)``, per layer ``h, c (hidden, M)``
-    -> (update ``(M,)``, new ``h`` list, new ``c`` list).  ``params`` as in lstm_kernel.cpp."""
-    lib = library()
+    -> (update ``(M,)``, new ``h`` list, new ``c`` list).  ``params`` as in lstm_kernel.cpp;
+    ``lib`` a library from :func:`build` other than :func:`library`'s (tests of each ISA)."""
+    lib = lib or library()
     layers, (features, m) = len(h), x.shape
     _check(params, x, *h, *c)
     h_new = [torch.empty_like(t) for t in h]
@@ -146,13 +372,18 @@ def step(params: Tensor, scale: float, x: Tensor, h: Sequence[Tensor], c: Sequen
 
 
 def unroll_backward(params: Tensor, scale: float, x: Tensor, h0: Sequence[Tensor], c0: Sequence[Tensor],
-                    d_out: Tensor, hidden: int) -> Tensor:
+                    d_out: Tensor, hidden: int, *, lib: ctypes.CDLL | None = None) -> Tensor:
     """The gradient with respect to ``params`` of ``sum_t <d_out[t], update_t>`` over an unroll
     whose LSTM inputs are ``x (T, F, M)`` (constants) from the state ``h0, c0``."""
-    lib = library()
+    lib = lib or library()
     steps, features, m = x.shape
     _check(params, x, d_out, *h0, *c0)
     grad = torch.zeros_like(params)
     lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, _fp(params), scale, _fp(x), _array(h0),
                                  _array(c0), _fp(d_out), _fp(grad), torch.get_num_threads())
     return grad
+
+
+def open_library(path: Path) -> ctypes.CDLL:
+    """A built library (from :func:`build`) loaded, for :func:`step` and :func:`unroll_backward`'s ``lib``."""
+    return _open(path)

@@ -32,6 +32,64 @@ def test_bench_metatrain_json(capsys):
     assert out["steps_per_s"] > 0 and out["episodes"] == 1 and out["horizon"] == 4
     assert out["optimizee_dim"] == 784 * 20 + 20 + 20 * 10 + 10  # the paper's 784-20-10 MLP
     assert out["machine"]["threads"] == 1 and out["device"] == "cpu"
+    assert out["lstm_backend"] in ("kernel", "torch") and out["lstm_backend_reason"]
+
+
+def test_bench_metatrain_says_which_lstm_ran_and_why(capsys, monkeypatch):
+    monkeypatch.setenv("L2OBENCH_NATIVE", "0")
+    assert main(["bench", "metatrain", "--episodes", "1", "--horizon", "2", "--unroll", "2", "--threads", "1"]) == 0
+    assert "the LSTM ran on torch ops: turned off by L2OBENCH_NATIVE=0" in capsys.readouterr().out
+    from l2obench import bench
+
+    assert bench.lstm_backend("meta") == {"lstm_backend": "torch", "lstm_backend_reason":
+                                          "the fused kernel is for the CPU; meta runs torch ops"}
+
+
+def fake_isa_runs(monkeypatch):
+    """compare_isas with three builds (one this CPU cannot run) and canned throughputs."""
+    from l2obench import bench
+
+    builds = [{"march": "native", "isa": "avx2", "missing": []},
+              {"march": "x86-64-v4", "isa": "avx512", "missing": ["avx512f"]},
+              {"march": "x86-64-v3", "isa": "avx2", "missing": []}]
+    speeds = {"native": iter([200.0, 180.0]), "x86-64-v3": iter([190.0, 170.0]), "torch": iter([50.0, 60.0]),
+              "reference": iter([40.0, 45.0])}
+    calls = []
+
+    def command_json(env, episodes, threads):
+        name = "torch" if env["L2OBENCH_NATIVE"] == "0" else env["L2OBENCH_KERNEL_MARCH"]
+        calls.append(name)
+        return {"steps_per_s": next(speeds[name]), "lstm_backend": "torch" if name == "torch" else "kernel",
+                "lstm_backend_reason": "forced"}
+
+    monkeypatch.setattr(bench, "isa_builds", lambda: builds)
+    monkeypatch.setattr(bench, "_command_json", command_json)
+    monkeypatch.setattr(bench, "reference_throughput", lambda path, episodes, threads: calls.append("reference")
+                        or {"steps_per_s": next(speeds["reference"])})
+    return calls
+
+
+def test_compare_isas_runs_each_build_the_cpu_can_run_rotating_the_order(monkeypatch):
+    from l2obench import bench
+
+    calls = fake_isa_runs(monkeypatch)
+    out = bench.compare_isas(2, 2, "naive_reference.py", threads=2)
+    assert calls == ["native", "x86-64-v3", "torch", "reference", "x86-64-v3", "torch", "reference", "native"]
+    native, avx512, v3 = out["builds"]
+    assert native["steps_per_s"] == 190.0 and native["vs_torch"] == pytest.approx((4.0 + 3.0) / 2)
+    assert native["vs_reference"] == pytest.approx((5.0 + 4.0) / 2)
+    assert "steps_per_s" not in avx512 and avx512["missing"] == ["avx512f"]
+    assert v3["runs"] == [190.0, 170.0]
+    assert (out["torch_steps_per_s"], out["reference_steps_per_s"]) == (55.0, 42.5)
+
+
+def test_bench_metatrain_isas_prints_each_build(capsys, monkeypatch):
+    fake_isa_runs(monkeypatch)
+    assert main(["bench", "metatrain", "--isas", "--rounds", "2", "--reference", "naive_reference.py"]) == 0
+    out = capsys.readouterr().out
+    assert "-march=native (avx2): 190.0 steps/s, 3.50x torch ops, 4.50x the reference" in out
+    assert "-march=x86-64-v4 (avx512): not run, this CPU cannot (avx512f missing)" in out
+    assert "torch ops: 55.0 steps/s" in out and "reference: 42.5 steps/s" in out
 
 
 def test_bench_metatrain_against_a_reference(capsys, tmp_path):
@@ -69,6 +127,8 @@ def test_bench_metatrain_reference_errors_are_one_line(capsys, tmp_path):
     assert "reference broken.py failed" in err and "no MNIST here" in err and len(err.splitlines()) == 1
     assert main(["bench", "metatrain", "--reference", sys.executable, "--horizon", "10"]) == 2
     assert "leave --horizon" in capsys.readouterr().err
+    assert main(["bench", "metatrain", "--isas", "--unroll", "10"]) == 2
+    assert "--isas runs the paper's workload" in capsys.readouterr().err
 
 
 def test_bench_evaluate_json(capsys):

@@ -1,8 +1,12 @@
 """The fused LSTM kernel (plugins/lstm_kernel.cpp) against the torch implementation
 of the same network: one step, the backward of a whole unroll, meta-training
-through ``replay``; and what happens without a compiler or with the kernel off."""
+through ``replay``, for each instruction set the CPU can run; the self-check that
+chooses between kernel and torch ops; and what happens without a compiler or with
+the kernel off.  Tests force the kernel (``L2OBENCH_NATIVE=1``) unless they say
+otherwise, so they do not depend on this machine's self-check."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -12,12 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from l2obench import L2OWarning, get_registry
+from l2obench import ConfigError, L2OWarning, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train, unroll
 from l2obench.plugins.lstm import backend
 from l2obench.plugins import lstm_kernel
 
-pytestmark = pytest.mark.skipif(not lstm_kernel.available(), reason="the fused LSTM kernel could not be built here")
+pytestmark = pytest.mark.skipif(lstm_kernel.library() is None, reason="the fused LSTM kernel could not be built here")
+
+
+@pytest.fixture(autouse=True)
+def kernel_forced(monkeypatch):
+    monkeypatch.setenv("L2OBENCH_NATIVE", "1")
+    monkeypatch.delenv("L2OBENCH_KERNEL_MARCH", raising=False)
 
 #: hidden, layers, features (1: no preprocessing, 2: log/sign); coordinates below and above one tile of 16
 shapes = st.tuples(st.integers(1, 24), st.integers(1, 3), st.sampled_from([1, 2]), st.integers(1, 40))
@@ -398,3 +408,150 @@ def test_replay_without_the_kernel_recomputes_the_steps_with_a_graph(monkeypatch
         results.append(torch.autograd.grad((v * replayed).sum(), backend.kernel_weights(net)))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# -- instruction sets ------------------------------------------------------------------
+
+#: -march -> the kernel's path for it; each is built and checked where this CPU can run it
+MARCHES = {"native": None, "x86-64-v4": "avx512", "x86-64-v3": "avx2", "x86-64": "generic"}
+
+
+@pytest.fixture(scope="module", params=list(MARCHES))
+def isa_library(request):
+    import platform
+
+    march = request.param
+    if march != "native" and platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"-march={march} is an x86-64 level")
+    try:
+        missing = lstm_kernel.missing_cpu_flags(march)
+    except OSError as exc:
+        pytest.skip(f"the compiler does not know -march={march} ({exc})")
+    if missing:
+        pytest.skip(f"this CPU cannot run -march={march} (no {', '.join(missing)})")
+    lib = lstm_kernel.open_library(lstm_kernel.build(march))
+    assert lib.l2o_lstm_isa().decode() == (MARCHES[march] or lstm_kernel.isa_for("native"))
+    return lib
+
+
+@pytest.mark.parametrize("hidden, layers, features, m", [(20, 2, 2, 4099), (7, 3, 1, 37), (1, 1, 2, 5)])
+def test_every_instruction_set_gives_the_torch_networks_step_and_meta_gradient(isa_library, hidden, layers,
+                                                                               features, m):
+    """The paper's shape over whole and partial tiles, and odd shapes (gemv tails, blocks of
+    one), for the kernel built for each -march this CPU can run."""
+    net = network(hidden, layers, features, seed=m)
+    g = torch.Generator().manual_seed(m)
+    steps = 4
+    x = torch.rand(steps, features, m, generator=g) * 6 - 3
+    h = [torch.rand(hidden, m, generator=g) * 2 - 1 for _ in range(layers)]
+    c = [torch.rand(hidden, m, generator=g) * 4 - 2 for _ in range(layers)]
+    d_out = torch.randn(steps, m, generator=g)
+    with torch.no_grad():
+        top, want = net.lstm(x[0], torch_state(h, c))
+        update = net.head(top)
+    got_update, got_h, got_c = lstm_kernel.step(net.kernel_parameters(), net.head.scale, x[0], h, c, hidden,
+                                                lib=isa_library)
+    torch.testing.assert_close(got_update, update, rtol=1e-5, atol=1e-6)
+    for k in range(layers):
+        torch.testing.assert_close(got_h[k], want[f"h{k}"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_c[k], want[f"c{k}"], rtol=1e-5, atol=1e-6)
+    state, total = torch_state(h, c), 0
+    for t in range(steps):
+        top, state = net.lstm(x[t], state)
+        total = total + (net.head(top) * d_out[t]).sum()
+    want_grads = torch.autograd.grad(total, net.kernel_weights())
+    flat = lstm_kernel.unroll_backward(net.kernel_parameters(), net.head.scale, x, h, c, d_out, hidden,
+                                       lib=isa_library)
+    for a, b in zip(net.kernel_gradients(flat), want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+
+
+def test_a_march_this_cpu_cannot_run_is_refused_with_a_warning(monkeypatch):
+    monkeypatch.setattr(lstm_kernel, "missing_cpu_flags", lambda march, cxx=None: ["avx9000"])
+    monkeypatch.setenv("L2OBENCH_KERNEL_MARCH", "x86-64-v9")
+    lstm_kernel.reset()
+    try:
+        with pytest.warns(L2OWarning, match=r"cannot run -march=x86-64-v9 \(no avx9000\)"):
+            used, reason = lstm_kernel.backend()
+        assert not used and "could not be built for -march=x86-64-v9" in reason
+    finally:
+        lstm_kernel.reset()
+
+
+# -- the self-check: kernel or torch ops -------------------------------------------------
+
+
+@pytest.fixture
+def fresh_check(monkeypatch, tmp_path):
+    """The automatic choice with a self-check record of its own (not this machine's)."""
+    monkeypatch.setenv("L2OBENCH_NATIVE", "auto")
+    monkeypatch.setattr(lstm_kernel, "record_path", lambda library_path: tmp_path / "check.json")
+    lstm_kernel.reset()
+    yield tmp_path / "check.json"
+    lstm_kernel.reset()
+
+
+def timings(kernel_s, torch_s, calls):
+    return lambda name, **kw: calls.append(name) or (kernel_s if name == "kernel" else torch_s)
+
+
+def test_where_torch_ops_are_faster_they_run_and_l2obench_says_so_once(fresh_check, monkeypatch):
+    import warnings
+
+    calls = []
+    monkeypatch.setattr(lstm_kernel, "unroll_seconds", timings(0.2, 0.1, calls))
+    with pytest.warns(L2OWarning, match="slower than torch ops on this CPU .*L2OBENCH_NATIVE=1 forces the kernel"):
+        used, reason = lstm_kernel.backend()
+    assert not used and "the self-check found torch ops faster" in reason and "200 ms against 100 ms" in reason
+    assert calls.count("kernel") == calls.count("torch") >= 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: later questions are answered quietly
+        assert not lstm_kernel.available()
+        assert get_registry().learned("lstm").opt_fn().replay is None
+    record = json.loads(fresh_check.read_text())
+    assert (record["kernel_ms"], record["torch_ms"]) == (200.0, 100.0) and record["isa"] == lstm_kernel.isa()
+
+
+def test_where_the_kernel_is_faster_it_runs_and_the_record_is_reused(fresh_check, monkeypatch):
+    monkeypatch.setattr(lstm_kernel, "unroll_seconds", timings(0.1, 0.3, []))
+    used, reason = lstm_kernel.backend()
+    assert used and "the self-check found the kernel faster" in reason
+    assert get_registry().learned("lstm").opt_fn().replay is not None
+    lstm_kernel.reset()
+    monkeypatch.setattr(lstm_kernel, "unroll_seconds", lambda name, **kw: pytest.fail("timed again"))
+    assert lstm_kernel.backend() == (used, reason)  # from the record beside the library
+
+
+def test_the_environment_forces_either_or_is_refused(monkeypatch):
+    monkeypatch.setenv("L2OBENCH_NATIVE", "force")
+    assert lstm_kernel.backend() == (True, f"forced by L2OBENCH_NATIVE=1 ({lstm_kernel.isa()}, -march=native)")
+    monkeypatch.setenv("L2OBENCH_NATIVE", "off")
+    assert lstm_kernel.backend() == (False, "turned off by L2OBENCH_NATIVE=0")
+    monkeypatch.setenv("L2OBENCH_NATIVE", "maybe")
+    with pytest.raises(ConfigError, match="L2OBENCH_NATIVE='maybe' is not auto, 1 or 0"):
+        lstm_kernel.backend()
+
+
+@pytest.mark.parametrize("name", ["kernel", "torch"])
+def test_the_self_check_runs_each_implementation_through_the_plugin(name, monkeypatch):
+    """What the self-check times, on a tiny unroll: the kernel's steps and replay, or torch's graph."""
+    calls = []
+    real_backward = lstm_kernel.unroll_backward
+    monkeypatch.setattr(lstm_kernel, "unroll_backward", lambda *a, **kw: calls.append(1) or real_backward(*a, **kw))
+    assert lstm_kernel.unroll_seconds(name, coordinates=40, steps=3) > 0
+    assert len(calls) == (name == "kernel")
+
+
+def test_the_lstm_is_placed_on_the_device_of_its_tensors():
+    """On a device other than the CPU (here ``meta``, standing in for CUDA) the LSTM runs on
+    torch ops there: no kernel, no replay, updates and states on that device."""
+    for name in ("lstm", "rnnprop"):
+        lopt = get_registry().learned(name).to("meta")
+        opt = lopt.opt_fn()
+        assert opt.replay is None
+        g = torch.zeros(2, 5, device="meta")
+        for grad_enabled in (True, False):
+            with torch.set_grad_enabled(grad_enabled):
+                update, state = opt.update(g, opt.init(g), None)
+            assert update.device.type == "meta" and update.shape == (2, 5)
+            assert {v.device.type for v in state.values()} == {"meta"}

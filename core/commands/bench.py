@@ -19,7 +19,10 @@ def add_parser(sub) -> None:
     m.add_argument("--reference", metavar="PATH",
                    help="also run this naive_reference.py, interleaved with ours, and print the ratio")
     m.add_argument("--rounds", type=int, default=1,
-                   help="with --reference: back-to-back reference/ours pairs, order alternating (default 1)")
+                   help="with --reference or --isas: back-to-back rounds, order alternating (default 1)")
+    m.add_argument("--isas", action="store_true",
+                   help="time the LSTM kernel built for each instruction set this CPU can run (-march=native, "
+                        "x86-64-v4, x86-64-v3, x86-64) against torch ops (and --reference), each in a fresh process")
     _common(m)
     m.set_defaults(func=cmd_metatrain)
 
@@ -56,12 +59,14 @@ def cmd_metatrain(args) -> int:
     from .. import bench
 
     device = _setup(args)
-    if args.reference:
-        if (args.horizon, args.unroll) != (bench.HORIZON, bench.UNROLL):
-            from ..errors import ConfigError
+    if (args.reference or args.isas) and (args.horizon, args.unroll) != (bench.HORIZON, bench.UNROLL):
+        from ..errors import ConfigError
 
-            raise ConfigError("bench metatrain: --reference runs the paper's workload; leave --horizon and "
-                              "--unroll at their defaults")
+        raise ConfigError(f"bench metatrain: {'--isas' if args.isas else '--reference'} runs the paper's workload; "
+                          "leave --horizon and --unroll at their defaults")
+    if args.isas:
+        return _print_isas(args, bench.compare_isas(args.episodes, args.rounds, args.reference, threads=_threads()))
+    if args.reference:
         out = bench.compare_metatrain(args.episodes, args.rounds, args.reference,
                                       threads=_threads(), device=device)
     else:
@@ -72,11 +77,39 @@ def cmd_metatrain(args) -> int:
         return 0
     print(f"meta-training: {out['steps_per_s']:.1f} optimizee steps/s ({args.episodes} episodes, "
           f"{device}, {out['machine']['threads']} threads, {out['machine']['cpu']})")
+    print(f"  the LSTM ran on {'the fused kernel' if out['lstm_backend'] == 'kernel' else 'torch ops'}: "
+          f"{out['lstm_backend_reason']}")
     if "ratio" in out:
         for k, r in enumerate(out["rounds"], 1):
             print(f"  round {k}: ours {r['ours']:.1f}, reference {r['reference']:.1f}, ratio {r['ratio']:.2f}")
         print(f"reference: {out['reference_steps_per_s']:.1f} steps/s (median); ratio {out['ratio']:.2f}x "
               f"(median of the rounds' ratios)")
+    return 0
+
+
+def _print_isas(args, out) -> int:
+    from .. import bench
+
+    out["machine"] = bench.machine()
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    m = out["machine"]
+    print(f"meta-training by kernel build ({out['episodes']} episodes, {out['rounds']} rounds, {m['threads']} "
+          f"threads, {m['cpu']}):")
+    for b in out["builds"]:
+        name = f"  -march={b['march']} ({b['isa']})"
+        if b["missing"]:
+            print(f"{name}: not run, this CPU cannot ({', '.join(b['missing'])} missing)")
+            continue
+        line = f"{name}: {b['steps_per_s']:.1f} steps/s, {b['vs_torch']:.2f}x torch ops"
+        if "vs_reference" in b:
+            line += f", {b['vs_reference']:.2f}x the reference"
+        print(line)
+    print(f"  torch ops: {out['torch_steps_per_s']:.1f} steps/s")
+    if "reference_steps_per_s" in out:
+        print(f"  reference: {out['reference_steps_per_s']:.1f} steps/s")
+    print("  (medians over the rounds; ratios are medians of the rounds' ratios)")
     return 0
 
 
