@@ -38,7 +38,13 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     from .errors import ConfigError
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory}: is a file, not a run directory; give the directory `l2obench run --out` "
+                          f"wrote")
     manifest = store.read_manifest(directory)
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{directory / store.MANIFEST}: not a run manifest (a JSON {type(manifest).__name__}, "
+                          f"not an object); rerun `l2obench run` to rewrite it")
     df = store.load_results(directory)
     test = df[(df["kind"] == "test") & (df["metric"] == "loss")] if len(df) else df
     if test.empty and not manifest.get("failures"):
