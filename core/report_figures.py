@@ -91,6 +91,8 @@ def heatmap_figure(summary, path: Path, order: list[tuple[str, int]], optimizers
     sns.heatmap(np.where(np.isfinite(values), values, np.nan), ax=ax, cmap="RdBu_r", center=0, vmin=-vmax,
                 vmax=vmax, annot=annot, fmt="", annot_kws={"fontsize": 7}, cbar_kws={"label": "log10 ratio"},
                 xticklabels=list(grid.columns), yticklabels=list(grid.index), linewidths=0.5)
+    for i, j in zip(*np.nonzero(~np.isfinite(values))) if annot is not None else ():
+        ax.text(j + 0.5, i + 0.5, annot[i, j], ha="center", va="center", fontsize=7, color="#555")  # seaborn skips NaN
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.set_title("final loss vs the best tuned baseline (log10; < 0 is better)", fontsize=9)
