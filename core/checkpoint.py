@@ -6,7 +6,10 @@ it, its hyperparameters and training config (JSON), the l2obench version, and a
 sha256 content hash over the tensors and the metadata.  Loading rebuilds the
 optimizer through the registry and refuses, in one line naming the file, a
 truncated, corrupted or modified file, an unknown plugin, a plugin version other
-than the one that saved it, or tensors that do not fit the hyperparameters.
+than the one that saved it, metadata of any other shape, hyperparameters that
+break the factory's declaration, or tensors that do not fit the hyperparameters
+(names, shapes and dtypes, compared with the network built on the ``meta``
+device first, so an edited hidden size of 10^12 allocates nothing).
 The hash detects corruption and edits; it is not a signature.
 
 A checkpoint travels as bytes as well as a file (:func:`checkpoint_bytes`, and
@@ -21,7 +24,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -144,9 +147,17 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], Checkpoint
                               f"re-create it with l2obench meta-train")
     try:
         header = json.loads(data[8:8 + n])
-        metadata = header.get("__metadata__") or {}
-    except (ValueError, AttributeError):
+    except ValueError:
         raise CheckpointError(f"{where}: not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where}: not a safetensors file (its header is a JSON "
+                              f"{type(header).__name__}, not an object)")
+    metadata = header.get("__metadata__")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{where}: not an l2obench checkpoint (its __metadata__ is not a table of "
+                              f"strings); re-create it with l2obench meta-train")
     if metadata.get("format") != FORMAT or any(k not in metadata for k in _KEYS + ("sha256",)):
         raise CheckpointError(f"{where}: not an l2obench checkpoint (missing {FORMAT!r} metadata)")
 
@@ -165,6 +176,10 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], Checkpoint
         training = json.loads(metadata["training"])
     except ValueError:
         raise CheckpointError(f"{where}: metadata is not valid JSON") from None
+    for key, value in (("hyperparameters", hyper), ("training", training)):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{where}: its {key} metadata is a JSON {type(value).__name__}, not an object; "
+                                  f"re-create it with l2obench meta-train")
     info = CheckpointInfo(name, metadata["plugin"], metadata["distribution"], metadata["version"],
                           hyper, training, metadata["l2obench_version"], digest)
     return tensors, info
@@ -193,10 +208,40 @@ def load_checkpoint(source: Source, registry=None, *, check_version: bool = True
             f"but {entry.distribution} {entry.version} is installed; install that version or re-train"
         )
     try:
+        entry.check_parameters(info.hyperparameters)
+    except L2OError as exc:
+        raise CheckpointError(f"{where}: cannot rebuild from its hyperparameters: {exc}") from None
+    _check_tensors(where, info, tensors, _state_on_meta(where, entry, info))
+    try:
         lopt = entry.create(**info.hyperparameters)
     except L2OError as exc:
         raise CheckpointError(f"{where}: cannot rebuild from its hyperparameters: {exc}") from None
-    expected = lopt.state_dict()
+    except (RuntimeError, MemoryError) as exc:
+        raise CheckpointError(f"{where}: cannot rebuild {info.plugin!r} from its hyperparameters "
+                              f"({_first_line(exc)})") from None
+    _check_tensors(where, info, tensors, lopt.state_dict())
+    lopt.load_state_dict(tensors, strict=True)
+    return lopt, info
+
+
+def _state_on_meta(where: str, entry, info: CheckpointInfo) -> Optional[dict[str, torch.Tensor]]:
+    """The ``state_dict`` the plugin builds from the checkpoint's hyperparameters, built on
+    the ``meta`` device (shapes and dtypes, no memory), so that a hidden size of 10^12 is
+    refused before anything is allocated; None for a plugin that cannot build there."""
+    try:
+        with torch.device("meta"):
+            return dict(entry.create(**info.hyperparameters).state_dict())
+    except L2OError as exc:
+        raise CheckpointError(f"{where}: cannot rebuild from its hyperparameters: {exc}") from None
+    except Exception:  # a factory that needs real data (.item(), numpy): checked after the real build
+        return None
+
+
+def _check_tensors(where: str, info: CheckpointInfo, tensors: Mapping[str, torch.Tensor],
+                   expected: Optional[Mapping[str, torch.Tensor]]) -> None:
+    """Refuse tensors whose names, shapes or dtypes differ from those the plugin builds."""
+    if expected is None:
+        return
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -206,8 +251,9 @@ def load_checkpoint(source: Source, registry=None, *, check_version: bool = True
         if tuple(ref.shape) != tuple(tensors[key].shape):
             raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(tensors[key].shape)} but "
                                   f"{info.plugin!r} with its hyperparameters expects {tuple(ref.shape)}")
-    lopt.load_state_dict(tensors, strict=True)
-    return lopt, info
+        if ref.dtype != tensors[key].dtype:
+            raise CheckpointError(f"{where}: tensor {key!r} has dtype {tensors[key].dtype} but "
+                                  f"{info.plugin!r} with its hyperparameters expects {ref.dtype}")
 
 
 def _first_line(exc: BaseException) -> str:

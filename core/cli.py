@@ -36,10 +36,20 @@ def parse_params(items: list[str] | None, what: str) -> dict:
     return params
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, with its mistakes (an unknown option, a missing or malformed argument) said
+    in the one line every other error takes, ``l2obench: error: ...``, exit code 2."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("l2obench").strip()
+        self.exit(2, f"l2obench: error: {command + ': ' if command else ''}{message}; "
+                     f"see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="l2obench", description=__doc__.splitlines()[0])
+    parser = CommandLineParser(prog="l2obench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"l2obench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -67,7 +67,7 @@ class MetaTrainConfig(pydantic.BaseModel):
     second_order: bool = False
     validate_every: int = pydantic.Field(1, gt=0, description="epochs between validations")
     validation_seeds: int = pydantic.Field(8, ge=0)
-    seed: int = 0
+    seed: int = pydantic.Field(0, ge=0, description="seed of the initial meta-parameters and the optimizees drawn")
     time_limit_s: float | None = pydantic.Field(None, gt=0)
 
     @pydantic.field_validator("weights")

@@ -23,8 +23,9 @@ from typing import Any
 
 from . import store
 from .report_figures import curves_figure, heatmap_figure, meta_train_figure, palette_for, plotting
-from .report_render import Block, ci_text, diff_text, fmt, render_html, render_markdown, slug
-from .report_tables import per_seed, summarize
+from .report_render import (Block, ci_text, fmt, loss_text, paired_text, render_html, render_markdown, seeds_text,
+                            slug)
+from .report_tables import missing_cells, per_seed, summarize
 
 __all__ = ["write_report", "plotting", "per_seed", "summarize", "curves_figure", "heatmap_figure",
            "meta_train_figure", "Block", "render_markdown", "render_html"]
@@ -37,19 +38,27 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     from .errors import ConfigError
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory}: is a file, not a run directory; give the directory `l2obench run --out` "
+                          f"wrote")
     manifest = store.read_manifest(directory)
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{directory / store.MANIFEST}: not a run manifest (a JSON {type(manifest).__name__}, "
+                          f"not an object); rerun `l2obench run` to rewrite it")
     df = store.load_results(directory)
     test = df[(df["kind"] == "test") & (df["metric"] == "loss")] if len(df) else df
-    if test.empty:
+    if test.empty and not manifest.get("failures"):
         raise ConfigError(f"{directory}: no test results yet; run `l2obench run` to finish the suite")
     figures = directory / "figures"
     figures.mkdir(exist_ok=True)
 
-    variants = [(v["task"], h) for v in manifest.get("variants", []) for h in v["horizons"]]
-    present = set(zip(test["task"], test["horizon"].astype(int)))
+    seeds = per_seed(test)
+    summary = summarize(seeds)
+    missing = missing_cells(manifest, summary)
+    variants = [(v["task"], int(h)) for v in manifest.get("variants", []) for h in v["horizons"]]
+    present = set(zip(summary["task"], summary["horizon"].astype(int))) | set(zip(missing["task"], missing["horizon"]))
     order = [v for v in dict.fromkeys(variants) if v in present]
     order += sorted(present - set(order))
-    seeds = per_seed(test)
     summary = summarize(seeds, order)
     summary.to_csv(directory / "summary.csv", index=False)
     optimizers = list(dict.fromkeys(list(manifest.get("learned", [])) + list(manifest.get("baselines", []))
@@ -61,12 +70,16 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     if manifest.get("description"):
         blocks.append(Block("p", manifest["description"]))
     blocks += _run_blocks(manifest, seeds)
+    blocks += _missing_blocks(missing)
 
     blocks.append(Block("h2", "Generalization"))
     heat = figures / "heatmap.png"
-    heatmap_figure(summary, heat, order, optimizers)
-    blocks.append(Block("img", f"figures/{heat.name}", "log10 of each optimizer's mean final test loss over "
-                                                       "the best tuned baseline's, per test variant"))
+    if len(summary):
+        heatmap_figure(summary, heat, order, optimizers)
+        blocks.append(Block("img", f"figures/{heat.name}", "log10 of each optimizer's mean final test loss over "
+                                                           "the best tuned baseline's, per test variant"))
+    else:
+        blocks.append(Block("p", "No test cell has results yet; nothing to compare."))
     wins = summary[summary["optimizer_kind"] == "learned"]
     if len(wins):
         lines = []
@@ -92,24 +105,14 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     for task, horizon in order:
         label = f"{task} @ T={horizon}"
         blocks.append(Block("h3", label))
-        fig = figures / f"curves-{slug(label)}.png"
-        curves_figure(test, task, horizon, palette, fig)
-        blocks.append(Block("img", f"figures/{fig.name}", f"test loss, {label}"))
         part = summary[(summary["task"] == task) & (summary["horizon"] == horizon)]
-        blocks.append(Block("table", pd.DataFrame({
-            "optimizer": part["optimizer_id"],
-            "final loss": [ci_text(m, lo, hi) for m, lo, hi in zip(part["final_mean"], part["final_low"],
-                                                                     part["final_high"])],
-            "rank": part["rank_final"],
-            "summed loss": [ci_text(m, lo, hi) for m, lo, hi in zip(part["summed_mean"], part["summed_low"],
-                                                                      part["summed_high"])],
-            "rank (summed)": part["rank_summed"],
-            "final − best baseline (paired)": [diff_text(m, lo, hi) for m, lo, hi in zip(
-                part["final_vs_best_mean"], part["final_vs_best_low"], part["final_vs_best_high"])],
-            "summed − best baseline (paired)": [diff_text(m, lo, hi) for m, lo, hi in zip(
-                part["summed_vs_best_mean"], part["summed_vs_best_low"], part["summed_vs_best_high"])],
-            "diverged": [f"{d}/{n}" for d, n in zip(part["diverged"], part["seeds"])],
-        })))
+        gone = missing[(missing["task"] == task) & (missing["horizon"] == horizon)]
+        if len(part):
+            fig = figures / f"curves-{slug(label)}.png"
+            curves_figure(test, task, horizon, palette, fig)
+            blocks.append(Block("img", f"figures/{fig.name}", f"test loss, {label}"))
+        blocks += _diverged_words(part)
+        blocks.append(Block("table", _variant_table(part, gone)))
 
     tuning = manifest.get("tuning") or {}
     rank = {v: i for i, v in enumerate(order)}
@@ -167,6 +170,60 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     store.atomic_write_bytes(paths["markdown"], render_markdown(blocks).encode())
     store.atomic_write_bytes(paths["html"], render_html(blocks, f"{name}: l2obench report").encode())
     return paths
+
+
+def _variant_table(part, gone):
+    """One variant's table: a row per optimizer with results, then one per test cell
+    without (failed or not run), so every cell the suite asked for is accounted for."""
+    import pandas as pd
+
+    rows = [{"optimizer": r["optimizer_id"], "final loss": loss_text(r, "final"), "rank": r["rank_final"],
+             "summed loss": loss_text(r, "summed"), "rank (summed)": r["rank_summed"],
+             "final − best baseline (paired)": paired_text(r, "final"),
+             "summed − best baseline (paired)": paired_text(r, "summed"),
+             "diverged": f"{r['diverged']}/{r['seeds']}"} for r in part.to_dict("records")]
+    for r in gone.to_dict("records"):
+        rows.append({"optimizer": r["optimizer"], "final loss": r["state"], "rank": "", "summed loss": r["state"],
+                     "rank (summed)": "", "final − best baseline (paired)": "", "summed − best baseline (paired)": "",
+                     "diverged": ""})
+    return pd.DataFrame(rows, columns=["optimizer", "final loss", "rank", "summed loss", "rank (summed)",
+                                       "final − best baseline (paired)", "summed − best baseline (paired)",
+                                       "diverged"])
+
+
+def _diverged_words(part) -> list[Block]:
+    """In words, which optimizers of a variant diverged, and what that does to the comparison."""
+    if not len(part):
+        return []
+    said = []
+    for r in part[part["diverged"] > 0].to_dict("records"):
+        said.append(f"{r['optimizer_id']} diverged on {seeds_text(int(r['diverged']), int(r['seeds']))}")
+    if not said:
+        return []
+    text = "; ".join(said) + ". A diverged seed counts as inf in the mean and the ranks"
+    best = part["best_baseline"].iloc[0]
+    if isinstance(best, str) and int(part["best_baseline_diverged"].iloc[0]):
+        text += (f"; even the best tuned baseline, {best}, diverged, so no paired difference to it is "
+                 f"given")
+    else:
+        text += "; there is no paired difference for an optimizer that diverged on any seed"
+    return [Block("p", text + ".")]
+
+
+def _missing_blocks(missing) -> list[Block]:
+    """The test cells the suite asked for that have no results: failed, or not run yet."""
+    import pandas as pd
+
+    if not len(missing):
+        return []
+    failed = int((missing["state"] == "failed").sum())
+    text = (f"{len(missing)} test cells of the suite have no results: {failed} failed and "
+            f"{len(missing) - failed} were not run; they are listed here and in their variant's table, "
+            f"and the numbers below leave them out.")
+    rows = pd.DataFrame({"variant": [f"{t} @ T={h}" for t, h in zip(missing["task"], missing["horizon"])],
+                         "optimizer": missing["optimizer"], "state": missing["state"],
+                         "reason": missing["reason"]})
+    return [Block("h2", "Missing and failed cells"), Block("p", text), Block("table", rows)]
 
 
 def _run_blocks(manifest: dict[str, Any], seeds) -> list[Block]:

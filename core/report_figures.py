@@ -83,10 +83,16 @@ def heatmap_figure(summary, path: Path, order: list[tuple[str, int]], optimizers
     vmax = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
     width = max(len(str(i)) for i in grid.index) * 0.07
     fig, ax = plt.subplots(figsize=(2.0 + width + 1.1 * grid.shape[1], 1.8 + 0.4 * grid.shape[0]))
-    annot = np.vectorize(lambda v: "div." if not np.isfinite(v) else f"{v:+.2f}")(values) if values.size else None
+    labels_of = {(o, f"{t} @ T={h}"): _heat_label(v, d)
+                 for o, t, h, v, d in zip(summary["optimizer"], summary["task"], summary["horizon"],
+                                          summary["log10_vs_best_baseline"], summary["diverged"])}
+    annot = np.array([[labels_of.get((o, c), "") for c in grid.columns] for o in grid.index],
+                     dtype=object).reshape(values.shape) if values.size else None
     sns.heatmap(np.where(np.isfinite(values), values, np.nan), ax=ax, cmap="RdBu_r", center=0, vmin=-vmax,
                 vmax=vmax, annot=annot, fmt="", annot_kws={"fontsize": 7}, cbar_kws={"label": "log10 ratio"},
                 xticklabels=list(grid.columns), yticklabels=list(grid.index), linewidths=0.5)
+    for i, j in zip(*np.nonzero(~np.isfinite(values))) if annot is not None else ():
+        ax.text(j + 0.5, i + 0.5, annot[i, j], ha="center", va="center", fontsize=7, color="#555")  # seaborn skips NaN
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.set_title("final loss vs the best tuned baseline (log10; < 0 is better)", fontsize=9)
@@ -95,6 +101,18 @@ def heatmap_figure(summary, path: Path, order: list[tuple[str, int]], optimizers
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _heat_label(value: float, diverged: int) -> str:
+    """A heatmap cell's text: the log10 ratio, "div." where the optimizer diverged on a
+    seed, "base. div." where only the best baseline did (the ratio is -inf)."""
+    import math
+
+    if diverged:
+        return "div."
+    if math.isfinite(value):
+        return f"{value:+.2f}"
+    return "base. div." if value < 0 else "n/a"
 
 
 def meta_train_figure(meta, path: Path) -> None:

@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Block", "slug", "fmt", "ci_text", "diff_text", "render_markdown", "render_html"]
+__all__ = ["Block", "slug", "fmt", "ci_text", "diff_text", "loss_text", "paired_text", "seeds_text",
+           "render_markdown", "render_html"]
 
 
 @dataclass
@@ -50,6 +51,42 @@ def ci_text(mean: float, low: float, high: float) -> str:
         return "diverged" if math.isinf(mean) or math.isnan(mean) else fmt(mean)
     half = (high - low) / 2
     return f"{fmt(mean)} ± {fmt(half, 2)}" if math.isfinite(half) else fmt(mean)
+
+
+def seeds_text(diverged: int, seeds: int) -> str:
+    """``"every one of 4 seeds"`` or ``"1 of 4 seeds"``."""
+    return f"every one of {seeds} seeds" if diverged >= seeds else f"{diverged} of {seeds} seeds"
+
+
+def loss_text(row, metric: str) -> str:
+    """A summary row's mean ``metric`` ("final" or "summed") with its interval, or, where
+    seeds diverged, how many, and the mean over the others."""
+    diverged, seeds = int(row["diverged"]), int(row["seeds"])
+    if not diverged:
+        return ci_text(row[f"{metric}_mean"], row[f"{metric}_low"], row[f"{metric}_high"])
+    text = f"diverged ({diverged} of {seeds} seeds)"
+    if diverged < seeds and math.isfinite(row[f"{metric}_ok_mean"]):
+        text += f"; the others {ci_text(row[f'{metric}_ok_mean'], row[f'{metric}_ok_low'], row[f'{metric}_ok_high'])}"
+    return text
+
+
+def paired_text(row, metric: str) -> str:
+    """A summary row's paired difference to the best tuned baseline, or in words why
+    there is none."""
+    best = row["best_baseline"]
+    if not isinstance(best, str):
+        return "no tuned baseline"
+    if row["optimizer_id"] == best:
+        return "(the best baseline)"
+    mean = row[f"{metric}_vs_best_mean"]
+    if math.isfinite(mean):
+        return diff_text(mean, row[f"{metric}_vs_best_low"], row[f"{metric}_vs_best_high"])
+    if int(row["diverged"]):
+        return f"no interval: diverged on {seeds_text(int(row['diverged']), int(row['seeds']))}"
+    if int(row["best_baseline_diverged"]):
+        return (f"no interval: the best baseline {best} diverged on "
+                f"{seeds_text(int(row['best_baseline_diverged']), int(row['best_baseline_seeds']))}")
+    return f"no interval: no test seed shared with {best}"
 
 
 def _md_table(frame) -> str:

@@ -167,3 +167,137 @@ def test_bytes_round_trip_without_files(saved, registry, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=f"checkpoint {IN_MEMORY}: truncated"):
         load_checkpoint(data[: len(data) // 2], registry)
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]
+
+
+# -- checkpoints edited by hand: every shape of metadata, every path refuses in one line --
+def rewrite_header(path, edit, *, rehash: bool = True) -> None:
+    """Rewrite the safetensors header of ``path`` (8-byte little-endian length, then JSON):
+    ``edit(header)`` changes it in place (or returns a replacement); with ``rehash``, the
+    content hash is recomputed as someone covering their tracks would."""
+    from safetensors.torch import load
+
+    from l2obench.checkpoint import content_hash
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = header.get("__metadata__")
+    header = edit(header) or header
+    if rehash and isinstance(header, dict) and isinstance(header.get("__metadata__"), dict) and meta is not None:
+        header["__metadata__"]["sha256"] = content_hash(load(data), header["__metadata__"])
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+
+
+def set_meta(key, value):
+    def edit(header):
+        header["__metadata__"][key] = value
+    return edit
+
+
+def set_hyper(**changes):
+    def edit(header):
+        meta = header["__metadata__"]
+        meta["hyperparameters"] = json.dumps({**json.loads(meta["hyperparameters"]), **changes}, sort_keys=True)
+    return edit
+
+
+BAD_CHECKPOINTS = {
+    "header is a list": (lambda h: [h], "header is a JSON list"),
+    "header is a string": (lambda h: "text", "header is a JSON str"),
+    "metadata is a list": (lambda h: {**h, "__metadata__": ["a", "b"]}, "not a table of strings"),
+    "metadata is a string": (lambda h: {**h, "__metadata__": "l2obench"}, "not a table of strings"),
+    "metadata value is a number": (set_meta("plugin", 3), "not a table of strings"),
+    "hyperparameters are a list": (set_meta("hyperparameters", "[1, 2]"), "hyperparameters metadata is a JSON list"),
+    "training is a string": (set_meta("training", '"long"'), "training metadata is a JSON str"),
+    "hidden of the wrong type": (set_hyper(hidden="big"), "hidden='big'"),
+    "hidden is a float": (set_hyper(hidden=2.5), "must be an integer"),
+    "hidden of zero": (set_hyper(hidden=0), "hidden=0"),
+    "unknown hyperparameter": (set_hyper(width=3), "unknown parameter 'width'"),
+    "hidden of 10^6": (set_hyper(hidden=10 ** 6), "expects"),
+    "hidden of 10^12": (set_hyper(hidden=10 ** 12), "cannot rebuild"),
+    "a tensor's dtype changed": (None, "dtype"),
+}
+
+
+@pytest.fixture
+def lstm_checkpoint(tmp_path):
+    from l2obench.registry import get_registry
+
+    torch.manual_seed(0)
+    lopt = get_registry().learned("lstm", hidden=2, layers=1)
+    path = tmp_path / "lstm.safetensors"
+    save_checkpoint(path, lopt, {"note": "tiny"})
+    return path
+
+
+def make_bad_checkpoint(path, case: str) -> None:
+    edit, _ = BAD_CHECKPOINTS[case]
+    if edit is None:  # a tensor saved as float64: hash and hyperparameters all consistent
+        from safetensors.torch import load, save
+
+        from l2obench.checkpoint import content_hash
+
+        data = path.read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        meta = json.loads(data[8:8 + n])["__metadata__"]
+        tensors = load(data)
+        first = sorted(tensors)[0]
+        tensors[first] = tensors[first].double()
+        meta["sha256"] = content_hash(tensors, meta)
+        path.write_bytes(save(tensors, metadata=meta))
+        return
+    rewrite_header(path, edit)
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_edited_checkpoints_are_refused_by_load_checkpoint(lstm_checkpoint, case):
+    """Whatever its header holds, load_checkpoint refuses it with one line naming the file,
+    from the file and from its bytes; a hidden size of 10^6 or 10^12 is refused from
+    shapes computed on the meta device, without allocating the network."""
+    make_bad_checkpoint(lstm_checkpoint, case)
+    match = BAD_CHECKPOINTS[case][1]
+    for source, name in ((lstm_checkpoint, str(lstm_checkpoint)), (lstm_checkpoint.read_bytes(), IN_MEMORY)):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(source)
+        msg = str(info.value)
+        assert "\n" not in msg and name in msg and match in msg, msg
+
+
+def test_a_huge_hidden_size_is_refused_before_the_real_network_is_built(lstm_checkpoint, monkeypatch):
+    from l2obench.registry import get_registry
+
+    make_bad_checkpoint(lstm_checkpoint, "hidden of 10^6")
+    entry = get_registry().get("learned", "lstm")
+    built = []
+    real_create = type(entry).create
+
+    def create(self, *a, **kw):
+        built.append(str(torch.get_default_device()))
+        return real_create(self, *a, **kw)
+
+    monkeypatch.setattr(type(entry), "create", create)
+    with pytest.raises(CheckpointError, match="expects"):
+        load_checkpoint(lstm_checkpoint)
+    assert built == ["meta"]
+
+
+@pytest.mark.parametrize("case", ["metadata is a list", "hidden of the wrong type", "hidden of 10^12",
+                                  "a tensor's dtype changed"])
+def test_edited_checkpoints_are_refused_by_every_command(lstm_checkpoint, case, tmp_path, capsys):
+    """`l2obench evaluate --checkpoint` and a suite's [[checkpoint]]: one line, exit 2."""
+    from l2obench.cli import main
+
+    make_bad_checkpoint(lstm_checkpoint, case)
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[suite]\nname = "ckpt"\nseeds = 2\n\n[[checkpoint]]\nname = "mine"\n'
+                     f'path = "{lstm_checkpoint.name}"\n\n'
+                     '[[test]]\ntask = { family = "quadratic", dim = 3 }\nhorizons = [3]\n')
+    for argv in (["evaluate", "--checkpoint", str(lstm_checkpoint), "--task", "quadratic", "--steps", "2",
+                  "--seeds", "1"],
+                 ["run", str(suite), "--out", str(tmp_path / "run"), "--no-progress", "--workers", "1"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("l2obench: error:") and "lstm.safetensors" in err, err
+        assert "Traceback" not in err

@@ -145,3 +145,82 @@ def test_report_cli_and_errors(run_dir, tmp_path_factory, capsys):
     (empty / "cells").mkdir()
     with pytest.raises(ConfigError, match="no test results"):
         write_report(empty)
+
+
+def test_report_renders_diverged_failed_and_missing_cells(tmp_path):
+    """Every combination renders and is said as such: an optimizer diverged on some seeds,
+    one on every seed, a variant where every baseline diverged, cells that failed, whose
+    tuning failed or that never ran, and a variant with no results at all."""
+    keys = []
+    ten, twenty = variant(10), variant(20)
+    every = {row: 2 for row in range(len(SEEDS))}
+    keys.append(write(tmp_path, evaluation_cell("test", LEARNED, ten, T, "test", SEEDS, "cpu"),
+                      *losses(10.0, 0.5, diverge={0: 4})))
+    keys.append(write(tmp_path, evaluation_cell("test", baseline("adam", 0.1), ten, T, "test", SEEDS, "cpu"),
+                      *losses(10.0, 0.8)))
+    keys.append(write(tmp_path, evaluation_cell("test", baseline("sgd", 1e6), ten, T, "test", SEEDS, "cpu"),
+                      *losses(10.0, 9.0, diverge=every)))
+    keys.append(write(tmp_path, evaluation_cell("test", LEARNED, twenty, T, "test", SEEDS, "cpu"),
+                      *losses(10.0, 0.5)))
+    keys.append(write(tmp_path, evaluation_cell("test", baseline("adam", 1e6), twenty, T, "test", SEEDS, "cpu"),
+                      *losses(10.0, 9.0, diverge=every)))
+    keys.append(write(tmp_path, evaluation_cell("test", baseline("sgd", 1e6), twenty, T, "test", SEEDS, "cpu"),
+                      *losses(10.0, 9.0, diverge={0: 1, 1: 3, 2: 3})))
+    store.write_manifest(tmp_path, {
+        "suite": "broken", "status": "incomplete", "cells": keys, "learned": ["lstm-q"], "baselines": ["sgd", "adam"],
+        "variants": [{"task": f"quadratic[dim={d}]", "horizons": [T], "optimizers": ["lstm-q", "sgd", "adam"]}
+                     for d in (10, 20, 30)],
+        "test_seeds": SEEDS, "validation_seeds": [1_000_000], "tune_rule": "final", "tuning": {},
+        "failures": [{"cell": f"sgd[lr=0.01] @ quadratic[dim=30] @ T={T}", "error": "RuntimeError: out of memory"},
+                     {"cell": f"tune adam[lr=1.0] @ quadratic[dim=30] @ T={T}", "error": "ValueError: boom"}]})
+    write_report(tmp_path)
+    text = (tmp_path / "REPORT.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 6 and summary["diverged"].tolist().count(4) == 2
+    assert "diverged (1 of 4 seeds); the others" in text  # lstm-q at dim=10, with the mean of the rest
+    assert "diverged (4 of 4 seeds)" in text and "diverged (3 of 4 seeds)" in text
+    assert "sgd[lr=1000000.0] diverged on every one of 4 seeds" in text
+    assert "no interval: diverged on every one of 4 seeds" in text
+    assert "no interval: diverged on 1 of 4 seeds" in text
+    # every baseline of dim=20 diverged: the learned optimizer has no paired interval, said why
+    assert "even the best tuned baseline, sgd[lr=1000000.0], diverged" in text
+    assert "no interval: the best baseline sgd[lr=1000000.0] diverged on 3 of 4 seeds" in text
+    lstm20 = summary[(summary["task"] == "quadratic[dim=20]") & (summary["optimizer"] == "lstm-q")].iloc[0]
+    assert lstm20["rank_final"] == 1 and np.isnan(lstm20["final_vs_best_mean"])
+    # the variant without any result and its failed, untuned and not-run cells
+    assert "### quadratic[dim=30] @ T=6" in text and "## Missing and failed cells" in text
+    assert "3 test cells of the suite have no results: 2 failed and 1 were not run" in text
+    assert "RuntimeError: out of memory" in text and "its tuning failed" in text and "not run yet" in text
+    assert "| sgd | failed |" in text and "| lstm-q | missing |" in text
+    assert "(the best baseline)" in rows["adam[lr=0.1]"]
+    assert (tmp_path / "index.html").read_text().count("<table>") >= 4
+
+
+def test_report_with_only_failed_cells(tmp_path):
+    """A run whose every test cell failed still gets a report that lists the failures."""
+    (tmp_path / "cells").mkdir()
+    store.write_manifest(tmp_path, {
+        "suite": "failing", "status": "incomplete", "cells": [], "learned": [], "baselines": ["adam"],
+        "variants": [{"task": "quadratic[dim=10]", "horizons": [T], "optimizers": ["adam"]}],
+        "failures": [{"cell": f"tune adam[lr=1.0] @ quadratic[dim=10] @ T={T}", "error": "ValueError: boom"}]})
+    write_report(tmp_path)
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "1 test cells of the suite have no results: 1 failed" in text and "ValueError: boom" in text
+
+
+def test_report_of_a_real_suite_where_sgd_diverges_everywhere(tmp_path, capsys):
+    """End to end: sgd at lr=1e6 diverges on every test quadratic; `run --report` and
+    `report` both write the report and say so."""
+    suite = tmp_path / "diverge.toml"
+    suite.write_text('[suite]\nname = "diverge"\nseeds = 3\nvalidation_seeds = 2\n\n'
+                     '[baselines]\noptimizers = ["sgd", "adam"]\nlr_grid = [1e6]\n\n'
+                     '[[test]]\ntask = { family = "quadratic", dim = 5 }\nhorizons = [30]\n')
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out), "--report", "--no-progress", "--workers", "1"]) == 0
+    text = (out / "REPORT.md").read_text()
+    assert "| sgd[lr=1000000.0] | diverged (3 of 3 seeds) |" in text
+    assert "no interval: diverged on every one of 3 seeds" in text
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0 and "REPORT.md" in capsys.readouterr().out

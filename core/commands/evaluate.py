@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--task-param", action="append", metavar="KEY=VALUE")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seeds", type=int, default=50, help="number of seeds (0 .. N-1, default 50)")
-    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (>= 0, default 0)")
     p.add_argument("--split", choices=["train", "validation", "test"], default="test")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
@@ -40,6 +40,9 @@ def cmd_evaluate(args) -> int:
 
     if args.steps <= 0 or args.seeds <= 0:
         raise ConfigError(f"--steps and --seeds must be positive (got {args.steps} and {args.seeds})")
+    if args.first_seed < 0:
+        raise ConfigError(f"--first-seed {args.first_seed}: seeds are optimizee numbers >= 0; give --first-seed 0 "
+                          f"or more")
     if args.checkpoint and args.param:
         raise ConfigError("--param applies to --optimizer; a checkpoint carries its own hyperparameters")
     reg = get_registry()

@@ -36,6 +36,7 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--workers {args.workers}: give a number of workers >= 1")
     if args.device is not None:
         resolve_device(args.device)
+    _check_out(args.out)
     get_registry().get("executor", args.executor)
     # The workers start (and import torch) while the suite is validated; nothing is
     # written before validation passes, and they are stopped if it fails.
@@ -82,6 +83,22 @@ def cmd_run(args) -> int:
             print(f"time with the report: {wall:.1f} s wall; {wall - summary.compute_union_s:.1f} s "
                   f"({100 * (1 - summary.compute_union_s / wall):.1f}%) outside optimizer steps")
     return 0
+
+
+def _check_out(out: str) -> None:
+    """Refuse, before any work, a run directory that is a file or lies under one."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    path = Path(out)
+    for at in (path, *path.parents):
+        if at.exists():
+            if not at.is_dir():
+                what = "is a file" if at == path else f"is under {str(at)!r}, a file"
+                raise ConfigError(f"--out {out}: {what}, not a directory; give a run directory (new or "
+                                  f"from an earlier run)")
+            return
 
 
 def _preload_report() -> None:
