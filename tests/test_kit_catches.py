@@ -173,8 +173,8 @@ def update_without_device() -> Optimizer:
 BROKEN = {
     closure_adam: (check_interleaved_runs, "two runs interleaved"),
     shape_cached_adam: (check_interleaved_runs, "run alone they are"),
-    earlier_grads_written: (check_inputs_unchanged, "an earlier step's input"),
-    earlier_params_written: (check_inputs_unchanged, "an earlier step's input"),
+    earlier_grads_written: (check_inputs_unchanged, "step 1's input grads (an earlier step's input"),
+    earlier_params_written: (check_inputs_unchanged, "input params (an earlier step's input, held on to)"),
     late_growing_state: (check_state_structure, "after step 6 the state's structure changed"),
     float16_round_trip: (check_dtypes_agree, "rounded through float16"),
     tenfold_in_float64: (check_dtypes_agree, "computes something else"),

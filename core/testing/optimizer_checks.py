@@ -100,23 +100,27 @@ def check_inputs_unchanged(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DE
     @given(inputs(dtypes, steps=(2, 4)))
     def prop(example):
         params, grads = example
-        seen: list[tuple[str, tuple]] = [("init()'s params", snapshot(params))]
+        seen: list[tuple[int, str, tuple]] = [(0, "params", snapshot(params))]
         state = opt.init(params)
-        if (why := changed(seen[0][1])) is not None:
-            fail(name, f"init() changed its input params in place ({why})", params=seen[0][1][1])
+        if (why := changed(seen[0][2])) is not None:
+            fail(name, f"init() changed its input params in place ({why})", params=seen[0][2][1])
         for t, g in enumerate(grads, 1):
             s_items = dict(state)
-            seen += [(f"step {t}'s grads", snapshot(g)), (f"step {t}'s params", snapshot(params))]
-            seen += [(f"step {t}'s state tensor {k!r}", snapshot(v)) for k, v in state.items()]
+            seen += [(t, "grads", snapshot(g)), (t, "params", snapshot(params))]
+            seen += [(t, f"state tensor {k!r}", snapshot(v)) for k, v in state.items()]
             u, new_state = opt.update(g, state, params)
             if set(state) != set(s_items) or any(state[k] is not s_items[k] for k in s_items):
                 fail(name, f"step {t}: update() modified the input state dict (keys {sorted(s_items)} -> "
-                           f"{sorted(state)}); return a new dict", params=seen[0][1][1], grads=grads[:t])
-            for label, snap in seen:
+                           f"{sorted(state)}); return a new dict", params=seen[0][2][1], grads=grads[:t])
+            for when, label, snap in seen:
                 if (why := changed(snap)) is not None:
-                    when = "" if label.startswith(f"step {t}'s") else "; an earlier step's input, held on to"
-                    fail(name, f"step {t}: update() changed {label} in place ({why}{when})",
-                         params=seen[0][1][1], grads=[x[1] for lb, x in seen if lb.endswith("'s grads")])
+                    if when == t:
+                        what = f"the input {label}" if label.startswith("state") else f"its input {label}"
+                    else:
+                        what = (f"{'init()' if when == 0 else f'step {when}'}'s input {label} (an earlier step's "
+                                f"input, held on to)")
+                    fail(name, f"step {t}: update() changed {what} in place ({why})",
+                         params=seen[0][2][1], grads=[x[1] for _, lb, x in seen if lb == "grads"])
             state = new_state
             params = params + u
 
