@@ -13,7 +13,8 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
 - **optimizers**: :class:`Optimizer` (``init`` / ``update``, capability flags),
   :data:`State`, the combinators :func:`chain`, :func:`scale`, :func:`stateless`,
   the state helpers :func:`step_count`, :func:`zeros_like_state`, :func:`prefixed`,
-  :func:`unprefixed`, and the transforms the built-in baselines are chained from.
+  :func:`unprefixed`, the transforms the built-in baselines are chained from, and
+  :func:`from_torch_optimizer`, which wraps a torch.optim-style optimizer class.
 - **hyperparameters**: the annotations that declare their bounds (:data:`LearningRate`,
   :data:`Beta`, :data:`Positive`, :data:`NonNegative`, :data:`PositiveInt`), checked for the
   command line, suites and checkpoints alike before a factory runs.
@@ -34,6 +35,7 @@ from .datasets import (DATA_ENV, DataFile, Dataset, IDXDataset, data_cache_dir, 
 from .env import env_switch
 from .errors import CheckpointError, ConfigError, DataError, L2OError, L2OWarning, PluginError
 from .executor import Executor
+from .from_torch import from_torch_optimizer
 from .hookspecs import hookimpl
 from .hyperparameters import Beta, LearningRate, NonNegative, Positive, PositiveInt
 from .learned import Capabilities, LearnedOptimizer
@@ -47,7 +49,7 @@ __all__ = [
     "hookimpl",
     "Optimizer", "State", "chain", "scale", "stateless", "step_count", "zeros_like_state", "prefixed",
     "unprefixed", "add_decayed_weights", "decoupled_weight_decay", "scale_by_adagrad", "scale_by_adam",
-    "scale_by_rms", "trace",
+    "scale_by_rms", "trace", "from_torch_optimizer",
     "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt",
     "LearnedOptimizer", "Capabilities",
     "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator",

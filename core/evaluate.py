@@ -12,8 +12,26 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .errors import PluginError
 from .optimizer import Optimizer
 from .task import Split, Task
+
+
+def check_updates(updates: Tensor, params: Tensor, optimizer: Optimizer, step: int) -> None:
+    """Refuse updates whose shape, dtype or device differ from the params' (a ``(D,)``
+    update would broadcast over ``(S, D)`` params unnoticed), naming the optimizer."""
+    if (updates.shape, updates.dtype, updates.device) != (params.shape, params.dtype, params.device):
+        raise PluginError(
+            f"optimizer {optimizer_name(optimizer)} returned updates of shape {tuple(updates.shape)}, "
+            f"{updates.dtype} on {updates.device} at step {step} for params of shape {tuple(params.shape)}, "
+            f"{params.dtype} on {params.device}; update() must return updates shaped like params "
+            f"(check it with l2obench.testing.check_optimizer)")
+
+
+def optimizer_name(optimizer: Optimizer) -> str:
+    """Where an optimizer's ``update`` is defined, for error messages (``module.function``)."""
+    update = optimizer.update
+    return f"{getattr(update, '__module__', '?')}.{getattr(update, '__qualname__', type(update).__name__)}"
 
 
 @dataclass
@@ -59,6 +77,7 @@ def run(
         loss, grad = loss_and_grad(task, params, next(stream))
         losses[:, t] = loss
         updates, state = optimizer.update(grad, state, params)
+        check_updates(updates, params, optimizer, t)
         params = params + updates
     bad = ~torch.isfinite(losses)
     never = torch.full((len(seeds),), -1, dtype=torch.long, device=losses.device)

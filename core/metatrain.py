@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .config import VALIDATION_SEED_BASE, WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
 from .errors import ConfigError
-from .evaluate import loss_and_grad, run as evaluate_run
+from .evaluate import check_updates, loss_and_grad, run as evaluate_run
 from .learned import LearnedOptimizer
 from .optimizer import Optimizer, State
 from .task import Task, seed_generator
@@ -102,7 +102,7 @@ def unroll(
         return _replayed_unroll(opt, task, params, state, stream, weights)
     meta: Tensor | None = None
     logged = torch.zeros((), dtype=params.dtype, device=params.device)
-    for w in weights:
+    for t, w in enumerate(weights):
         batch = next(stream)
         if second_order and need_graph:
             p = params if params.requires_grad else params.detach().requires_grad_(True)
@@ -120,6 +120,7 @@ def unroll(
         if w:
             logged = logged + loss.detach().sum() * (w / rows)
         updates, state = opt.update(grad, state, params)
+        check_updates(updates, params, opt, t)
         params = params + updates
     if need_graph and meta is None:
         # Every weighted step sat at the unroll's (constant) start: zero meta-gradient.
@@ -144,6 +145,7 @@ def _replayed_unroll(opt: Optimizer, task: Task, params: Tensor, state: State, s
             if w:
                 logged = logged + loss.sum() * (w / rows)
             step, state = opt.update(grad, state, params)
+            check_updates(step, params, opt, len(grads))
             grads.append(grad)
             updates.append(step)
             params = params + step

@@ -100,3 +100,13 @@ def test_baseline_matches_torch_optim(case, seed, S, D, dtype, rtol, atol):
         step = int((~close).nonzero()[0])
         torch.testing.assert_close(ours[step], theirs[step], rtol=rtol, atol=atol,
                                    msg=lambda m: f"{name} differs from {torch_cls.__name__} at step {step}: {m}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_baseline_passes_check_matches_reference(case):
+    """The kit's own reference check: drawn params and gradient sequences, float32 and
+    float64, step for step against the torch.optim class."""
+    from l2obench.testing import check_matches_reference
+
+    _, name, hyperparameters, torch_cls, torch_kwargs = case
+    check_matches_reference(get_registry().optimizer(name, **hyperparameters), torch_cls, torch_kwargs)

@@ -15,7 +15,8 @@ running them (:mod:`l2obench.testing.conformance`) and a pytest plugin
 
 Or all at once, raising one error that lists every failure:
 ``check_optimizer(opt)``, ``check_learned_optimizer(lopt)``,
-``check_task_family(family)``.  An optimizer that uses the task's parameter
+``check_task_family(family)``; against a reference implementation,
+``check_matches_reference(opt, torch.optim.Adam, {"lr": 1e-3})``.  An optimizer that uses the task's parameter
 groups is checked through its factory (``{"lars": lars}``), so the kit can give
 it groups of its own.  A check that is known to fail is listed with a reason:
 ``expected_failed_checks={"check_zero_grad": "weight decay moves params"}``.
@@ -27,9 +28,10 @@ from .group_checks import check_uses_groups
 from .learned_checks import (LEARNED_OPTIMIZER_CHECKS, check_capabilities, check_meta_gradients, check_replay,
                              check_second_derivatives, check_state_round_trip)
 from .optimizer_checks import (OPTIMIZER_CHECKS, check_batched_equals_rows, check_coordinates_independent,
-                               check_descent_on_quadratic, check_deterministic, check_inputs_unchanged,
-                               check_permutation_equivariant, check_state_structure, check_updates_finite,
-                               check_zero_grad)
+                               check_descent_on_quadratic, check_deterministic, check_dtypes_agree,
+                               check_inputs_unchanged, check_interleaved_runs, check_permutation_equivariant,
+                               check_state_on_device, check_state_structure, check_updates_finite, check_zero_grad)
+from .reference_checks import check_matches_reference
 from .strategies import (dtypes, gradient_sequences, gradients, hyperparameters, log_uniform, parameters, shapes,
                          task_configs)
 from .task_checks import (TASK_FAMILY_CHECKS, check_config_errors, check_task_batching, check_task_deterministic,
@@ -47,7 +49,8 @@ __all__ = [
     "OPTIMIZER_CHECKS", "OPTIMIZER_FACTORY_CHECKS", "LEARNED_OPTIMIZER_CHECKS", "TASK_FAMILY_CHECKS", "CHECK_NAMES",
     "check_state_structure", "check_inputs_unchanged", "check_updates_finite", "check_deterministic",
     "check_permutation_equivariant", "check_coordinates_independent", "check_batched_equals_rows",
-    "check_zero_grad", "check_descent_on_quadratic", "check_uses_groups",
+    "check_zero_grad", "check_descent_on_quadratic", "check_uses_groups", "check_interleaved_runs",
+    "check_dtypes_agree", "check_state_on_device", "check_matches_reference",
     "check_capabilities", "check_meta_gradients", "check_replay", "check_second_derivatives",
     "check_state_round_trip",
     "check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_config_errors",

@@ -22,7 +22,7 @@ from ..task import TaskFamily
 from .group_checks import check_uses_groups, default_optimizer
 from .learned_checks import LEARNED_OPTIMIZER_CHECKS, check_state_round_trip
 from .optimizer_checks import OPTIMIZER_CHECKS
-from .properties import applies, run_on_built
+from .properties import applies, raised_text, run_on_built, smoke_test
 from .task_checks import TASK_FAMILY_CHECKS
 
 __all__ = [
@@ -78,11 +78,29 @@ def _expected_for(obj: Any, expected_failed_checks: ExpectedFailures) -> dict[st
     return expected
 
 
-def _failure_text(exc: BaseException) -> str:
-    if isinstance(exc, AssertionError):
-        return str(exc)
-    notes = " ".join(getattr(exc, "__notes__", []))
-    return f"{type(exc).__name__}: {exc}" + (f" ({notes})" if notes else "")
+def _failure_text(check_name: str, exc: BaseException) -> str:
+    """One line: the check's own message, or ``check_x: IndexError: ...`` for anything else."""
+    text = str(exc) if isinstance(exc, AssertionError) else raised_text(exc)
+    text = " ".join(text.split()) if "\n" in text else text
+    return text if text.startswith(check_name) else f"{check_name}: {text}"
+
+
+def _common_cause(obj: Any, kind: str) -> str | None:
+    """Why no check can run on ``obj``: building its optimizer, ``init`` or a first
+    ``update`` raised (one line), else ``None``.  Every check depends on those calls,
+    so such a cause is reported once, not once per check."""
+    if kind == "task family":
+        return None
+    try:
+        if kind == "learned optimizer":
+            from .learned_checks import meta_dtypes
+
+            with torch.no_grad():
+                return smoke_test(obj.opt_fn(), meta_dtypes(obj)[0])
+        opt = obj if kind == "optimizer" else default_optimizer(obj)
+    except Exception as exc:
+        return f"building its optimizer raised {raised_text(exc)}"
+    return smoke_test(opt)
 
 
 def check_object(obj: Any, expected_failed_checks: ExpectedFailures = None,
@@ -93,14 +111,19 @@ def check_object(obj: Any, expected_failed_checks: ExpectedFailures = None,
     that passes is reported too, as pytest's ``xfail(strict=True)`` would."""
     kind = _kind(obj)
     expected = _expected_for(obj, expected_failed_checks)
+    checks = list(checks if checks is not None else checks_for(obj))
+    cause = _common_cause(obj, kind)
+    if cause is not None:
+        raise AssertionError(f"the {kind} failed before any conformance check could run: {cause}; all "
+                             f"{len(checks)} applicable checks need that call, so none was run")
     problems = []
-    for check in (checks if checks is not None else checks_for(obj)):
+    for check in checks:
         check_name = check.__name__
         try:
             check(obj)
         except Exception as exc:
             if check_name not in expected:
-                problems.append(f"- {check_name}: {_failure_text(exc)}")
+                problems.append(f"- {_failure_text(check_name, exc)}")
         else:
             if check_name in expected:
                 problems.append(f"- {check_name}: expected to fail ({expected[check_name]}) but passed")

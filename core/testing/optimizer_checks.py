@@ -23,24 +23,33 @@ from .properties import (DEFAULT_DTYPES, applies_when, close, fail, identical, i
 __all__ = [
     "check_state_structure", "check_inputs_unchanged", "check_updates_finite", "check_deterministic",
     "check_permutation_equivariant", "check_coordinates_independent", "check_batched_equals_rows", "check_zero_grad",
-    "check_descent_on_quadratic", "OPTIMIZER_CHECKS", "DESCENT_STEPS",
+    "check_descent_on_quadratic", "check_interleaved_runs", "check_dtypes_agree", "check_state_on_device",
+    "OPTIMIZER_CHECKS", "DESCENT_STEPS", "LONG_RUN_STEPS", "DTYPE_RTOL",
 ]
 
 #: Steps of the quadratic on which ``check_descent_on_quadratic`` expects progress.
 DESCENT_STEPS = 50
 
+#: The largest gap between float32 and float64 updates, relative to the largest update.
+DTYPE_RTOL = 1e-4
+
+#: Steps of the long run in which ``check_state_structure`` expects a fixed state structure.
+LONG_RUN_STEPS = 30
+
 
 @kit_check
 def check_state_structure(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """``init`` returns a flat ``dict[str, Tensor]`` whose keys, shapes, dtypes and
-    devices stay the same over several steps, and every update has the shape,
-    dtype and device of ``params``."""
+    devices stay the same over a long run (the drawn gradients repeated for
+    ``LONG_RUN_STEPS`` steps, so state that starts growing late is seen), and every
+    update has the shape, dtype and device of ``params``."""
     name = "check_state_structure"
 
-    @kit_property(20)
-    @given(inputs(dtypes, steps=(4, 5)))
+    @kit_property(12)
+    @given(inputs(dtypes, max_dim=3, steps=(4, 5)))
     def prop(example):
-        params, grads = example
+        params, drawn = example
+        grads = [drawn[t % len(drawn)] for t in range(LONG_RUN_STEPS)]
         state = opt.init(params)
         if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor)
                                                   for k, v in state.items()):
@@ -51,18 +60,18 @@ def check_state_structure(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEF
             out = opt.update(g, state, params)
             if not (isinstance(out, tuple) and len(out) == 2):
                 fail(name, f"update() must return (updates, state), got {type(out).__name__}", params=params,
-                     grads=grads)
+                     grads=drawn)
             u, state = out
             if not isinstance(u, Tensor) or (u.shape, u.dtype, u.device) != (params.shape, params.dtype, params.device):
                 got = (tuple(u.shape), u.dtype, u.device) if isinstance(u, Tensor) else type(u).__name__
                 fail(name, f"step {t}: updates are {got}, expected the shape/dtype/device of params "
-                           f"{(tuple(params.shape), params.dtype, params.device)}", params=params, grads=grads)
+                           f"{(tuple(params.shape), params.dtype, params.device)}", params=params, grads=drawn)
             spec = state_spec(state) if isinstance(state, dict) else {}
             if spec != spec0:
                 changes = [f"{k!r}: {spec0.get(k, 'absent')} -> {spec.get(k, 'absent')}"
                            for k in sorted(set(spec0) | set(spec)) if spec0.get(k) != spec.get(k)]
-                fail(name, f"after step {t} the state's structure changed ({'; '.join(changes)})",
-                     params=params, grads=grads[:t])
+                fail(name, f"after step {t} the state's structure changed ({'; '.join(changes)}); the drawn "
+                           f"gradients were repeated in turn", params=params, grads=drawn)
             params = params + u
 
     prop()
@@ -71,45 +80,84 @@ def check_state_structure(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEF
 @kit_check
 def check_inputs_unchanged(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
     """Neither ``init`` nor ``update`` writes into its inputs: params, grads, the
-    state dict and its tensors are the same before and after every call."""
+    state dict and its tensors are the same before and after every call, and stay
+    so after later calls (an optimizer that holds on to an earlier step's tensors
+    must not write into them either)."""
     name = "check_inputs_unchanged"
 
     def snapshot(t: Tensor):
-        return t.clone(), t._version
+        return t, t.clone(), t._version
 
-    def changed(t: Tensor, snap) -> str | None:
-        if not identical(t, snap[0]):
+    def changed(snap) -> str | None:
+        t, values, version = snap
+        if not identical(t, values):
             return "its values changed"
-        if t._version != snap[1]:
+        if t._version != version:
             return "it was written in place"
         return None
 
     @kit_property(20)
-    @given(inputs(dtypes, steps=(1, 3)))
+    @given(inputs(dtypes, steps=(2, 4)))
     def prop(example):
         params, grads = example
-        p0 = snapshot(params)
+        seen: list[tuple[int, str, tuple]] = [(0, "params", snapshot(params))]
         state = opt.init(params)
-        if (why := changed(params, p0)) is not None:
-            fail(name, f"init() changed its input params in place ({why})", params=p0[0])
+        if (why := changed(seen[0][2])) is not None:
+            fail(name, f"init() changed its input params in place ({why})", params=seen[0][2][1])
         for t, g in enumerate(grads, 1):
-            p_snap, g_snap = snapshot(params), snapshot(g)
             s_items = dict(state)
-            s_snaps = {k: snapshot(v) for k, v in state.items()}
+            seen += [(t, "grads", snapshot(g)), (t, "params", snapshot(params))]
+            seen += [(t, f"state tensor {k!r}", snapshot(v)) for k, v in state.items()]
             u, new_state = opt.update(g, state, params)
-            for label, tensor, snap in (("grads", g, g_snap), ("params", params, p_snap)):
-                if (why := changed(tensor, snap)) is not None:
-                    fail(name, f"step {t}: update() changed its input {label} in place ({why})",
-                         params=p_snap[0], grads=[*grads[:t - 1], g_snap[0]])
             if set(state) != set(s_items) or any(state[k] is not s_items[k] for k in s_items):
                 fail(name, f"step {t}: update() modified the input state dict (keys {sorted(s_items)} -> "
-                           f"{sorted(state)}); return a new dict", params=params, grads=grads[:t])
-            for k, snap in s_snaps.items():
-                if (why := changed(state[k], snap)) is not None:
-                    fail(name, f"step {t}: update() changed the input state tensor {k!r} in place ({why})",
-                         params=params, grads=grads[:t])
+                           f"{sorted(state)}); return a new dict", params=seen[0][2][1], grads=grads[:t])
+            for when, label, snap in seen:
+                if (why := changed(snap)) is not None:
+                    if when == t:
+                        what = f"the input {label}" if label.startswith("state") else f"its input {label}"
+                    else:
+                        what = (f"{'init()' if when == 0 else f'step {when}'}'s input {label} (an earlier step's "
+                                f"input, held on to)")
+                    fail(name, f"step {t}: update() changed {what} in place ({why})",
+                         params=seen[0][2][1], grads=[x[1] for _, lb, x in seen if lb == "grads"])
             state = new_state
             params = params + u
+
+    prop()
+
+
+@kit_check
+def check_interleaved_runs(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
+    """One optimizer object runs two independent optimizations interleaved step by
+    step (``init`` both, then alternate updates) exactly as it runs each alone: all
+    state is in the state dict, none in a closure or a cache keyed by shape."""
+    name = "check_interleaved_runs"
+
+    @st.composite
+    def draw(draw_):
+        params, grads = draw_(inputs(dtypes, steps=(2, 3)))
+        other = draw_(lst.parameters(tuple(params.shape), params.dtype))
+        other_grads = draw_(lst.gradient_sequences(tuple(params.shape), params.dtype, len(grads)))
+        return params, grads, other, other_grads
+
+    @kit_property(10)
+    @given(draw())
+    def prop(example):
+        pa, ga, pb, gb = example
+        alone_a, _ = run_steps(opt, pa, ga)
+        alone_b, _ = run_steps(opt, pb, gb)
+        sa, sb = opt.init(pa.clone()), opt.init(pb.clone())
+        for t, (a_grad, b_grad) in enumerate(zip(ga, gb), 1):
+            ua, sa = opt.update(a_grad.clone(), sa, pa.clone())
+            ub, sb = opt.update(b_grad.clone(), sb, pb.clone())
+            for run, got, want in (("first", ua, alone_a[t - 1]), ("second", ub, alone_b[t - 1])):
+                if not close(got, want):
+                    fail(name, f"step {t}: with two runs interleaved on one optimizer, the {run} run's updates are "
+                               f"{tensor_text(got)} but run alone they are {tensor_text(want)}; keep all state in "
+                               f"the state dict, none in a closure or a cache", params=pa, grads=ga,
+                         other_params=pb, other_grads=gb)
+            pa, pb = pa + ua, pb + ub
 
     prop()
 
@@ -298,9 +346,111 @@ def check_descent_on_quadratic(opt: Optimizer, *, dtypes: Sequence[torch.dtype] 
     prop()
 
 
+def _float16_exact(u: Tensor) -> bool:
+    """Whether every non-zero finite entry (there is one) is a float16 value."""
+    x = u[torch.isfinite(u) & (u != 0)]
+    return x.numel() > 0 and bool((x.half().to(x.dtype) == x).all())
+
+
+@kit_check
+def check_dtypes_agree(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES) -> None:
+    """The same params and gradients of ordinary scale (``strategies.SCALED``, where
+    neither dtype over- or underflows) give float64 updates that agree with the
+    float32 ones to float32 rounding (``DTYPE_RTOL`` of the largest update): no
+    dtype computes something else, and float32 updates are not rounded through
+    float16.  Needs both float32 and float64 in ``dtypes`` (else nothing to compare)."""
+    name = "check_dtypes_agree"
+    if not {torch.float32, torch.float64} <= set(dtypes):
+        return
+
+    @st.composite
+    def draw(draw_):
+        shape = draw_(lst.shapes(1, 2, 2, 6))
+        params = draw_(lst.parameters(shape, torch.float32, max_abs=2.0**-7))
+        grads = draw_(lst.gradient_sequences(shape, torch.float32, st.integers(1, 3), ("zero", lst.SCALED)))
+        return params, grads
+
+    @kit_property(10)
+    @given(draw())
+    def prop(example):
+        params, grads = example
+        single, _ = run_steps(opt, params, grads)
+        double, _ = run_steps(opt, params.double(), [g.double() for g in grads])
+        p = params.double()
+        for t, (a, b) in enumerate(zip(single, double), 1):
+            scale = b.abs().max().item() if b.numel() else 0.0
+            # an update read off as a change of params is good to an ulp of them
+            ulp = 2 * torch.finfo(torch.float32).eps * torch.maximum(p.abs(), (p + b).abs())
+            gap = (a.double() - b).abs()
+            if not bool((gap <= DTYPE_RTOL * scale + ulp).all()):
+                why = ("the float32 updates are all float16 values: they are rounded through float16"
+                       if _float16_exact(a) else "one of the dtypes computes something else")
+                fail(name, f"step {t}: float32 updates {tensor_text(a)} and float64 updates {tensor_text(b)} differ "
+                           f"by {gap.max().item():.3g}, more than float32 rounding ({DTYPE_RTOL:g} of {scale:.3g}); "
+                           f"{why}", params=params, grads=grads[:t])
+            p = p + b
+
+    prop()
+
+
+def _devices() -> list[str]:
+    return ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _misplaced(state, params: Tensor) -> list[str]:
+    """The state entries not on params' device, or floating ones not in params' dtype."""
+    if not isinstance(state, dict):
+        return []
+    return [f"{k!r} is {v.dtype} on {v.device}" for k, v in state.items() if isinstance(v, Tensor) and (
+        v.device != params.device or (v.is_floating_point() and v.dtype != params.dtype))]
+
+
+def _cannot_run_on_meta(exc: BaseException) -> bool:
+    """Whether ``exc`` is meta tensors refusing data-dependent code (``.item()``, ``if``)."""
+    cause = exc.__cause__ or exc
+    return isinstance(cause, NotImplementedError) or "meta tensors" in str(cause)
+
+
+@kit_check
+def check_state_on_device(opt: Optimizer, *, dtypes: Sequence[torch.dtype] = DEFAULT_DTYPES,
+                          on_device: Callable[[str], Optimizer] | None = None) -> None:
+    """Every state tensor ``init`` and ``update`` return lives on params' device, and
+    every floating one has params' dtype (state made without ``device=`` or
+    ``dtype=`` fails), and so do the updates: checked on torch's ``meta`` device
+    (shapes without data, so no accelerator is needed) and on CUDA where present.
+    ``on_device(device)`` builds the optimizer for that device (a learned optimizer
+    moves its meta-parameters there); an update that cannot run on meta tensors
+    (it reads values, say for an ``if``) is checked on ``init`` alone there."""
+    name = "check_state_on_device"
+    for device in _devices():
+        target = on_device(device) if on_device is not None else opt
+        for dtype in dtypes:
+            params = torch.zeros(2, 3, dtype=dtype).to(device) + torch.linspace(-1, 1, 3, dtype=dtype).to(device)
+            grads = torch.ones(2, 3, dtype=dtype).to(device) * 0.5
+            state = target.init(params)
+            if bad := _misplaced(state, params):
+                raise AssertionError(f"{name}: init() on {dtype} params on {device} gave state {', '.join(bad)}; "
+                                     f"create state with device=params.device, dtype=params.dtype (or *_like)")
+            for t in (1, 2):
+                try:
+                    u, state = target.update(grads, state, params)
+                except Exception as exc:
+                    if device == "meta" and _cannot_run_on_meta(exc):
+                        break
+                    raise
+                if bad := _misplaced(state, params):
+                    raise AssertionError(f"{name}: step {t}: update() on {dtype} params on {device} gave state "
+                                         f"{', '.join(bad)}; create state with device=params.device, "
+                                         f"dtype=params.dtype (or *_like)")
+                if isinstance(u, Tensor) and (u.device, u.dtype) != (params.device, params.dtype):
+                    raise AssertionError(f"{name}: step {t}: update() on {dtype} params on {device} gave updates "
+                                         f"{u.dtype} on {u.device}")
+                params = params + u
+
+
 OPTIMIZER_CHECKS: tuple[Callable, ...] = (
-    check_state_structure, check_inputs_unchanged, check_updates_finite, check_deterministic,
-    check_permutation_equivariant, check_coordinates_independent, check_batched_equals_rows, check_zero_grad,
-    check_descent_on_quadratic, check_uses_groups,
+    check_state_structure, check_inputs_unchanged, check_interleaved_runs, check_updates_finite,
+    check_deterministic, check_permutation_equivariant, check_coordinates_independent, check_batched_equals_rows,
+    check_zero_grad, check_dtypes_agree, check_state_on_device, check_descent_on_quadratic, check_uses_groups,
 )
 

@@ -9,6 +9,8 @@ on every machine.
 """
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,26 +25,92 @@ from . import strategies as lst
 DEFAULT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 
 
+#: The name of the check now running, for the messages of errors raised inside it.
+_RUNNING: contextvars.ContextVar[str] = contextvars.ContextVar("l2obench_running_check", default="check")
+
+
+class CallError(Exception):
+    """An optimizer's ``init`` or ``update`` raised: the message says which and what."""
+
+
+def raised_text(exc: BaseException) -> str:
+    """``IndexError: message`` on one line, at most 300 characters."""
+    if isinstance(exc, CallError):
+        return str(exc)
+    detail = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {detail[:300]}" if detail else type(exc).__name__
+
+
+def guarded(opt: Optimizer) -> Optimizer:
+    """``opt`` whose ``init`` and ``update`` raise :class:`CallError` naming the call
+    (``update() raised IndexError: ...``) instead of the bare exception."""
+    if getattr(opt.update, "_l2obench_guarded", False):
+        return opt
+
+    def wrap(fn: Callable, what: str) -> Callable:
+        @functools.wraps(fn)
+        def call(*args):
+            try:
+                return fn(*args)
+            except (AssertionError, CallError):
+                raise
+            except Exception as exc:
+                raise CallError(f"{what}() raised {raised_text(exc)}") from exc
+
+        call._l2obench_guarded = True
+        return call
+
+    return dataclasses.replace(opt, init=wrap(opt.init, "init"), update=wrap(opt.update, "update"))
+
+
 def kit_property(max_examples: int = 20):
     """``@given`` settings of the kit: few examples, no deadline, derandomized (the
     same examples on every run, so CI verdicts are stable), no example database,
-    and no explain phase (it reruns a failure hundreds of times to annotate it)."""
-    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck), print_blob=False,
-                    phases=(Phase.explicit, Phase.generate, Phase.shrink))
+    no explain phase (it reruns a failure hundreds of times to annotate it), and one
+    failure reported (not an ``ExceptionGroup``).  An error raised inside the property
+    becomes the check's one-line ``AssertionError`` with the shrunk example."""
+    kit_settings = settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
+                            suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False,
+                            phases=(Phase.explicit, Phase.generate, Phase.shrink))
+
+    def apply(test: Callable) -> Callable:
+        test = kit_settings(test)
+        inner = test.hypothesis.inner_test
+
+        @functools.wraps(inner)
+        def reporting(*args, **kwargs):
+            try:
+                return inner(*args, **kwargs)
+            except AssertionError:
+                raise
+            except Exception as exc:
+                raise AssertionError(f"{_RUNNING.get()}: {raised_text(exc)} "
+                                     f"(shrunk example: {_describe(*args, **kwargs)})") from None
+
+        test.hypothesis.inner_test = reporting
+        return test
+
+    return apply
 
 
 def kit_check(check: Callable) -> Callable:
-    """Run ``check`` on one CPU thread: its tensors are tiny, and on a loaded
-    machine torch's thread pool costs a hundred times the arithmetic."""
+    """Run ``check`` on one CPU thread (its tensors are tiny, and on a loaded machine
+    torch's thread pool costs a hundred times the arithmetic), with an optimizer's
+    calls guarded, so an error inside it reads ``check_x: update() raised ...``."""
 
     @functools.wraps(check)
     def run(obj, *args, **kwargs):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        token = _RUNNING.set(check.__name__)
         try:
-            return check(obj, *args, **kwargs)
+            return check(guarded(obj) if isinstance(obj, Optimizer) else obj, *args, **kwargs)
+        except AssertionError:
+            raise
+        except Exception as exc:
+            raise AssertionError(f"{check.__name__}: {raised_text(exc)}") from None
         finally:
+            _RUNNING.reset(token)
             torch.set_num_threads(threads)
 
     return run
@@ -71,7 +139,10 @@ def run_on_built(check: Callable, build: Callable[[Any], tuple[Optimizer, dict]]
 
     @functools.wraps(check)
     def built_check(obj: Any) -> None:
-        opt, options = build(obj)
+        try:
+            opt, options = build(obj)
+        except Exception as exc:
+            raise AssertionError(f"{check.__name__}: building {what} raised {raised_text(exc)}") from None
         with torch.no_grad():
             check(opt, **options)
 
@@ -87,16 +158,19 @@ def tensor_text(t: Tensor) -> str:
     return f"tensor({t.detach().cpu().tolist()}, dtype={str(t.dtype).removeprefix('torch.')})"
 
 
-def _describe(**values: Any) -> str:
-    parts = []
-    for name, v in values.items():
-        if isinstance(v, Tensor):
-            parts.append(f"{name}={tensor_text(v)}")
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, Tensor) for x in v):
-            parts.append(f"{name}=[{', '.join(tensor_text(x) for x in v)}]")
-        else:
-            parts.append(f"{name}={v!r}")
-    return "; ".join(parts)
+def value_text(v: Any) -> str:
+    """A drawn value as text: tensors with their values and dtype, lists and tuples of them."""
+    if isinstance(v, Tensor):
+        return tensor_text(v)
+    if isinstance(v, list):
+        return f"[{', '.join(value_text(x) for x in v)}]"
+    if isinstance(v, tuple):
+        return f"({', '.join(value_text(x) for x in v)})"
+    return repr(v)
+
+
+def _describe(*positional: Any, **values: Any) -> str:
+    return "; ".join([value_text(v) for v in positional] + [f"{name}={value_text(v)}" for name, v in values.items()])
 
 
 def fail(check: str, what: str, **example: Any) -> None:
@@ -138,6 +212,22 @@ def identical(a: Tensor, b: Tensor) -> bool:
 
 
 # -- running an optimizer --------------------------------------------------------------
+
+
+def smoke_test(opt: Optimizer, dtype: torch.dtype = torch.float32) -> str | None:
+    """What every check needs: ``init`` and one ``update`` on a small ``(2, 3)``
+    problem.  ``None`` if they run, else one line saying which call raised what."""
+    params = torch.linspace(-1.0, 1.0, 6, dtype=dtype).reshape(2, 3)
+    grads = torch.linspace(0.5, -0.5, 6, dtype=dtype).reshape(2, 3)
+    try:
+        with torch.no_grad():
+            state = guarded(opt).init(params.clone())
+            guarded(opt).update(grads, state, params.clone())
+    except (CallError, AssertionError) as exc:
+        return f"{exc} on params {tensor_text(params)}, grads {tensor_text(grads)}"
+    except Exception as exc:  # pragma: no cover - guarded() turns these into CallError
+        return raised_text(exc)
+    return None
 
 
 def run_steps(opt: Optimizer, params: Tensor, grads: Sequence[Tensor]) -> tuple[list[Tensor], list[dict]]:

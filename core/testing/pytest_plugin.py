@@ -6,7 +6,8 @@ It offers a plugin package's test suite two things:
 - ``pytest --l2obench-conformance=DIST`` collects one test per object and
   check for every optimizer, learned optimizer and task family that the
   distribution ``DIST`` registers (``all`` for every installed one); the option
-  repeats.  Ids read ``l2obench[DIST]::NAME-CHECK``, for instance
+  repeats.  ``DIST`` is spelled as ``L2OBENCH_PLUGINS`` spells it: case and
+  ``-_.`` do not matter, and a plugin's entry-point name works too.  Ids read ``l2obench[DIST]::NAME-CHECK``, for instance
   ``l2obench[my-plugin]::myopt-check_zero_grad``.  Known failures are listed
   in the ini option ``l2obench_expected_failures``, one ``NAME-CHECK: reason``
   a line, and run as ``xfail(strict=True)``.
@@ -73,11 +74,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     from .conformance import checks_for, registered_objects
 
     expected = _expected(config)
+    registry = _registry()
     for dist in dists:
-        objects = registered_objects(distribution=None if dist == "all" else dist)
+        found = None if dist == "all" else _distribution(registry, dist)
+        objects = registered_objects(distribution=found, registry=registry) if dist == "all" or found else {}
         if not objects:
-            raise pytest.UsageError(f"{OPTION}={dist}: the distribution registers no optimizer, learned "
-                                    f"optimizer or task family; is it installed and spelled as in 'l2obench list'?")
+            raise pytest.UsageError(f"{OPTION}={dist}: it registers no optimizer, learned optimizer or task family "
+                                    f"(installed: {', '.join(_installed(registry))}, or 'all')")
         for name, obj in objects.items():
             for check in checks_for(obj):
                 test_id = f"{name}-{check.__name__}"
@@ -86,6 +89,39 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 if test_id in expected:
                     item.add_marker(pytest.mark.xfail(strict=True, reason=expected[test_id]))
                 items.append(item)
+
+
+def _registry():
+    """The plugin registry, or a one-line usage error if a plugin is broken."""
+    from ..errors import L2OError
+    from ..registry import get_registry
+
+    try:
+        return get_registry()
+    except L2OError as exc:
+        raise pytest.UsageError(f"{OPTION}: loading the l2obench plugins failed: {' '.join(str(exc).split())}") \
+            from None
+
+
+def _installed(registry) -> list[str]:
+    """The distributions that register something the kit checks, as ``dist (plugin, ...)``."""
+    plugins: dict[str, set[str]] = {}
+    for e in registry.all_entries():
+        if e.kind in ("optimizer", "learned", "task"):
+            plugins.setdefault(e.distribution, set()).add(e.plugin)
+    return [f"{d} (plugin {', '.join(sorted(p))})" for d, p in sorted(plugins.items())]
+
+
+def _distribution(registry, spelled: str) -> str | None:
+    """The distribution ``spelled`` names, as ``L2OBENCH_PLUGINS`` reads names: case
+    and runs of ``-_.`` folded, a distribution's or one of its plugins' (entry points') name."""
+    from ..registry import normalize
+
+    wanted = normalize(spelled)
+    for e in registry.all_entries():
+        if wanted in (normalize(e.distribution), normalize(e.plugin)):
+            return e.distribution
+    return None
 
 
 @pytest.fixture

@@ -34,15 +34,20 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 __all__ = [
-    "DTYPES", "MAGNITUDES", "dtypes", "shapes", "parameters", "gradients", "gradient_sequences",
+    "DTYPES", "MAGNITUDES", "SCALED", "dtypes", "shapes", "parameters", "gradients", "gradient_sequences",
     "log_uniform", "hyperparameters", "task_configs",
 ]
 
 #: The floating dtypes the kit draws (torch dtype -> numpy dtype).
 DTYPES: dict[torch.dtype, type] = {torch.float32: np.float32, torch.float64: np.float64}
 
-#: The gradient magnitude classes :func:`gradients` mixes, smallest first.
+#: The gradient magnitude classes :func:`gradients` mixes by default, smallest first.
 MAGNITUDES = ("zero", "subnormal", "tiny", "moderate", "huge")
+
+#: A further class, not mixed in by default: gradients of ordinary scale (1e-6 to 1e3),
+#: where float32 and float64 arithmetic agree to float32 rounding (no square overflows
+#: or underflows in float32), for comparing dtypes or a reference implementation.
+SCALED = "scaled"
 
 Shape = tuple[int, int]
 
@@ -104,10 +109,15 @@ def _magnitude(kind: str, dtype: torch.dtype) -> st.SearchStrategy[float]:
     if kind == "moderate":
         return log_uniform(1e-30, 1e30, dtype)
     if kind == "huge":
-        # Far above 1e30 but with headroom below the dtype's max, so a few steps of
-        # momentum-like accumulation cannot overflow on its own.
-        return log_uniform(1.01e30, 1e34 if dtype == torch.float32 else 1e200, dtype)
-    raise ValueError(f"unknown gradient magnitude {kind!r}; choose from {', '.join(MAGNITUDES)}")
+        # Far above 1e30, up to 1e34 (float32) or 1e300 (float64): a few steps of
+        # momentum-like accumulation stay below the dtype's max, but a square does not.
+        # The top few decades get half the draws, so overflow near the top is seen.
+        top = 1e34 if dtype == torch.float32 else 1e300
+        near_top = 1e32 if dtype == torch.float32 else 1e240
+        return st.one_of(log_uniform(1.01e30, near_top, dtype), log_uniform(near_top, top, dtype))
+    if kind == SCALED:
+        return log_uniform(1e-6, 1e3, dtype)
+    raise ValueError(f"unknown gradient magnitude {kind!r}; choose from {', '.join((*MAGNITUDES, SCALED))}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,10 +149,11 @@ def gradients(shape: Shape | st.SearchStrategy | None = None, dtype: torch.dtype
               magnitudes: tuple[str, ...] = MAGNITUDES) -> st.SearchStrategy[torch.Tensor]:
     """Finite gradient tensors ``(S, D)`` of mixed signs whose entries mix the
     ``magnitudes`` classes: exact zeros, subnormals, tiny (below 1e-30),
-    moderate (1e-30 to 1e30) and huge (above 1e30) values."""
+    moderate (1e-30 to 1e30) and huge (above 1e30: up to 1e34 in float32, 1e300
+    in float64) values; ``"scaled"`` (1e-6 to 1e3) on request."""
     for m in magnitudes:
-        if m not in MAGNITUDES:
-            raise ValueError(f"unknown gradient magnitude {m!r}; choose from {', '.join(MAGNITUDES)}")
+        if m not in (*MAGNITUDES, SCALED):
+            raise ValueError(f"unknown gradient magnitude {m!r}; choose from {', '.join((*MAGNITUDES, SCALED))}")
     return _drawn_tensor(shape, dtype, functools.partial(_grad_elements, magnitudes=tuple(magnitudes)))
 
 
