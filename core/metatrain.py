@@ -192,7 +192,7 @@ class MetaTrainResult:
         were kept.  Either way the learned optimizer is not a trained one."""
         if self.history and not any(math.isfinite(r["meta_loss"]) for r in self.history):
             return (f"no finite meta-loss in {len(self.history)} episodes (every one diverged); "
-                    f"lower lr or set clip")
+                    f"lower the meta learning rate lr={self.config.lr:g}")
         if self.best_epoch == 0 and len(self.validation) > 1:
             return (f"no validation loss better than the initialisation's ({self.validation[0]:.6g} at epoch 0), "
                     f"so the untrained meta-parameters were kept")
