@@ -7,7 +7,7 @@ from typing import Any
 
 from .stats import mean_ci
 
-__all__ = ["per_seed", "summarize"]
+__all__ = ["per_seed", "summarize", "failed_meta_training"]
 
 
 def per_seed(test) -> "Any":
@@ -95,3 +95,13 @@ def _paired_vs_best_baseline(seeds, table, metric: str) -> dict[int, tuple[float
             out[i] = (ci.mean, ci.low, ci.high)
     return out
 
+
+
+def failed_meta_training(manifest: dict[str, Any]):
+    """One row per learned optimizer whose meta-training failed in the last run (the
+    manifest's failures of ``meta-train NAME`` cells), with the reason."""
+    import pandas as pd
+
+    rows = [{"learned optimizer": f["cell"].split(" ", 1)[1], "reason": f["error"]}
+            for f in manifest.get("failures") or [] if str(f.get("cell", "")).startswith("meta-train ")]
+    return pd.DataFrame(rows, columns=["learned optimizer", "reason"])
