@@ -13,8 +13,8 @@ import concurrent.futures as cf
 from typing import TYPE_CHECKING, Any
 
 from .cells import Cell, CellKind, OptimizerKind, prefix_result, share_prefixes
-from .executor import Executor
 from .errors import MetaTrainingError
+from .executor import Executor
 from .work import progress_path, run_cell
 
 if TYPE_CHECKING:
@@ -53,8 +53,9 @@ class Scheduler:
                 self.in_flight[self.pool.submit(run_cell, cell.kind, cell.spec, self.runtime(cell))] = cell
 
     def runtime(self, cell: Cell) -> dict[str, Any]:
-        """What a worker needs besides the cell's spec: the executor's torch threads per cell
-        and, for a learned optimizer's test, the bytes of its checkpoint."""
+        """What a worker needs besides the cell's spec: the executor's torch threads per cell;
+        for a meta-train cell, the run directory (where it keeps its progress); for a learned
+        optimizer's test, the bytes of its checkpoint."""
         runtime: dict[str, Any] = {"threads": self.pool.threads}
         if cell.kind is CellKind.META_TRAIN:
             runtime["run_dir"] = str(self.runner.out)

@@ -4,7 +4,9 @@
 built-in process pool or Ray, or a third-party plugin's).  It does the worker's
 set-up itself (:func:`prepare_worker`), so an executor only has to call it, and
 everything it receives and returns is plain picklable data (a learned optimizer's
-checkpoint as bytes), so a worker needs no shared file system.
+checkpoint as bytes), so a worker needs no shared file system.  A meta-train cell also
+saves its progress in the run directory, to resume after a crash; a worker that cannot
+write there warns and trains on.
 """
 from __future__ import annotations
 
