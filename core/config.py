@@ -58,17 +58,19 @@ class MetaTrainConfig(pydantic.BaseModel):
 
     horizon: int = pydantic.Field(100, gt=0, description="optimizee steps per episode (T)")
     unroll: int = pydantic.Field(20, gt=0, description="steps per truncated-BPTT unroll (K)")
-    epochs: int = pydantic.Field(20, gt=0)
-    episodes_per_epoch: int = pydantic.Field(20, gt=0)
+    epochs: int = pydantic.Field(20, gt=0, description="epochs of meta-training")
+    episodes_per_epoch: int = pydantic.Field(20, gt=0, description="episodes (fresh optimizees) per epoch")
     meta_batch: int = pydantic.Field(1, gt=0, description="optimizees (seeds) per episode, batched")
     lr: float = pydantic.Field(1e-3, gt=0, description="Adam learning rate on the meta-parameters")
     clip: float | None = pydantic.Field(1.0, gt=0, description="meta-gradient norm clipping (None: off)")
-    weights: Union[str, Callable[[int, int], float]] = "ones"
-    second_order: bool = False
+    weights: Union[str, Callable[[int, int], float]] = pydantic.Field(
+        "ones", description="loss weights w_t of Eq. 3 (ones, as in the paper)")
+    second_order: bool = pydantic.Field(False, description="keep second derivatives")
     validate_every: int = pydantic.Field(1, gt=0, description="epochs between validations")
-    validation_seeds: int = pydantic.Field(8, ge=0)
-    seed: int = pydantic.Field(0, ge=0, description="seed of the initial meta-parameters and the optimizees drawn")
-    time_limit_s: float | None = pydantic.Field(None, gt=0)
+    validation_seeds: int = pydantic.Field(8, ge=0, description="validation optimizees for early stopping; "
+                                                              "0 turns it off")
+    seed: int = pydantic.Field(0, ge=0, description="seed of the initial meta-parameters and of the optimizees drawn")
+    time_limit_s: float | None = pydantic.Field(None, gt=0, description="stop training after this many seconds")
 
     @pydantic.field_validator("weights")
     @classmethod

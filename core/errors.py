@@ -23,6 +23,11 @@ class DataError(L2OError):
     """A data set file is missing or corrupted."""
 
 
+class MetaTrainingError(L2OError):
+    """A meta-training produced no trained optimizer (no finite meta-loss, or nothing better
+    than its initialisation on the validation tasks)."""
+
+
 class L2OWarning(UserWarning):
     """Something l2obench works around (e.g. running without its compiled kernel)."""
 

@@ -25,16 +25,21 @@ the real losses are backpropagated.
 """
 from __future__ import annotations
 
+import io
 import math
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from .atomic import atomic_write_bytes
 from .config import VALIDATION_SEED_BASE, WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
-from .errors import ConfigError
+from .errors import ConfigError, L2OWarning
 from .evaluate import check_updates, loss_and_grad, run as evaluate_run
 from .learned import LearnedOptimizer
 from .optimizer import Optimizer, State
@@ -183,6 +188,19 @@ class MetaTrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def failure(self) -> str | None:
+        """Why this meta-training failed, or ``None``: no episode gave a finite meta-loss, or
+        no validation beat the initialisation's (epoch 0), so the untrained meta-parameters
+        were kept.  Either way the learned optimizer is not a trained one."""
+        if self.history and not any(math.isfinite(r["meta_loss"]) for r in self.history):
+            return (f"no finite meta-loss in {len(self.history)} episodes (every one diverged); "
+                    f"lower the meta learning rate lr={self.config.lr:g}")
+        if self.best_epoch == 0 and len(self.validation) > 1:
+            return (f"no validation loss better than the initialisation's ({self.validation[0]:.6g} at epoch 0), "
+                    f"so the untrained meta-parameters were kept")
+        return None
+
+    @property
     def steps_per_s(self) -> float:
         """Meta-training throughput: optimizee steps (seeds x steps) per second of training."""
         return self.optimizee_steps / self.train_s if self.train_s > 0 else math.nan
@@ -251,6 +269,7 @@ def meta_train(
     progress: bool = True,
     validation_task: Task | Sequence[Task] | None = None,
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    progress_file: str | os.PathLike | None = None,
 ) -> MetaTrainResult:
     """Meta-train ``lopt`` in place on ``task`` and return the training record.
 
@@ -264,6 +283,13 @@ def meta_train(
     A non-finite meta-loss or meta-gradient is counted, not learned from, and
     the episode ends (the next starts from a fresh optimizee).  ``callback(row)``
     runs after each episode; returning ``True`` stops training.
+
+    With ``progress_file`` the whole training state (meta-parameters, Adam's state,
+    the best-so-far, counters, history, every generator's state, elapsed time) is
+    saved there atomically at the end of every epoch, and a file already there is
+    resumed from: an interrupted run loses at most the epoch it was in, and its
+    result and meta-parameters are bit for bit those of an uninterrupted run
+    (unless ``time_limit_s`` stopped it).  The caller removes the file when done.
     """
     config = _as_config(config)
     if config.second_order and not lopt.capabilities.second_derivatives:
@@ -303,20 +329,53 @@ def meta_train(
             best_state = {k: v.detach().clone() for k, v in lopt.state_dict().items()}
         return val
 
-    if validate:
-        run_validation(0)
-
     history: list[dict[str, Any]] = []
     skipped_total = 0
     optimizee_steps = 0
     stopped = "completed"
+    first_epoch = 1
+    saved = _read_progress(progress_file, config) if progress_file is not None else None
+    if saved is not None:
+        lopt.load_state_dict(saved["lopt"])
+        meta_opt.load_state_dict(saved["meta_opt"])
+        best_state, best_epoch, best_val = saved["best_state"], saved["best_epoch"], saved["best_val"]
+        validation.update(saved["validation"])
+        history = saved["history"]
+        skipped_total, optimizee_steps, stopped = saved["skipped"], saved["optimizee_steps"], saved["stopped"]
+        first_epoch = saved["epoch"] + 1
+        started -= saved["elapsed_s"]
+        val_s = saved["val_s"]
+        _set_generator_states(saved["generators"], rng, device)
+    elif validate:
+        run_validation(0)  # the initialisation's: what training has to beat
+
+    def save_progress(epoch: int) -> None:
+        if progress_file is None:
+            return
+        state = {"format": PROGRESS_FORMAT, "config": _json_config(config), "epoch": epoch,
+                 "lopt": lopt.state_dict(), "meta_opt": meta_opt.state_dict(), "best_state": best_state,
+                 "best_epoch": best_epoch, "best_val": best_val, "validation": dict(validation),
+                 "history": history, "skipped": skipped_total, "optimizee_steps": optimizee_steps,
+                 "stopped": stopped, "elapsed_s": time.perf_counter() - started, "val_s": val_s,
+                 "generators": _generator_states(rng, device)}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        try:
+            atomic_write_bytes(Path(progress_file), buffer.getvalue())
+        except OSError as exc:  # not worth losing the training for: it goes on, unsaved
+            warnings.warn(f"cannot save meta-training progress to {progress_file} "
+                          f"({exc.strerror or exc}); training goes on without it", L2OWarning, stacklevel=3)
+
     total = config.epochs * config.episodes_per_epoch
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, disable=not progress, desc="meta-train", unit="episode", dynamic_ncols=True)
-    last_val = validation.get(0)
+    bar = tqdm(total=total, initial=len(history), disable=not progress, desc="meta-train", unit="episode",
+               dynamic_ncols=True)
+    last_val = validation[max(validation)] if validation else None
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first_epoch, config.epochs + 1):
+            if stopped != "completed":
+                break
             for episode in range(config.episodes_per_epoch):
                 seeds = torch.randint(TRAIN_SEED_LOW, _SEED_HIGH, (config.meta_batch,), generator=rng).tolist()
                 episode_task = lopt.task_transform(draw_task(rng), rng)
@@ -343,8 +402,7 @@ def meta_train(
                     if validate and row["val_loss"] is None:
                         row["val_loss"] = run_validation(epoch)
                     break
-            if stopped != "completed":
-                break
+            save_progress(epoch)
     finally:
         bar.close()
 
@@ -353,6 +411,53 @@ def meta_train(
     wall = time.perf_counter() - started
     return MetaTrainResult(history, validation, best_epoch, best_val, skipped_total, wall,
                            wall - val_s, optimizee_steps, config, stopped)
+
+
+#: What a progress file of :func:`meta_train` says it is.
+PROGRESS_FORMAT = "l2obench-meta-train-progress/1"
+
+
+def _json_config(config: MetaTrainConfig) -> str:
+    import json
+
+    return json.dumps(config.describe(), sort_keys=True, default=str)
+
+
+def _generator_states(rng: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    """Every random stream meta-training draws from: its own generator and torch's global ones."""
+    states = {"meta_train": rng.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_generator_states(states: Mapping[str, Tensor], rng: torch.Generator, device: torch.device) -> None:
+    rng.set_state(states["meta_train"])
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _read_progress(path: str | os.PathLike, config: MetaTrainConfig) -> dict[str, Any] | None:
+    """The saved training state at ``path``, or ``None`` if there is none; one that cannot
+    be read is set aside with a warning (training starts over), and one saved for another
+    config is refused in one line."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or saved.get("format") != PROGRESS_FORMAT:
+            raise ValueError(f"not a {PROGRESS_FORMAT} file")
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(f"meta-training progress {path} is unreadable ({reason}); starting over", L2OWarning,
+                      stacklevel=3)
+        return None
+    if saved["config"] != _json_config(config):
+        raise ConfigError(f"meta-training progress {path} was saved for another meta-train config; "
+                          f"delete it to start over")
+    return saved
 
 
 def _episode(lopt, task: Task, seeds: list[int], spans, weights, meta_opt, meta_params,

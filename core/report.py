@@ -25,7 +25,7 @@ from . import store
 from .report_figures import curves_figure, heatmap_figure, meta_train_figure, palette_for, plotting
 from .report_render import (Block, ci_text, fmt, loss_text, paired_text, render_html, render_markdown, seeds_text,
                             slug)
-from .report_tables import missing_cells, per_seed, summarize
+from .report_tables import failed_meta_training, missing_cells, per_seed, summarize
 
 __all__ = ["write_report", "plotting", "per_seed", "summarize", "curves_figure", "heatmap_figure",
            "meta_train_figure", "Block", "render_markdown", "render_html"]
@@ -151,6 +151,11 @@ def write_report(directory: str | Path) -> dict[str, Path]:
         blocks.append(Block("table", pd.DataFrame(rows)))
 
     blocks.append(Block("h2", "Diverged runs"))
+    failed = failed_meta_training(manifest)
+    if len(failed):
+        blocks.append(Block("p", "Meta-training failed (no finite meta-loss, or no validation loss better than "
+                                 "the initialisation's), so these learned optimizers were not tested:"))
+        blocks.append(Block("table", failed))
     div = df[(df["status"] == "diverged") & (df["metric"] == "loss")] if len(df) else df
     if len(div):
         first = div.groupby(["kind", "cell_id", "seed"], sort=False)["diverged_step"].first().reset_index()
@@ -163,7 +168,7 @@ def write_report(directory: str | Path) -> dict[str, Path]:
         blocks.append(Block("table", agg.rename(columns={"seeds": "diverged seeds", "first_step": "first step",
                                                           "seed_list": "seeds"})))
     else:
-        blocks.append(Block("p", "No run diverged."))
+        blocks.append(Block("p", "No test or tuning run diverged." if len(failed) else "No run diverged."))
 
     paths = {"markdown": directory / "REPORT.md", "html": directory / "index.html",
              "summary": directory / "summary.csv", "figures": figures}

@@ -8,7 +8,7 @@ from typing import Any
 
 from .stats import mean_ci
 
-__all__ = ["per_seed", "summarize", "SUMMARY_COLUMNS", "missing_cells"]
+__all__ = ["per_seed", "summarize", "SUMMARY_COLUMNS", "missing_cells", "failed_meta_training"]
 
 #: The columns of :func:`summarize`'s table (summary.csv), also when it has no rows.
 SUMMARY_COLUMNS = [
@@ -181,3 +181,13 @@ def _why_missing(failures: list[tuple[str, str]], name: str, task: str, horizon:
         if cell_id.startswith("tune ") and opt == name and rest[:1] == [task]:
             return {"state": "failed", "reason": f"its tuning failed ({cell_id}): {error}"}
     return {"state": "missing", "reason": "not run yet (rerun `l2obench run` to finish the suite)"}
+
+
+def failed_meta_training(manifest: dict[str, Any]):
+    """One row per learned optimizer whose meta-training failed in the last run (the
+    manifest's failures of ``meta-train NAME`` cells), with the reason."""
+    import pandas as pd
+
+    rows = [{"learned optimizer": f["cell"].split(" ", 1)[1], "reason": f["error"]}
+            for f in manifest.get("failures") or [] if str(f.get("cell", "")).startswith("meta-train ")]
+    return pd.DataFrame(rows, columns=["learned optimizer", "reason"])

@@ -13,8 +13,9 @@ import concurrent.futures as cf
 from typing import TYPE_CHECKING, Any
 
 from .cells import Cell, CellKind, OptimizerKind, prefix_result, share_prefixes
+from .errors import MetaTrainingError
 from .executor import Executor
-from .work import run_cell
+from .work import progress_path, run_cell
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -52,9 +53,12 @@ class Scheduler:
                 self.in_flight[self.pool.submit(run_cell, cell.kind, cell.spec, self.runtime(cell))] = cell
 
     def runtime(self, cell: Cell) -> dict[str, Any]:
-        """What a worker needs besides the cell's spec: the executor's torch threads per cell
-        and, for a learned optimizer's test, the bytes of its checkpoint."""
+        """What a worker needs besides the cell's spec: the executor's torch threads per cell;
+        for a meta-train cell, the run directory (where it keeps its progress); for a learned
+        optimizer's test, the bytes of its checkpoint."""
         runtime: dict[str, Any] = {"threads": self.pool.threads}
+        if cell.kind is CellKind.META_TRAIN:
+            runtime["run_dir"] = str(self.runner.out)
         if cell.kind is CellKind.TEST and cell.spec["optimizer"]["kind"] == OptimizerKind.LEARNED:
             runtime["checkpoint"] = self.runner.checkpoint_bytes(cell.spec["optimizer"]["name"])
         return runtime
@@ -67,10 +71,18 @@ class Scheduler:
             result = future.result()
         except Exception as exc:  # a bug or a bad plugin: report, keep going
             self.failures += [(c.id, _one_line(exc)) for c in [*shorter, cell]]
+            if cell.kind is CellKind.META_TRAIN:  # its tests cannot run: say why
+                name = cell.spec["name"]
+                reason = (str(exc) if isinstance(exc, MetaTrainingError)
+                          else f"meta-training of {name} failed: {_one_line(exc)}")
+                self.failures += [(c.id, reason) for c in self.runner.plan.learned_tests
+                                  if name in c.needs and c.key not in self.runner.done]
         else:
             for c in shorter:
                 self.runner.finish(c, prefix_result(result, c.spec["horizon"]))
             unlocked = self.runner.finish(cell, result)
+            if cell.kind is CellKind.META_TRAIN:  # written: its progress is no longer needed
+                progress_path(self.runner.out, cell.key).unlink(missing_ok=True)
             self.compute.append(tuple(result["compute"]))
             self.ran += 1 + len(shorter)
             self.bar.set_description_str(_short(cell.id), refresh=False)

@@ -4,14 +4,18 @@
 built-in process pool or Ray, or a third-party plugin's).  It does the worker's
 set-up itself (:func:`prepare_worker`), so an executor only has to call it, and
 everything it receives and returns is plain picklable data (a learned optimizer's
-checkpoint as bytes), so a worker needs no shared file system.
+checkpoint as bytes), so a worker needs no shared file system.  A meta-train cell also
+saves its progress in the run directory, to resume after a crash; a worker that cannot
+write there warns and trains on.
 """
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
-from .cells import CellKind, OptimizerKind
+from .cells import CellKind, OptimizerKind, cell_key
 
 
 def prepare_worker(threads: int | None = None) -> None:
@@ -36,16 +40,28 @@ def run_cell(kind: CellKind, spec: dict[str, Any], runtime: dict[str, Any]) -> d
     """Run one cell and return its raw results as plain data (``wall_time`` included).
 
     ``runtime`` carries what is not part of the cell's identity: ``threads``, the
-    executor's torch threads per cell, and ``checkpoint``, the bytes of a learned
-    optimizer's checkpoint for a test cell."""
+    executor's torch threads per cell; ``checkpoint``, the bytes of a learned
+    optimizer's checkpoint for a test cell; ``run_dir``, the run directory, where a
+    meta-train cell keeps its progress (:func:`progress_path`)."""
     prepare_worker(runtime.get("threads"))
     started = time.time()
     if CellKind(kind) is CellKind.META_TRAIN:
-        out = run_meta_training(spec)
+        run_dir = runtime.get("run_dir")
+        out = run_meta_training(spec, progress_path(run_dir, cell_key(kind, spec)) if run_dir else None)
     else:
         out = run_evaluation(spec, runtime)
     out["wall_time"] = time.time() - started
     return out
+
+
+#: The folder of a run directory where meta-train cells keep their progress while they run.
+PROGRESS = "progress"
+
+
+def progress_path(run_dir: str | os.PathLike, key: str) -> Path:
+    """Where the meta-train cell ``key`` of the run in ``run_dir`` saves its progress
+    (:func:`l2obench.metatrain.meta_train`'s ``progress_file``) until it is written."""
+    return Path(run_dir) / PROGRESS / f"{key}.pt"
 
 
 def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
@@ -71,10 +87,16 @@ def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, A
             "compute": (t0, t1), "checkpoint": resolved.checkpoint.content_hash if resolved.checkpoint else ""}
 
 
-def run_meta_training(spec: dict[str, Any]) -> dict[str, Any]:
+def run_meta_training(spec: dict[str, Any], progress_file: str | os.PathLike | None = None) -> dict[str, Any]:
     """A meta-train cell: the learned optimizer meta-trained from the config's seed, returned
-    as checkpoint bytes with its meta-loss history and validation losses."""
+    as checkpoint bytes with its meta-loss history and validation losses.
+
+    With ``progress_file`` the training resumes from there and saves there every epoch
+    (whoever writes the result removes it).  A meta-training that produced no trained
+    optimizer raises :class:`~l2obench.errors.MetaTrainingError`, so its untrained
+    initialisation is never tested as if trained."""
     from .checkpoint import checkpoint_bytes
+    from .errors import MetaTrainingError
     from .metatrain import MetaTrainConfig, meta_train
     from .registry import get_registry
     from .resolve import learned_optimizer
@@ -84,9 +106,15 @@ def run_meta_training(spec: dict[str, Any]) -> dict[str, Any]:
     # the initial meta-parameters too: the same seed, the same optimizer
     lopt = learned_optimizer(spec["plugin"], spec["params"], seed=config.seed, registry=reg)
     task = reg.task(spec["task"]["family"], **spec["task"]["config"])
+    if progress_file is not None:  # what a write killed halfway left behind
+        progress_file = Path(progress_file)
+        for leftover in progress_file.parent.glob(f".{progress_file.name}.tmp-*"):
+            leftover.unlink(missing_ok=True)
     t0 = time.time()
-    result = meta_train(lopt, task, config, device=spec["device"], progress=False)
+    result = meta_train(lopt, task, config, device=spec["device"], progress=False, progress_file=progress_file)
     t1 = time.time()
+    if result.failure is not None:
+        raise MetaTrainingError(f"meta-training of {spec['name']} failed: {result.failure}")
     training = {"suite_cell": spec["name"], "task": spec["task"], "config": config.describe(),
                 "best_epoch": result.best_epoch, "best_val": result.best_val, "skipped": result.skipped,
                 "stopped": result.stopped, "optimizee_steps": result.optimizee_steps}

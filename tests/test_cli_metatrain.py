@@ -151,3 +151,60 @@ def test_one_device_check_for_every_command(name, match, capsys, tmp_path, monke
                  TRAIN + ["--out", "x.safetensors"], ["run", "nowhere.toml", "--out", "out", "--dry-run"]):
         assert match in error_line(capsys, argv + ["--device", name])
     assert resolve_device("cpu").type == "cpu"
+
+
+# -- --out is checked before any training; a save that still fails keeps the checkpoint
+
+@pytest.mark.parametrize("out, match", [
+    ("/proc/x.safetensors", "cannot write in /proc"),
+    ("{tmp}/missing/x.safetensors", "does not exist"),
+    ("{tmp}/file/x.safetensors", "is not a directory"),
+    ("{tmp}", "expected a file name"),
+])
+def test_out_is_checked_before_training(capsys, tmp_path, monkeypatch, out, match):
+    (tmp_path / "file").write_text("")
+    trained = []
+    monkeypatch.setattr("l2obench.metatrain.meta_train", lambda *a, **k: trained.append(1))
+    err = error_line(capsys, TRAIN + ["--out", out.format(tmp=tmp_path)])
+    assert match in err and "--out" in err and not trained
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe is gone
+
+
+def test_a_save_that_fails_after_training_keeps_the_checkpoint_elsewhere(capsys, tmp_path, monkeypatch, registry):
+    import l2obench.checkpoint
+
+    out = tmp_path / "out" / "tiny.safetensors"
+    out.parent.mkdir()
+    (tmp_path / "tiny.safetensors").write_text("someone else's")
+    real = l2obench.checkpoint.atomic_write_bytes
+
+    def refuse_out(path, data):
+        if path.parent == out.parent:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(l2obench.checkpoint, "atomic_write_bytes", refuse_out)
+    monkeypatch.chdir(tmp_path)
+    err = error_line(capsys, TRAIN + ["--out", str(out)])
+    kept = tmp_path / "tiny-1.safetensors"
+    assert "No space left on device" in err and f"saved to {kept} instead" in err
+    assert (tmp_path / "tiny.safetensors").read_text() == "someone else's"
+    lopt, info = load_checkpoint(kept, registry)
+    assert info.training["task"] == "quadratic" and not out.exists()
+
+
+def test_a_failed_meta_training_writes_no_checkpoint(capsys, tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    err = error_line(capsys, TRAIN + ["--lr", "1e30", "--out", str(out)])
+    assert "meta-training failed:" in err and f"nothing was written to {out}" in err
+    assert not out.exists()
+
+
+def test_help_comes_from_the_config_field_descriptions(capsys):
+    from l2obench.config import MetaTrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["meta-train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, info in MetaTrainConfig.model_fields.items():
+        assert info.description and info.description.split(";")[0] in text, name

@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import typing
+from pathlib import Path
 
 from ..devices import resolve_device  # noqa: F401  (l2obench.commands.bench imports it from here)
 from ..errors import ConfigError
 
 #: option names that differ from the field's (``--time-limit`` reads better than ``--time-limit-s``)
 _FLAGS = {"time_limit_s": "--time-limit"}
-#: what --help says of a field that has no description in MetaTrainConfig
-_HELP = {
-    "epochs": "epochs of meta-training",
-    "episodes_per_epoch": "episodes (fresh optimizees) per epoch",
-    "weights": "loss weights w_t of Eq. 3 (ones, as in the paper)",
-    "second_order": "keep second derivatives",
-    "validation_seeds": "validation optimizees for early stopping; 0 turns it off",
-    "seed": "seed of the initial meta-parameters and of the optimizees drawn",
-    "time_limit_s": "stop training after this many seconds",
-}
 
 
 def add_parser(sub) -> None:
@@ -46,7 +38,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     for name, info in MetaTrainConfig.model_fields.items():
         flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
         default = info.get_default(call_default_factory=True)
-        text = info.description or _HELP.get(name, "")
+        text = info.description or ""
         kind = _plain_type(info.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=text)
@@ -97,6 +89,7 @@ def cmd_meta_train(args) -> int:
     from ..checkpoint import save_checkpoint
     from ..cli import parse_params
     from ..config import MetaTrainConfig
+    from ..errors import MetaTrainingError
     from ..metatrain import meta_train
     from ..registry import get_registry
     from ..resolve import learned_optimizer
@@ -109,12 +102,13 @@ def cmd_meta_train(args) -> int:
     task_config = family.validate(**parse_params(args.task_param, "--task-param"))
     config = MetaTrainConfig.from_params(**{name: getattr(args, name) for name in MetaTrainConfig.model_fields})
     device = resolve_device(args.device)
-    if str(args.out).endswith("/"):
-        raise ConfigError(f"--out {args.out!r}: expected a file name, e.g. lstm.safetensors")
+    check_writable(args.out)
 
     lopt = learned_optimizer(args.optimizer, hyper, seed=config.seed, registry=reg)
     task = family.task(task_config)
     result = meta_train(lopt, task, config, device=device, progress=not args.quiet)
+    if result.failure is not None:
+        raise MetaTrainingError(f"meta-training failed: {result.failure}; nothing was written to {args.out}")
     training = {
         "task": args.task,
         "task_config": task_config.model_dump(mode="json"),
@@ -128,7 +122,12 @@ def cmd_meta_train(args) -> int:
         "wall_s": round(result.wall_s, 3),
         "steps_per_s": round(result.steps_per_s, 3),
     }
-    digest = save_checkpoint(args.out, lopt, training, registry=reg)
+    try:
+        digest = save_checkpoint(args.out, lopt, training, registry=reg)
+    except OSError as exc:  # checked before training, yet it failed: keep the training somewhere
+        kept = _save_elsewhere(args.out, lopt, training, reg)
+        raise ConfigError(f"--out {args.out}: cannot write it ({exc.strerror or exc}); the checkpoint was "
+                          f"saved to {kept} instead") from None
     best = "off" if result.best_val is None else f"{result.best_val:.6g} (epoch {result.best_epoch})"
     print(f"saved {args.out} (sha256 {digest[:12]}): validation summed loss {best}, "
           f"{len(result.history)} episodes, {result.skipped} skipped, {result.wall_s:.1f} s, "
@@ -136,3 +135,53 @@ def cmd_meta_train(args) -> int:
     if result.best_val is not None and not math.isfinite(result.best_val):
         print("warning: every validated optimizer diverged on the validation tasks")
     return 0
+
+
+def check_writable(out: str) -> None:
+    """Refuse, before any training, an ``--out`` that cannot be written: a directory, a
+    missing parent, or one where a probe file cannot be created."""
+    path = Path(out)
+    if str(out).endswith("/") or path.is_dir():
+        raise ConfigError(f"--out {out!r}: expected a file name, e.g. lstm.safetensors")
+    parent = path.parent
+    if not parent.exists():
+        raise ConfigError(f"--out {out}: directory {parent} does not exist; create it or choose another path")
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is not a directory; choose another path")
+    probe = parent / f".{path.name}.probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"l2obench")
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write in {parent} ({exc.strerror or exc}); "
+                          f"choose another path") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
+def _save_elsewhere(out: str, lopt, training, registry) -> Path:
+    """Save the checkpoint that ``--out`` refused in the current directory, else in the
+    temporary directory, under a name that overwrites nothing; returns where."""
+    import tempfile
+
+    from ..checkpoint import save_checkpoint
+
+    name = Path(out).name or "checkpoint.safetensors"
+    stem, suffix = Path(name).stem, Path(name).suffix or ".safetensors"
+    last: OSError | None = None
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        candidate = folder / f"{stem}{suffix}"
+        n = 1
+        while candidate.exists():
+            candidate = folder / f"{stem}-{n}{suffix}"
+            n += 1
+        try:
+            save_checkpoint(candidate, lopt, training, registry=registry)
+            return candidate
+        except OSError as exc:
+            last = exc
+    raise ConfigError(f"--out {out}: cannot write it, nor a copy in the current or temporary directory "
+                      f"({last.strerror if last else ''}); the training is lost") from None
