@@ -333,7 +333,7 @@ def check_writable(directory: str | os.PathLike, where: str = "--out") -> None:
         probe.write_bytes(b"probe")
         probe.unlink()
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else exc.strerror or str(exc)
         raise ConfigError(f"{where} {str(directory)!r}: cannot write a run directory there ({reason}); "
                           f"give a directory path that can be created and written") from None
     finally:
