@@ -13,9 +13,12 @@ A suite expands to three kinds of cells (:class:`CellKind`):
 
 A cell's ``spec`` is everything that defines its result: its id, the full task config
 with defaults, all hyperparameters, seeds, split, horizon, device, the meta-training
-cell or checkpoint it uses, and the versions of the plugins involved.  Its ``key``, a
-hash of the spec, names its file in a run directory, so a rerun skips finished cells
-and editing a suite reruns only the cells whose definition changed.
+cell or checkpoint it uses, and the versions of the plugins involved; and its
+``provenance`` (:func:`with_provenance`): the source fingerprint of a
+plugin installed from a directory and any result-affecting switch turned off, absent
+when there is none.  Its ``key``, a hash of the spec, names its file in a run
+directory, so a rerun skips finished cells and editing a suite, a plugin's code or a
+switch reruns only the cells it changes.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from .suite import LearnedSpec, OptimizerSpec, TaskVariant
@@ -69,6 +72,61 @@ class Cell:
         return cell_key(self.kind, self.spec)
 
 
+def key_ingredients(cell: Cell) -> dict[str, Any]:
+    """What a cell's key is made of, apart: ``definition`` (a hash of the spec without its
+    provenance), ``sources`` and ``switches``; the manifest records them so that a later
+    run can say why a cell with the same id has another key."""
+    spec = dict(cell.spec)
+    provenance = spec.pop("provenance", {})
+    source = spec.get("optimizer", {}).get("source", "")
+    if source.startswith("meta-train:"):  # a learned test: its meta-training's key apart
+        spec["optimizer"] = {**spec["optimizer"], "source": "meta-train"}
+    return {"id": cell.id, "definition": cell_key(cell.kind, spec), "sources": provenance.get("sources", {}),
+            "switches": provenance.get("switches", {}), "meta_train": source.partition("meta-train:")[2]}
+
+
+def stale_reason(now: dict[str, Any], before: dict[str, Any]) -> str:
+    """Why a cell keyed by the ingredients ``now`` is not the one keyed by ``before``."""
+    from .env import RESULT_SWITCHES
+
+    reasons = []
+    if now.get("definition") != before.get("definition"):
+        reasons.append("definition changed")
+    if now.get("meta_train") != before.get("meta_train"):
+        reasons.append("its meta-training changed")
+    sources, old = now.get("sources", {}), before.get("sources", {})
+    changed = sorted(d for d in sources.keys() | old.keys() if sources.get(d) != old.get(d))
+    if changed:
+        reasons.append(f"plugin source changed ({', '.join(changed)})")
+    switches, old = now.get("switches", {}), before.get("switches", {})
+    for name in sorted(switches.keys() | old.keys()):
+        if switches.get(name, "on") != old.get(name, "on"):
+            what = RESULT_SWITCHES.get(name, name).split(" (")[0]
+            reasons.append(f"{what} changed ({name} {old.get(name, 'on')} -> {switches.get(name, 'on')})")
+    return "; ".join(reasons) or "key changed"
+
+
+def _origins(kind: CellKind, spec: dict[str, Any]) -> list[str]:
+    """The ``"distribution version"`` of the plugins a cell runs."""
+    return [spec["version"] if kind is CellKind.META_TRAIN else spec["optimizer"]["version"], spec["task"]["version"]]
+
+
+def with_provenance(cell: Cell, provenance: Optional[dict[str, Any]]) -> Cell:
+    """``cell`` with the part of ``provenance`` (:func:`l2obench.provenance.current`) that
+    concerns it in its spec: the source fingerprints of its plugins' distributions and the
+    switches turned off; a cell with neither is left as it is, so its key does not change."""
+    if not provenance:
+        return cell
+    from .provenance import distribution_of
+
+    spec = {k: v for k, v in cell.spec.items() if k != "provenance"}
+    sources = {d: provenance["sources"][d] for d in sorted({distribution_of(o) for o in _origins(cell.kind, spec)})
+               if d in provenance.get("sources", {})}
+    switches = provenance.get("switches", {})
+    extra = {**({"sources": sources} if sources else {}), **({"switches": dict(switches)} if switches else {})}
+    return Cell(cell.kind, cell.id, {**spec, "provenance": extra} if extra else spec, cell.needs)
+
+
 def task_spec(task: TaskVariant) -> dict[str, Any]:
     return {"id": task.id, "family": task.family, "config": task.config, "version": task.version}
 
@@ -86,20 +144,22 @@ def learned_spec(spec: LearnedSpec, source: str) -> dict[str, Any]:
 
 
 def evaluation_cell(kind: CellKind | str, optimizer: dict[str, Any], task: TaskVariant, horizon: int, split: str,
-                    seeds: list[int], device: str, needs: tuple[str, ...] = ()) -> Cell:
+                    seeds: list[int], device: str, needs: tuple[str, ...] = (),
+                    provenance: Optional[dict[str, Any]] = None) -> Cell:
     """A tune or test cell: ``optimizer`` (a :func:`baseline_spec` or :func:`learned_spec`)
-    on ``task`` for ``horizon`` steps, every seed in one batched run."""
+    on ``task`` for ``horizon`` steps, every seed in one batched run (see :func:`with_provenance`)."""
     kind = CellKind(kind)
     prefix = "tune " if kind is CellKind.TUNE else ""
     spec = {"optimizer": optimizer, "task": task_spec(task), "horizon": horizon, "split": split,
             "seeds": list(seeds), "device": device}
-    return Cell(kind, f"{prefix}{optimizer['id']} @ {task.id} @ T={horizon}", spec, needs)
+    return with_provenance(Cell(kind, f"{prefix}{optimizer['id']} @ {task.id} @ T={horizon}", spec, needs),
+                           provenance)
 
 
-def meta_train_cell(spec: LearnedSpec, device: str) -> Cell:
+def meta_train_cell(spec: LearnedSpec, device: str, provenance: Optional[dict[str, Any]] = None) -> Cell:
     body = {"name": spec.name, "plugin": spec.plugin, "params": spec.params, "version": spec.version,
             "task": task_spec(spec.task), "train": spec.train, "device": device}
-    return Cell(CellKind.META_TRAIN, f"meta-train {spec.name}", body)
+    return with_provenance(Cell(CellKind.META_TRAIN, f"meta-train {spec.name}", body), provenance)
 
 
 def share_prefixes(cells: list[Cell], done: set[str]) -> dict[str, list[Cell]]:

@@ -12,9 +12,12 @@ from .suite import Suite
 
 
 def started_manifest(suite: Suite, *, device: str, executor: str, workers: int, command: Optional[list[str]],
-                     started: float, cells: list[str], tuning: dict[str, Any]) -> dict[str, Any]:
-    """The manifest as a run starts (``status`` "running"): the suite, its variants and
-    seeds, the versions of everything involved, the host, the command, the cells."""
+                     started: float, cells: list[str], tuning: dict[str, Any],
+                     ingredients: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The manifest as a run starts (``status`` "running"): the suite (whose run directory
+    this is), its variants and seeds, the versions of everything involved, the host, the
+    command, the cells and what each cell's key is made of (``ingredients``, by key:
+    :func:`~l2obench.cells.key_ingredients`, so that a later run can say why a cell is stale)."""
     import torch
 
     from . import __version__
@@ -37,7 +40,7 @@ def started_manifest(suite: Suite, *, device: str, executor: str, workers: int, 
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "command": command if command is not None else sys.argv,
         "started": timestamp(started), "ended": None,
-        "cells": cells, "tuning": tuning,
+        "cells": cells, "tuning": tuning, "ingredients": ingredients or {},
     }
 
 

@@ -10,6 +10,7 @@ the baselines' once tuning has chosen their settings.  Entries that overlap shar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from .cells import Cell, CellKind, baseline_spec, evaluation_cell, learned_spec, meta_train_cell
 from .suite import Suite
@@ -39,12 +40,13 @@ class Plan:
         return [*self.meta.values(), *(c for g in self.groups.values() for c in g.cells), *self.learned_tests]
 
 
-def plan_suite(suite: Suite, device: str) -> Plan:
-    """The cells of ``suite`` run on ``device`` (its name as cells record it)."""
+def plan_suite(suite: Suite, device: str, provenance: Optional[dict[str, Any]] = None) -> Plan:
+    """The cells of ``suite`` run on ``device`` (its name as cells record it), keyed with
+    ``provenance`` too (:func:`l2obench.provenance.current`; the runner passes it)."""
     plan = Plan()
     for name, spec in suite.learned.items():
         if spec.train is not None:
-            cell = meta_train_cell(spec, device)
+            cell = meta_train_cell(spec, device, provenance)
             plan.meta[name] = cell
             plan.sources[name] = f"meta-train:{cell.key}"
         else:
@@ -61,7 +63,8 @@ def plan_suite(suite: Suite, device: str) -> Plan:
                 opt = learned_spec(suite.learned[name], plan.sources[name])
                 needs = (name,) if name in plan.meta else ()
                 for h in tv.horizons:
-                    cell = evaluation_cell(CellKind.TEST, opt, tv.task, h, "test", suite.test_seeds, device, needs)
+                    cell = evaluation_cell(CellKind.TEST, opt, tv.task, h, "test", suite.test_seeds, device, needs,
+                                           provenance)
                     if cell.key not in seen:
                         seen.add(cell.key)
                         plan.learned_tests.append(cell)
@@ -72,7 +75,7 @@ def plan_suite(suite: Suite, device: str) -> Plan:
             if group is None:
                 specs = suite.baselines[name]
                 cells = [evaluation_cell(CellKind.TUNE, baseline_spec(o), tv.task, hmax, "validation",
-                                         suite.validation_seeds, device) for o in specs]
+                                         suite.validation_seeds, device, provenance=provenance) for o in specs]
                 group = plan.groups[gkey] = TuneGroup(name, tv.task, hmax, specs, cells)
             for h in tv.horizons:
                 if h not in group.horizons:

@@ -15,6 +15,11 @@ its inputs are done (baselines' tests once tuning chose their settings:
 written at once and atomically, so a crash, Ctrl-C or SIGKILL loses only the cells
 in flight, and a rerun skips the finished ones.
 
+A run directory defends itself: it belongs to one suite (another is refused unless
+``force``), one run at a time writes into it (:func:`~l2obench.store.run_lock`), and a
+cell file counts as done only when it passes its checksum (a corrupt one is recomputed,
+with a warning).
+
 A run reports how its wall time was spent: the time during which at least one
 optimizer step (inside :func:`~l2obench.evaluate.run` or
 :func:`~l2obench.metatrain.meta_train`) was running, against the wall time since
@@ -23,18 +28,21 @@ scheduling, loading and writing.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from . import store
 from .atomic import atomic_write_bytes
-from .cells import Cell, CellKind, cell_key, evaluation_cell, meta_train_cell  # noqa: F401  (re-exported)
+from .cells import (Cell, CellKind, cell_key, evaluation_cell, key_ingredients, meta_train_cell,  # noqa: F401
+                    with_provenance)
 from .devices import resolve_device
-from .errors import L2OError
+from .errors import ConfigError, L2OError, L2OWarning
 from .executor import check_executor, default_workers, start_executor
 from .manifest import finished_manifest, started_manifest
 from .plan import plan_suite
@@ -68,15 +76,25 @@ class Runner:
     """A suite planned against a run directory: which cells are done there, which are
     left, and the run of those left on an executor.
 
-    ``device`` overrides the suite's (default ``cpu``); ``force`` counts nothing as done."""
+    ``device`` overrides the suite's (default ``cpu``); ``force`` counts nothing as done,
+    and lets a suite replace another's results in ``out``."""
 
     def __init__(self, suite: Suite, out: str | os.PathLike, *, device: Optional[str] = None, force: bool = False):
         self.suite = suite
         self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {str(self.out)!r} is a file, not a run directory; give a directory path")
         self.device = device or suite.model.suite.device or "cpu"
         resolve_device(self.device, "--device" if device else f"{suite.path}: suite.device")
         self.force = force
-        self.plan = plan_suite(suite, self.device)
+        self.previous = self._previous_manifest()
+        if not force:
+            self._check_owner()
+        from .provenance import current
+
+        self.provenance = current()
+        self.plan = plan_suite(suite, self.device, self.provenance)
+        self._unverified: set[str] = set()
         self.done: set[str] = set() if force else self._done_in_directory()
         self.losses: dict[str, Any] = {}  # tune cell key -> (seeds, steps) losses
         self.tuning: dict[str, Any] = {}  # the manifest's record of every choice
@@ -90,8 +108,31 @@ class Runner:
                 self._settle(gkey)
 
     # -- what the directory holds ---------------------------------------------------
+    def _previous_manifest(self) -> dict[str, Any]:
+        """The manifest of the last run into ``out`` (empty if none or unreadable: the run rewrites it)."""
+        if not (self.out / store.MANIFEST).exists():
+            return {}
+        try:
+            return store.read_manifest(self.out)
+        except L2OError:
+            return {}
+
+    def _check_owner(self) -> None:
+        """A run directory belongs to the suite that first ran into it."""
+        owner = self.previous.get("suite")
+        if owner is not None and owner != self.suite.name:
+            cells = len(self.previous.get("cells") or [])
+            raise ConfigError(
+                f"--out {str(self.out)!r} holds the results of suite {owner!r} ({cells} cells), not of "
+                f"{self.suite.name!r} ({self.suite.path}); give another --out, or --force to replace them")
+
     def _done_in_directory(self) -> set[str]:
-        done = store.done_keys(self.out)
+        """The keys of the finished cells whose files are whole (a corrupt one is recomputed).
+        Baseline test cells are known only once tuning is read back: theirs are verified then."""
+        on_disk = store.done_keys(self.out)
+        known = {c.key for c in self.plan.known_cells()}
+        self._unverified = on_disk - known
+        done = {k for k in sorted(on_disk & known) if self._whole(k)} | self._unverified
         for name, cell in self.plan.meta.items():
             if cell.key in done and not self._checkpoint_ok(name, cell):
                 done.discard(cell.key)
@@ -107,9 +148,17 @@ class Runner:
         try:
             frame = store.read_cell(self.out, cell.key, ["checkpoint"])
             _, info = read_checkpoint(path)
-        except (L2OError, OSError, ValueError):
+        except (L2OError, OSError, ValueError, store.CorruptFile):
             return False
         return len(frame) > 0 and info.content_hash == frame["checkpoint"].iloc[0]
+
+    def _whole(self, key: str) -> bool:
+        """Whether the file of cell ``key`` passes its checksum; if not, a warning says so."""
+        reason = store.verify_cell(self.out, key)
+        if reason is not None:
+            warnings.warn(f"{store.cell_path(self.out, key)}: corrupt cell file, {reason}; recomputing it",
+                          L2OWarning, stacklevel=4)
+        return reason is None
 
     def checkpoint_path(self, name: str) -> Path:
         """Where the meta-train cell of learned optimizer ``name`` keeps its checkpoint."""
@@ -153,11 +202,17 @@ class Runner:
         new = []
         for h, cell, record in tuned_tests(group, self.losses, self.suite.tune_rule, self.suite.test_seeds,
                                            self.device):
+            cell = with_provenance(cell, self.provenance)
+            if cell.key in self._unverified:
+                self._unverified.discard(cell.key)
+                if not self._whole(cell.key):
+                    self.done.discard(cell.key)
             self.chosen[(gkey, h)] = cell
             self.tuning[tuning_id(group, h)] = record
             new.append(cell)
         if self._manifest is not None:  # the manifest lists every cell known
-            self._manifest.update(cells=[c.key for c in self.all_known_cells()], tuning=self.tuning)
+            self._manifest.update(cells=[c.key for c in self.all_known_cells()], tuning=self.tuning,
+                                  ingredients=self.ingredients())
             store.write_manifest(self.out, self._manifest)
         return new
 
@@ -180,11 +235,31 @@ class Runner:
                     unlocked += self._settle(gkey)
         return unlocked
 
+    def ingredients(self) -> dict[str, dict[str, Any]]:
+        """What each known cell's key is made of (:func:`~l2obench.cells.key_ingredients`), by key."""
+        return {c.key: key_ingredients(c) for c in self.all_known_cells()}
+
+    def stale(self) -> dict[str, str]:
+        """Why a cell to run is not one the last run into ``out`` finished under the same id
+        (plugin source, kernel mode or definition changed), by key."""
+        from .cells import stale_reason
+
+        before = {i["id"]: (k, i) for k, i in (self.previous.get("ingredients") or {}).items()
+                  if isinstance(i, dict) and "id" in i}
+        on_disk = store.done_keys(self.out)
+        reasons = {}
+        for cell in self.all_known_cells():
+            old = before.get(cell.id)
+            if cell.key not in self.done and old is not None and old[0] != cell.key and old[0] in on_disk:
+                reasons[cell.key] = stale_reason(key_ingredients(cell), old[1])
+        return reasons
+
     def describe(self) -> list[str]:
         """One line per cell, in run order, with its state (for ``--dry-run``)."""
         from .cells import share_prefixes
 
         lines = []
+        stale = self.stale()
         read_from = {r.key: long for long, riders in
                      share_prefixes(self.plan.learned_tests + list(self.chosen.values()), self.done).items()
                      for r in riders}
@@ -193,6 +268,8 @@ class Runner:
             state = "done  " if cell.key in self.done else "to run"
             if cell.key in read_from:
                 note += f"  (read from the first {cell.spec['horizon']} steps of [{read_from[cell.key]}])"
+            if cell.key in stale:
+                note += f"  (stale: {stale[cell.key]})"
             lines.append(f"{state}  {cell.id}  [{cell.key}]{note}")
 
         for cell in self.plan.known_cells():
@@ -213,23 +290,51 @@ class Runner:
 
         ``pool`` is an executor already started (by :func:`~l2obench.executor.start_executor`,
         so its workers warm up while the suite is validated); it is shut down at the end.
-        ``started`` is when the wall-time clock started (default: now)."""
-        from tqdm.auto import tqdm
+        ``started`` is when the wall-time clock started (default: now).  Refused in one line,
+        before any work, when ``out`` cannot be written or another run holds it."""
+        with contextlib.ExitStack() as held:
+            try:
+                store.check_writable(self.out)
+                self.out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(store.run_lock(self.out))
+            except BaseException:
+                if pool is not None:
+                    pool.shutdown(cancel=True)
+                raise
+            return self._run(executor, workers, progress, stream, command, pool, started)
 
-        from .schedule import Scheduler
-
+    def _run(self, executor: str, workers: Optional[int], progress: bool, stream: Optional[TextIO],
+             command: Optional[list[str]], pool: Any, started: Optional[float]) -> RunSummary:
         workers = max(1, workers or default_workers())
         started = time.time() if started is None else started
         stream = sys.stdout if stream is None else stream
         done_before, to_run = self.count()
         print(f"{self.suite.name}: {done_before} cells done already, {to_run} to run"
               + (" (--force: recomputing all)" if self.force else ""), file=stream, flush=True)
-        self.out.mkdir(parents=True, exist_ok=True)
         store.remove_leftovers(self.out)
         self._manifest = started_manifest(self.suite, device=self.device, executor=executor, workers=workers,
                                           command=command, started=started,
-                                          cells=[c.key for c in self.all_known_cells()], tuning=self.tuning)
+                                          cells=[c.key for c in self.all_known_cells()], tuning=self.tuning,
+                                          ingredients=self.ingredients())
         store.write_manifest(self.out, self._manifest)
+        try:
+            return self._run_cells(executor, workers, progress, stream, pool, started, to_run, done_before)
+        except BaseException as exc:  # the manifest never stays "running" after the run
+            if self._manifest is not None:
+                keys = [c.key for c in self.all_known_cells()]
+                store.write_manifest(self.out, finished_manifest(
+                    self._manifest, complete=False, cells=keys, tuning=self.tuning,
+                    failures=[("(the run)", f"{type(exc).__name__}: {exc}".splitlines()[0])],
+                    timing={"wall_s": time.time() - started}))
+                self._manifest = None
+            raise
+
+    def _run_cells(self, executor: str, workers: int, progress: bool, stream: TextIO, pool: Any, started: float,
+                   to_run: int, done_before: int) -> RunSummary:
+        from tqdm.auto import tqdm
+
+        from .schedule import Scheduler
+
         failures: list[tuple[str, str]] = []
         compute: list[tuple[float, float]] = []
         ran = 0
@@ -258,6 +363,7 @@ class Runner:
                   "optimizer_steps_summed_s": summary.compute_sum_s, "outside_fraction": summary.outside_fraction,
                   "workers": workers, "cells_run": ran}
         complete = not failures and set(keys) <= store.done_keys(self.out)
+        self._manifest["ingredients"] = self.ingredients()
         store.write_manifest(self.out, finished_manifest(self._manifest, complete=complete, cells=keys,
                                                          tuning=self.tuning, failures=failures, timing=timing))
         self._manifest = None

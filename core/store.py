@@ -6,6 +6,12 @@ Layout of a run directory ``DIR``::
     DIR/cells/<key>.parquet  one file per finished cell, written atomically
     DIR/checkpoints/         meta-trained optimizers (safetensors)
     DIR/results.parquet      every cell of the suite in one file, written at the end
+    DIR/.lock                held by the ``l2obench run`` writing into DIR (its pid)
+
+Every parquet file carries a sha256 of its rows in its metadata (:data:`CHECKSUM`),
+and is verified when read (:func:`verify_cell`): a truncated, empty or garbled cell
+file is never trusted; the runner recomputes it and :func:`load_results` leaves it
+out, each with a one-line warning.
 
 A row is one (cell, seed, step, metric): ``loss`` rows for tuning (``kind =
 "tune"``, split validation) and test (``kind = "test"``) cells, ``meta_loss``
@@ -19,14 +25,18 @@ finished cell's rows against them.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .atomic import atomic_write_bytes
 from .cells import Cell, CellKind, OptimizerKind
+from .errors import ConfigError, L2OWarning
 
 #: The fixed columns of the results table, with what they hold.
 COLUMNS: dict[str, str] = {
@@ -61,6 +71,9 @@ CELLS = "cells"
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
+LOCK = ".lock"
+#: The key of a parquet file's metadata that holds the sha256 of its rows.
+CHECKSUM = b"l2obench.sha256"
 
 
 # -- the rows of a finished cell -----------------------------------------------------
@@ -151,37 +164,127 @@ def cell_path(directory: str | os.PathLike, key: str) -> Path:
     return Path(directory) / CELLS / f"{key}.parquet"
 
 
-def write_cell(directory: str | os.PathLike, key: str, frame) -> Path:
-    """Write one finished cell's rows atomically (tmp file + ``os.replace``)."""
+def _rows_digest(table) -> str:
+    """A sha256 of a table's rows: every column's name, type, nulls and values (its
+    metadata left out)."""
+    import numpy as np
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    for name, column in zip(table.column_names, table.columns):
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        digest.update(f"{name}\0{array.type}\0{len(array)}\0".encode())
+        if array.null_count:
+            digest.update(np.packbits(array.is_null().to_numpy(zero_copy_only=False)).tobytes())
+        kind = array.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+                or pa.types.is_large_binary(kind):
+            array = array.fill_null("" if not pa.types.is_binary(kind) else b"").cast(pa.large_binary())
+            offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset: array.offset + len(array) + 1]
+            data = array.buffers()[2]
+            digest.update((offsets - offsets[0]).tobytes())
+            if data is not None:
+                digest.update(memoryview(data)[offsets[0]: offsets[-1]])
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            digest.update(array.fill_null(False if pa.types.is_boolean(kind) else 0)
+                          .to_numpy(zero_copy_only=False).tobytes())
+        else:
+            digest.update(repr(array.to_pylist()).encode())
+    return digest.hexdigest()
+
+
+def _write_table(path: Path, table) -> None:
+    """Write ``table`` to ``path`` atomically (tmp file, fsync, ``os.replace``), with the
+    sha256 of its rows as read back in its metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = cell_path(directory, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    digest = _rows_digest(pq.read_table(pa.BufferReader(buffer.getvalue())))
+    table = table.replace_schema_metadata({**(_without_checksum(table).schema.metadata or {}),
+                                           CHECKSUM: digest.encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        pq.write_table(table, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class CorruptFile(Exception):
+    """A parquet file of a run directory that is unreadable or fails its checksum."""
+
+
+def read_verified(path: str | os.PathLike, columns: list[str] | None = None):
+    """The pyarrow Table in ``path`` once its rows match the checksum in its metadata (then
+    only ``columns``, if given); raises :class:`CorruptFile` saying what is wrong."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise CorruptFile("the file is empty")
+        table = pq.read_table(path)
+    except CorruptFile:
+        raise
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        text = str(exc).strip().splitlines()
+        raise CorruptFile(f"not a readable parquet file ({text[0] if text else type(exc).__name__})") from None
+    expected = (table.schema.metadata or {}).get(CHECKSUM)
+    if expected is None:
+        raise CorruptFile("it has no checksum (written by an older l2obench, or not by l2obench)")
+    table = _without_checksum(table)
+    if _rows_digest(table) != expected.decode():
+        raise CorruptFile("its rows do not match their checksum")
+    return table.select(columns) if columns is not None else table
+
+
+def _without_checksum(table):
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != CHECKSUM}
+    return table.replace_schema_metadata(metadata or None)
+
+
+def verify_cell(directory: str | os.PathLike, key: str) -> str | None:
+    """``None`` when the cell file of ``key`` is whole, else what is wrong with it."""
+    try:
+        read_verified(cell_path(directory, key))
+    except CorruptFile as exc:
+        return str(exc)
+    except FileNotFoundError:
+        return "the file is missing"
+    return None
+
+
+def warn_corrupt(path: Path, reason: str, action: str) -> None:
+    """The one-line warning about a corrupt file of a run directory."""
+    warnings.warn(f"{path}: corrupt cell file, {reason}; {action}", L2OWarning, stacklevel=3)
+
+
+def write_cell(directory: str | os.PathLike, key: str, frame) -> Path:
+    """Write one finished cell's rows atomically, with their checksum."""
+    import pyarrow as pa
+
+    path = cell_path(directory, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_table(path, pa.Table.from_pandas(frame, preserve_index=False))
     return path
 
 
 def read_cell(directory: str | os.PathLike, key: str, columns: list[str] | None = None):
-    import pandas as pd
-
-    return pd.read_parquet(cell_path(directory, key), columns=columns)
+    """A finished cell's rows as a DataFrame (verified: :class:`CorruptFile` if not whole)."""
+    return read_verified(cell_path(directory, key), columns).to_pandas()
 
 
 def read_losses(directory: str | os.PathLike, key: str):
     """``(seeds, steps)`` losses of a finished tune or test cell, seeds in the cell's order."""
     import numpy as np
-    import pyarrow.parquet as pq
 
-    table = pq.read_table(cell_path(directory, key), columns=["seed", "step", "loss"])
+    table = read_verified(cell_path(directory, key), ["seed", "step", "loss"])
     seed, step, loss = (table.column(c).to_numpy() for c in ("seed", "step", "loss"))
     seeds, rows = np.unique(seed, return_inverse=True)
     order = np.argsort(np.unique(seed, return_index=True)[1])  # first-appearance order
@@ -213,13 +316,67 @@ def remove_leftovers(directory: str | os.PathLike) -> int:
     return n
 
 
+def check_writable(directory: str | os.PathLike, where: str = "--out") -> None:
+    """Refuse, in one line, a run directory l2obench cannot create or write (a file, a path
+    under a file, a read-only or virtual file system): it is created, a probe file is
+    written and removed, and what this created is removed again."""
+    directory = Path(directory)
+    created = []
+    try:
+        for parent in [*reversed(directory.parents), directory]:
+            if not parent.exists():
+                parent.mkdir()
+                created.append(parent)
+            elif not parent.is_dir():
+                raise NotADirectoryError(f"{parent} is a file, not a directory")
+        probe = directory / f".l2obench-probe-{os.getpid()}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as exc:
+        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else exc.strerror or str(exc)
+        raise ConfigError(f"{where} {str(directory)!r}: cannot write a run directory there ({reason}); "
+                          f"give a directory path that can be created and written") from None
+    finally:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold ``DIR/.lock`` (an exclusive ``flock``, the holder's pid inside) while a run
+    writes into ``DIR``; a second run is refused in one line naming the holder.  The
+    lock of a process that died is released by the system, so it is simply taken over."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    path = Path(directory) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(f"--out {str(directory)!r} is in use by another `l2obench run` (pid {holder}); "
+                              f"wait for it to finish, or give another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
     atomic_write_bytes(Path(directory) / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    from .errors import ConfigError
-
     path = Path(directory) / MANIFEST
     try:
         return json.loads(path.read_text())
@@ -230,11 +387,19 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_cells(directory: Path, keys: Iterable[str]):
-    """The given finished cells as one pyarrow Table (columns missing in a cell are nulls)."""
+    """The given finished cells as one pyarrow Table (columns missing in a cell are nulls);
+    a corrupt cell file is left out with a warning, a missing one silently."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    tables = [pq.read_table(cell_path(directory, k)) for k in keys if cell_path(directory, k).exists()]
+    tables = []
+    for key in keys:
+        path = cell_path(directory, key)
+        if not path.exists():
+            continue
+        try:
+            tables.append(read_verified(path))
+        except CorruptFile as exc:
+            warn_corrupt(path, str(exc), "left out of the results (rerun `l2obench run` to recompute it)")
     if not tables:
         return pa.table({c: pa.array([], pa.null()) for c in COLUMNS})
     try:
@@ -263,17 +428,9 @@ def _as_text(table, names: set[str]):
 
 def combine(directory: str | os.PathLike, keys: Iterable[str]) -> int:
     """Concatenate the given cells into ``DIR/results.parquet`` (atomically); returns its rows."""
-    import pyarrow.parquet as pq
-
     directory = Path(directory)
     table = _read_cells(directory, keys)
-    tmp = directory / f".{RESULTS}.tmp-{os.getpid()}"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, directory / RESULTS)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _write_table(directory / RESULTS, table)
     return table.num_rows
 
 
@@ -284,10 +441,6 @@ def load_results(directory: str | os.PathLike):
     interrupted run, the finished cells the manifest lists (all cell files if
     there is no manifest), so partial results can be looked at any time.
     """
-    import pandas as pd
-
-    from .errors import ConfigError
-
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"results directory {str(directory)!r} does not exist")
@@ -295,7 +448,10 @@ def load_results(directory: str | os.PathLike):
     manifest = read_manifest(directory) if manifest_path.exists() else {}
     results = directory / RESULTS
     if manifest.get("status") == "complete" and results.exists():
-        return pd.read_parquet(results)
+        try:
+            return read_verified(results).to_pandas()
+        except CorruptFile as exc:
+            warnings.warn(f"{results}: corrupt, {exc}; reading the cell files instead", L2OWarning, stacklevel=2)
     keys = manifest.get("cells") or sorted(done_keys(directory))
     if not keys and not (directory / CELLS).is_dir():
         raise ConfigError(f"{directory}: no results (neither {RESULTS} nor {CELLS}/); run `l2obench run` first")

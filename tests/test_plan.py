@@ -43,7 +43,8 @@ def test_a_runner_on_a_directory_that_does_not_exist_plans_everything_and_create
     out = tmp_path / "not" / "there"
     runner = Runner(suite, out)
     assert runner.count() == (0, CELLS) and not out.exists()
-    assert [c.key for c in runner.all_known_cells()] == [c.key for c in plan_suite(suite, "cpu").known_cells()]
+    planned = plan_suite(suite, "cpu", runner.provenance).known_cells()
+    assert [c.key for c in runner.all_known_cells()] == [c.key for c in planned]
     lines = runner.describe()
     assert len(lines) == CELLS and all(line.startswith("to run") for line in lines)
 

@@ -11,12 +11,15 @@ def add_parser(sub) -> None:
                        description="Run a suite file into DIR. A rerun skips the cells already finished, "
                                    "so an interrupted run loses only the cells in flight.")
     p.add_argument("suite", help="the suite file (TOML), e.g. suites/smoke.toml")
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory (created if missing)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="run directory (created if missing); it belongs to one suite, and one run at a time")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="cells run at once (default: the number of cores)")
     p.add_argument("--executor", default="local", help="a registered executor: local (default) or ray")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the suite's, else cpu)")
-    p.add_argument("--force", action="store_true", help="recompute every cell, even those already done")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every cell, even those already done; lets a suite replace another's "
+                        "results in DIR")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are done; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report", action="store_true",
@@ -30,6 +33,7 @@ def cmd_run(args) -> int:
     from ..executor import start_executor
     from ..registry import get_registry
     from ..runner import Runner
+    from ..store import check_writable
     from ..suite import load_suite
 
     if args.workers is not None and args.workers < 1:
@@ -38,6 +42,8 @@ def cmd_run(args) -> int:
         resolve_device(args.device)
     _check_out(args.out)
     get_registry().get("executor", args.executor)
+    if not args.dry_run:
+        check_writable(args.out)
     # The workers start (and import torch) while the suite is validated; nothing is
     # written before validation passes, and they are stopped if it fails.
     pool = None if args.dry_run else start_executor(args.executor, args.workers)
