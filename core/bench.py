@@ -111,7 +111,10 @@ def reference_throughput(path: str | os.PathLike, episodes: int, threads: int,
     cmd = [sys.executable, str(path), "--episodes", str(episodes), "--threads", str(threads)]
     data_dir = data_dir or os.environ.get("L2OBENCH_DATA_DIR")
     if data_dir:
-        cmd += ["--data", data_dir]
+        # the reference reads the four MNIST files from one directory: the data directory's
+        # mnist/ where it has one (one sub-directory per data set), else the directory itself
+        nested = Path(data_dir) / "mnist"
+        cmd += ["--data", str(nested if nested.is_dir() else data_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

@@ -1,9 +1,9 @@
 // The paper's coordinatewise LSTM optimizer (stacked LSTM layers shared by all
 // coordinates, a linear head), fused for float32 on the CPU.  Built and loaded
-// by l2obench.plugins.lstm_kernel; the torch implementation in lstm.py is the
+// by l2obench.plugins.lstm_kernel; the torch implementation in plugins/lstm/ is the
 // reference it is tested against (tests/test_lstm_kernel.py).
 //
-// Tensors are feature-major, (features, M) for M coordinates, as in lstm.py.
+// Tensors are feature-major, (features, M) for M coordinates, as in plugins/lstm/cell.py.
 // Coordinates are processed in tiles of VL (one vector register of floats);
 // everything one tile needs stays in cache.  Two entry points:
 //
@@ -254,7 +254,7 @@ struct Net {
 
 // W_l transposed (K x 4H) and then b_l, for the forward's product: the rows of the
 // sigmoid gates (i, f, o) negated and those of g times -2, so that one sigmoid of
-// the negated product serves every gate, tanh(z) = 2 sigmoid(2z) - 1 as lstm.py
+// the negated product serves every gate, tanh(z) = 2 sigmoid(2z) - 1 as plugins/lstm/cell.py
 // computes it.
 std::vector<float> gate_weights(const Net& net, int l) {
     const int H = net.H, R = 4 * H, K = net.K(l);
