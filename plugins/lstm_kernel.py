@@ -48,7 +48,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from l2obench.api import ConfigError, L2OWarning, env_switch
+from l2obench.api import ConfigError, L2OWarning
 
 SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
