@@ -219,9 +219,11 @@ class CorruptFile(Exception):
     """A parquet file of a run directory that is unreadable or fails its checksum."""
 
 
-def read_verified(path: str | os.PathLike, columns: list[str] | None = None):
+def read_verified(path: str | os.PathLike, columns: list[str] | None = None, *, unchecked_ok: bool = False):
     """The pyarrow Table in ``path`` once its rows match the checksum in its metadata (then
-    only ``columns``, if given); raises :class:`CorruptFile` saying what is wrong."""
+    only ``columns``, if given); raises :class:`CorruptFile` saying what is wrong.
+    ``unchecked_ok`` accepts a readable file written before files had checksums (for
+    reading old results; the runner recomputes such a cell)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -237,6 +239,8 @@ def read_verified(path: str | os.PathLike, columns: list[str] | None = None):
         raise CorruptFile(f"not a readable parquet file ({text[0] if text else type(exc).__name__})") from None
     expected = (table.schema.metadata or {}).get(CHECKSUM)
     if expected is None:
+        if unchecked_ok:
+            return table.select(columns) if columns is not None else table
         raise CorruptFile("it has no checksum (written by an older l2obench, or not by l2obench)")
     table = _without_checksum(table)
     if _rows_digest(table) != expected.decode():
@@ -397,7 +401,7 @@ def _read_cells(directory: Path, keys: Iterable[str]):
         if not path.exists():
             continue
         try:
-            tables.append(read_verified(path))
+            tables.append(read_verified(path, unchecked_ok=True))
         except CorruptFile as exc:
             warn_corrupt(path, str(exc), "left out of the results (rerun `l2obench run` to recompute it)")
     if not tables:
@@ -449,7 +453,7 @@ def load_results(directory: str | os.PathLike):
     results = directory / RESULTS
     if manifest.get("status") == "complete" and results.exists():
         try:
-            return read_verified(results).to_pandas()
+            return read_verified(results, unchecked_ok=True).to_pandas()
         except CorruptFile as exc:
             warnings.warn(f"{results}: corrupt, {exc}; reading the cell files instead", L2OWarning, stacklevel=2)
     keys = manifest.get("cells") or sorted(done_keys(directory))

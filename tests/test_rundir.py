@@ -126,6 +126,7 @@ def test_a_cell_file_without_a_checksum_is_not_trusted(tmp_path):
     store.cell_path(tmp_path, "k").parent.mkdir(parents=True)
     pq.write_table(pa.table({"loss": [1.0]}), store.cell_path(tmp_path, "k"))
     assert "no checksum" in store.verify_cell(tmp_path, "k")
+    assert list(l2obench.load_results(tmp_path)["loss"]) == [1.0]  # old results can still be read
     store.write_cell(tmp_path, "k", pd.DataFrame({"loss": [1.0], "task": [None], "s": ["x"]}))
     assert store.verify_cell(tmp_path, "k") is None
 
