@@ -71,7 +71,7 @@ def metatrain_throughput(episodes: int = 5, *, horizon: int = HORIZON, unroll: i
     task = reg.task(TASK[0], **TASK[1])
     config = MetaTrainConfig(horizon=horizon, unroll=unroll, epochs=1, episodes_per_epoch=episodes + 1,
                              meta_batch=1, lr=META_LR, clip=None, validation_seeds=0, seed=seed)
-    backend = lstm_backend(device)  # decided (and self-checked) before anything is timed
+    backend = lopt.implementation(device)  # decided (and self-checked) before anything is timed
     ends: list[float] = []
     result = meta_train(lopt, task, config, device=device, progress=False,
                         callback=lambda row: ends.append(time.perf_counter()) and None)
@@ -85,19 +85,11 @@ def metatrain_throughput(episodes: int = 5, *, horizon: int = HORIZON, unroll: i
 
 
 def lstm_backend(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Which implementation runs the paper's LSTM: ``lstm_backend`` (``"kernel"`` or
-    ``"torch"``), ``lstm_backend_reason``, and the kernel's ``kernel_isa`` and
-    ``kernel_march`` when it runs."""
-    from l2obench.plugins import lstm_kernel
+    """What computes the workload's learned optimizer on ``device`` and why, as its plugin
+    says (:meth:`~l2obench.learned.LearnedOptimizer.implementation`)."""
+    from .registry import get_registry
 
-    if torch.device(device).type != "cpu":
-        return {"lstm_backend": "torch", "lstm_backend_reason": "the fused kernel is for the CPU; "
-                f"{torch.device(device).type} runs torch ops"}
-    used, reason = lstm_kernel.backend()
-    out = {"lstm_backend": "kernel" if used else "torch", "lstm_backend_reason": reason}
-    if used:
-        out.update(kernel_isa=lstm_kernel.isa(), kernel_march=lstm_kernel.march())
-    return out
+    return get_registry().learned(LEARNED[0], **LEARNED[1]).implementation(device)
 
 
 def reference_throughput(path: str | os.PathLike, episodes: int, threads: int,
@@ -146,25 +138,12 @@ def compare_metatrain(episodes: int, rounds: int, reference: str | os.PathLike, 
 
 
 def isa_builds() -> list[dict[str, Any]]:
-    """The kernel builds to compare: ``native`` and, on x86-64, ``x86-64-v4`` (AVX-512),
-    ``x86-64-v3`` (AVX2) and ``x86-64`` (generic), each with its instruction set and the
-    CPU flags it needs that this CPU lacks (``missing``; such a build is skipped)."""
-    import platform
+    """The native builds of the workload's learned optimizer to compare, as its plugin
+    lists them (:meth:`~l2obench.learned.LearnedOptimizer.builds`): for the ``lstm``
+    plugin, its kernel built for each instruction set."""
+    from .registry import get_registry
 
-    from l2obench.plugins import lstm_kernel
-
-    marches = ["native"]
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        marches += list(lstm_kernel.X86_MARCHES)
-    builds = []
-    for march in marches:
-        try:
-            isa = lstm_kernel.isa_for(march)
-            missing = lstm_kernel.missing_cpu_flags(march)
-        except (OSError, subprocess.SubprocessError) as exc:
-            isa, missing = "?", [f"no compiler for it ({exc})"]
-        builds.append({"march": march, "isa": isa, "missing": missing})
-    return builds
+    return get_registry().learned(LEARNED[0], **LEARNED[1]).builds()
 
 
 def _command_json(env: dict[str, str], episodes: int, threads: int) -> dict[str, Any]:
@@ -188,8 +167,7 @@ def compare_isas(episodes: int, rounds: int, reference: str | os.PathLike | None
     if rounds < 1:
         raise ConfigError(f"bench metatrain: --rounds {rounds} must be at least 1")
     builds = isa_builds()
-    runs: dict[str, Any] = {f"kernel -march={b['march']}": {"L2OBENCH_NATIVE": "1", "L2OBENCH_KERNEL_MARCH": b["march"]}
-                            for b in builds if not b["missing"]}
+    runs: dict[str, Any] = {b["name"]: b["env"] for b in builds if not b["missing"]}
     runs["torch"] = {"L2OBENCH_NATIVE": "0"}
     if reference is not None:
         runs["reference"] = None
@@ -206,8 +184,8 @@ def compare_isas(episodes: int, rounds: int, reference: str | os.PathLike | None
                 speeds[name].append(out["steps_per_s"])
     rows = []
     for b in builds:
-        name = f"kernel -march={b['march']}"
-        row = {**b, "runs": speeds.get(name)}
+        name = b["name"]
+        row = {k: v for k, v in b.items() if k not in ("name", "env")} | {"runs": speeds.get(name)}
         if name in speeds:
             row["steps_per_s"] = statistics.median(speeds[name])
             row["vs_torch"] = statistics.median(o / t for o, t in zip(speeds[name], speeds["torch"]))

@@ -68,6 +68,18 @@ class LearnedOptimizer(torch.nn.Module):
         named parameter slices, for variants with one network per group."""
         raise NotImplementedError
 
+    def implementation(self, device: torch.device | str = "cpu") -> dict[str, Any]:
+        """What computes this optimizer's steps on ``device`` and why, for benchmarks to
+        report (the ``lstm`` plugin: ``{"lstm_backend": "kernel" or "torch",
+        "lstm_backend_reason": ...}``); empty where there is nothing to choose."""
+        return {}
+
+    def builds(self) -> list[dict[str, Any]]:
+        """The native builds of this optimizer a benchmark may compare, each a dict with
+        ``name``, ``env`` (the environment variables that select it in a fresh process)
+        and ``missing`` (what this CPU lacks to run it; empty if it runs); none by default."""
+        return []
+
     def task_transform(self, task, generator: torch.Generator):
         """The task to meta-train on for one episode; variants that augment
         training problems (e.g. RNNprop's random scaling) override this."""

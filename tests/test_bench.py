@@ -49,9 +49,10 @@ def fake_isa_runs(monkeypatch):
     """compare_isas with three builds (one this CPU cannot run) and canned throughputs."""
     from l2obench import bench
 
-    builds = [{"march": "native", "isa": "avx2", "missing": []},
-              {"march": "x86-64-v4", "isa": "avx512", "missing": ["avx512f"]},
-              {"march": "x86-64-v3", "isa": "avx2", "missing": []}]
+    builds = [{"name": f"kernel -march={m}", "march": m, "isa": isa, "missing": missing,
+               "env": {"L2OBENCH_NATIVE": "1", "L2OBENCH_KERNEL_MARCH": m}}
+              for m, isa, missing in [("native", "avx2", []), ("x86-64-v4", "avx512", ["avx512f"]),
+                                      ("x86-64-v3", "avx2", [])]]
     speeds = {"native": iter([200.0, 180.0]), "x86-64-v3": iter([190.0, 170.0]), "torch": iter([50.0, 60.0]),
               "reference": iter([40.0, 45.0])}
     calls = []
@@ -148,3 +149,12 @@ def test_bench_rejects_bad_sizes_and_devices(capsys):
     assert len(err) == 3 and all(line.startswith("l2obench: error:") for line in err)
     assert main(["bench", "evaluate", "--optimizers", "nosuch"]) == 2
     assert "unknown optimizer 'nosuch'" in capsys.readouterr().err
+
+
+def test_the_workloads_builds_come_from_its_plugin():
+    """bench names no plugin module: the learned optimizer lists its own native builds."""
+    from l2obench import bench
+
+    builds = bench.isa_builds()
+    assert builds and builds[0]["name"] == "kernel -march=native"
+    assert all({"name", "env", "missing", "isa", "march"} <= set(b) for b in builds)

@@ -15,9 +15,9 @@ CORE = Path(__file__).resolve().parents[1] / "core"
 LAYERS: list[set[str]] = [
     {"errors", "env", "atomic", "hookspecs", "config", "stats", "hyperparameters", "optimizer",
      "report_figures", "report_render", "testing.strategies"},
-    {"transforms", "learned", "task", "datasets", "devices", "memory", "evaluate"},
+    {"transforms", "learned", "task", "datasets", "devices", "memory", "evaluate", "from_torch"},
     {"registry", "executor", "metatrain", "suite_format", "suite_specs"},
-    {"checkpoint", "api", "report_tables"},
+    {"checkpoint", "api", "report_tables", "provenance"},
     {"suite", "resolve", "cells"},
     {"tuning", "plan", "store", "manifest", "work"},
     {"schedule", "report"},

@@ -171,3 +171,39 @@ class _Replay(torch.autograd.Function):
         flat = lstm_kernel.unroll_backward(u.params, net.head.scale, u.x, u.h0, u.c0, d_out, hidden)
         del ctx.unrolled
         return (None, *kernel_gradients(net, flat))
+
+
+def implementation(device: torch.device | str = "cpu") -> dict:
+    """Which implementation runs the paper's LSTM on ``device``: ``lstm_backend``
+    (``"kernel"`` or ``"torch"``), ``lstm_backend_reason``, and the kernel's
+    ``kernel_isa`` and ``kernel_march`` when it runs (the self-check decides, once)."""
+    if torch.device(device).type != "cpu":
+        return {"lstm_backend": "torch", "lstm_backend_reason": "the fused kernel is for the CPU; "
+                f"{torch.device(device).type} runs torch ops"}
+    used, reason = lstm_kernel.backend()
+    out = {"lstm_backend": "kernel" if used else "torch", "lstm_backend_reason": reason}
+    if used:
+        out.update(kernel_isa=lstm_kernel.isa(), kernel_march=lstm_kernel.march())
+    return out
+
+
+def builds() -> list[dict]:
+    """The kernel builds to compare: ``native`` and, on x86-64, ``x86-64-v4`` (AVX-512),
+    ``x86-64-v3`` (AVX2) and ``x86-64`` (generic), each with its instruction set, the
+    environment that selects it, and the CPU flags it needs that this CPU lacks."""
+    import platform
+    import subprocess
+
+    marches = ["native"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        marches += list(lstm_kernel.X86_MARCHES)
+    out = []
+    for march in marches:
+        try:
+            isa = lstm_kernel.isa_for(march)
+            missing = lstm_kernel.missing_cpu_flags(march)
+        except (OSError, subprocess.SubprocessError) as exc:
+            isa, missing = "?", [f"no compiler for it ({exc})"]
+        out.append({"name": f"kernel -march={march}", "march": march, "isa": isa, "missing": missing,
+                    "env": {"L2OBENCH_NATIVE": "1", "L2OBENCH_KERNEL_MARCH": march}})
+    return out

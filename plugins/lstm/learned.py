@@ -48,6 +48,12 @@ class LearnedLSTM(LearnedOptimizer):
         self.coordinatewise = coordinatewise
         self._transform = transform
 
+    def implementation(self, device="cpu") -> dict:
+        return backend.implementation(device)
+
+    def builds(self) -> list[dict]:
+        return backend.builds()
+
     def task_transform(self, task, generator: torch.Generator):
         return task if self._transform is None else self._transform(task, generator)
 
