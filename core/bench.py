@@ -210,17 +210,14 @@ def evaluate_throughput(optimizers: Sequence[str] = ("adam", "lstm"), *, seeds: 
 
     if seeds < 1 or steps < 1:
         raise ConfigError(f"bench evaluate: --seeds {seeds} and --steps {steps} must be at least 1")
+    from .resolve import resolve_optimizer
+
     reg = get_registry()
     task = reg.task(TASK[0], **TASK[1])
     seed_list = list(range(seeds))
     out: dict[str, Any] = {}
     for name in optimizers:
-        if name in reg.entries["learned"]:
-            torch.manual_seed(0)
-            lopt = reg.learned(name).to(device)
-            opt = lopt.opt_fn(task.groups)
-        else:
-            opt = reg.optimizer(name)
+        opt = resolve_optimizer(name, task, device, registry=reg).optimizer
         run(opt, task, seed_list[:2], 2, "test", device)  # warm-up: data on the device, first allocations
         t0 = time.perf_counter()
         batched = run(opt, task, seed_list, steps, "test", device)

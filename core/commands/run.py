@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
     pool = None if args.dry_run else start_executor(args.executor, args.workers)
     try:
         suite = load_suite(args.suite)
+        _check_tasks(suite)
         runner = Runner(suite, args.out, device=args.device, force=args.force)
     except BaseException:
         if pool is not None:
@@ -89,6 +90,27 @@ def cmd_run(args) -> int:
             print(f"time with the report: {wall:.1f} s wall; {wall - summary.compute_union_s:.1f} s "
                   f"({100 * (1 - summary.compute_union_s / wall):.1f}%) outside optimizer steps")
     return 0
+
+
+def _check_tasks(suite) -> None:
+    """Build every task the suite names once, so what a cell would fail on (a data file
+    missing or corrupt, a class subset empty in a split) is refused before anything runs,
+    by ``--dry-run`` too, in one line naming the suite entry."""
+    from ..errors import L2OError
+    from ..registry import get_registry
+
+    registry, seen = get_registry(), set()
+    variants = [(f"meta_train {name!r}", spec.task) for name, spec in suite.learned.items() if spec.task is not None]
+    variants += [(f"test task {tv.task.id}", tv.task) for tv in suite.tests]
+    for where, task in variants:
+        key = (task.family, repr(sorted(task.config.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            registry.task(task.family, **task.config)
+        except L2OError as exc:
+            raise type(exc)(f"{suite.path}: {where}: {exc}") from None
 
 
 def _check_out(out: str) -> None:
