@@ -25,25 +25,23 @@ the real losses are backpropagated.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .atomic import atomic_write_bytes
 from .config import VALIDATION_SEED_BASE, WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
-from .errors import ConfigError, L2OWarning
-from .evaluate import check_updates, loss_and_grad, run as evaluate_run
+from .errors import ConfigError
+from .evaluate import run as evaluate_run
 from .learned import LearnedOptimizer
-from .optimizer import Optimizer, State
 from .task import Task, seed_generator
+from .unroll import Unroll, _replayed_unroll, unroll  # noqa: F401  (public here too)
+from .metatrain_progress import (PROGRESS_FORMAT, generator_states, json_config, read_progress,
+                                 set_generator_states, write_progress)
 
 #: Validation optimizees use seeds from here on; training seeds are drawn at or
 #: above TRAIN_SEED_LOW, so the two never meet (test seeds are small integers).
@@ -68,102 +66,6 @@ def horizon_weights(config: MetaTrainConfig) -> list[float]:
     if not all(math.isfinite(v) for v in values):
         raise ConfigError("meta-train config: the weight function returned a non-finite w_t")
     return values
-
-
-@dataclass
-class Unroll:
-    """What one truncated unroll produced: the differentiable meta-loss (``None``
-    when every weight is zero), the logged weighted loss, and where it ended."""
-
-    meta_loss: Tensor | None
-    logged: Tensor
-    params: Tensor
-    state: State
-
-
-def unroll(
-    opt: Optimizer,
-    task: Task,
-    params: Tensor,
-    state: State,
-    stream: Iterator[Any],
-    weights: Sequence[float],
-    *,
-    second_order: bool = False,
-) -> Unroll:
-    """Run ``len(weights)`` optimizer steps and build the meta-loss of Eq. 3.
-
-    The meta-loss is a mean over the optimizees (rows of ``params``) of
-    ``sum_t w_t f(theta_t)``; with dropped second derivatives it is the surrogate
-    ``sum_t w_t <grad_t, theta_t>`` whose meta-gradient equals that of the real
-    losses.  ``logged`` always holds the real weighted losses (detached).  For an
-    optimizer with ``replay`` (and dropped second derivatives) the steps run
-    without a graph and the meta-loss reaches the meta-parameters through
-    ``replay``: the same meta-gradient, and the returned ``params`` have no graph.
-    """
-    rows = params.shape[0]
-    need_graph = any(weights) and torch.is_grad_enabled()
-    if need_graph and not second_order and opt.replay is not None:
-        return _replayed_unroll(opt, task, params, state, stream, weights)
-    meta: Tensor | None = None
-    logged = torch.zeros((), dtype=params.dtype, device=params.device)
-    for t, w in enumerate(weights):
-        batch = next(stream)
-        if second_order and need_graph:
-            p = params if params.requires_grad else params.detach().requires_grad_(True)
-            loss = task.loss(p, batch)
-            (grad,) = torch.autograd.grad(loss.sum(), p, create_graph=True)
-            if w:
-                term = loss.sum() * (w / rows)
-                meta = term if meta is None else meta + term
-            params = p
-        else:
-            loss, grad = loss_and_grad(task, params, batch)
-            if w and need_graph and params.requires_grad:
-                term = (grad * params).sum() * (w / rows)
-                meta = term if meta is None else meta + term
-        if w:
-            logged = logged + loss.detach().sum() * (w / rows)
-        updates, state = opt.update(grad, state, params)
-        check_updates(updates, params, opt, t)
-        params = params + updates
-    if need_graph and meta is None:
-        # Every weighted step sat at the unroll's (constant) start: zero meta-gradient.
-        meta = torch.zeros((), dtype=params.dtype, device=params.device, requires_grad=True)
-    return Unroll(meta, logged, params, state)
-
-
-def _replayed_unroll(opt: Optimizer, task: Task, params: Tensor, state: State, stream: Iterator[Any],
-                     weights: Sequence[float]) -> Unroll:
-    """:func:`unroll` for an optimizer with ``replay``: the steps run without a graph,
-    then ``U = replay(grads, state, updates)`` carries the meta-parameters' graph and
-    the surrogate becomes ``sum_t w_t <grad_t, theta_0 + sum_{s<t} U_s>``, that is
-    ``sum_s <A_s, U_s>`` plus a constant, with ``A_s = sum_{t>s} w_t grad_t``."""
-    rows = params.shape[0]
-    start, start_state = params.detach(), state
-    grads, updates = [], []
-    logged = torch.zeros((), dtype=params.dtype, device=params.device)
-    params = start
-    with torch.no_grad():
-        for w in weights:
-            loss, grad = loss_and_grad(task, params, next(stream))
-            if w:
-                logged = logged + loss.sum() * (w / rows)
-            step, state = opt.update(grad, state, params)
-            check_updates(step, params, opt, len(grads))
-            grads.append(grad)
-            updates.append(step)
-            params = params + step
-    weighted = torch.stack([g * (w / rows) for g, w in zip(grads, weights)])
-    weighted[0] = 0  # f(theta_0) does not depend on the meta-parameters
-    if not weighted.any():
-        meta = torch.zeros((), dtype=params.dtype, device=params.device, requires_grad=True)
-        return Unroll(meta, logged, params, state)
-    after = weighted.flip(0).cumsum(0).flip(0)  # after[s] = sum_{t >= s} w_t grad_t
-    after = torch.cat([after[1:], torch.zeros_like(after[:1])])
-    replayed = opt.replay(torch.stack(grads), start_state, torch.stack(updates))
-    meta = (after * replayed).sum() + (weighted.sum(0) * start).sum()
-    return Unroll(meta, logged, params, state)
 
 
 @dataclass
@@ -334,7 +236,7 @@ def meta_train(
     optimizee_steps = 0
     stopped = "completed"
     first_epoch = 1
-    saved = _read_progress(progress_file, config) if progress_file is not None else None
+    saved = read_progress(progress_file, config) if progress_file is not None else None
     if saved is not None:
         lopt.load_state_dict(saved["lopt"])
         meta_opt.load_state_dict(saved["meta_opt"])
@@ -345,26 +247,20 @@ def meta_train(
         first_epoch = saved["epoch"] + 1
         started -= saved["elapsed_s"]
         val_s = saved["val_s"]
-        _set_generator_states(saved["generators"], rng, device)
+        set_generator_states(saved["generators"], rng, device)
     elif validate:
         run_validation(0)  # the initialisation's: what training has to beat
 
     def save_progress(epoch: int) -> None:
         if progress_file is None:
             return
-        state = {"format": PROGRESS_FORMAT, "config": _json_config(config), "epoch": epoch,
+        state = {"format": PROGRESS_FORMAT, "config": json_config(config), "epoch": epoch,
                  "lopt": lopt.state_dict(), "meta_opt": meta_opt.state_dict(), "best_state": best_state,
                  "best_epoch": best_epoch, "best_val": best_val, "validation": dict(validation),
                  "history": history, "skipped": skipped_total, "optimizee_steps": optimizee_steps,
                  "stopped": stopped, "elapsed_s": time.perf_counter() - started, "val_s": val_s,
-                 "generators": _generator_states(rng, device)}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        try:
-            atomic_write_bytes(Path(progress_file), buffer.getvalue())
-        except OSError as exc:  # not worth losing the training for: it goes on, unsaved
-            warnings.warn(f"cannot save meta-training progress to {progress_file} "
-                          f"({exc.strerror or exc}); training goes on without it", L2OWarning, stacklevel=3)
+                 "generators": generator_states(rng, device)}
+        write_progress(progress_file, state)
 
     total = config.epochs * config.episodes_per_epoch
     from tqdm.auto import tqdm
@@ -411,53 +307,6 @@ def meta_train(
     wall = time.perf_counter() - started
     return MetaTrainResult(history, validation, best_epoch, best_val, skipped_total, wall,
                            wall - val_s, optimizee_steps, config, stopped)
-
-
-#: What a progress file of :func:`meta_train` says it is.
-PROGRESS_FORMAT = "l2obench-meta-train-progress/1"
-
-
-def _json_config(config: MetaTrainConfig) -> str:
-    import json
-
-    return json.dumps(config.describe(), sort_keys=True, default=str)
-
-
-def _generator_states(rng: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-    """Every random stream meta-training draws from: its own generator and torch's global ones."""
-    states = {"meta_train": rng.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def _set_generator_states(states: Mapping[str, Tensor], rng: torch.Generator, device: torch.device) -> None:
-    rng.set_state(states["meta_train"])
-    torch.set_rng_state(states["torch"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
-
-
-def _read_progress(path: str | os.PathLike, config: MetaTrainConfig) -> dict[str, Any] | None:
-    """The saved training state at ``path``, or ``None`` if there is none; one that cannot
-    be read is set aside with a warning (training starts over), and one saved for another
-    config is refused in one line."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(saved, dict) or saved.get("format") != PROGRESS_FORMAT:
-            raise ValueError(f"not a {PROGRESS_FORMAT} file")
-    except Exception as exc:  # torch.load raises many types for a damaged file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"meta-training progress {path} is unreadable ({reason}); starting over", L2OWarning,
-                      stacklevel=3)
-        return None
-    if saved["config"] != _json_config(config):
-        raise ConfigError(f"meta-training progress {path} was saved for another meta-train config; "
-                          f"delete it to start over")
-    return saved
 
 
 def _episode(lopt, task: Task, seeds: list[int], spans, weights, meta_opt, meta_params,

@@ -8,7 +8,7 @@ Layout of a run directory ``DIR``::
     DIR/results.parquet      every cell of the suite in one file, written at the end
     DIR/.lock                held by the ``l2obench run`` writing into DIR (its pid)
 
-Every parquet file carries a sha256 of its rows in its metadata (:data:`CHECKSUM`),
+Every parquet file carries a sha256 of its rows in its metadata (:data:`l2obench.cellfile.CHECKSUM`),
 and is verified when read (:func:`verify_cell`): a truncated, empty or garbled cell
 file is never trusted; the runner recomputes it and :func:`load_results` leaves it
 out, each with a one-line warning.
@@ -26,7 +26,6 @@ finished cell's rows against them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from typing import Any, Iterable, Iterator
 
 from .atomic import atomic_write_bytes
 from .cells import Cell, CellKind, OptimizerKind
+from .cellfile import CorruptFile, read_verified, write_table
 from .errors import ConfigError, L2OWarning
 
 #: The fixed columns of the results table, with what they hold.
@@ -73,7 +73,6 @@ MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 LOCK = ".lock"
 #: The key of a parquet file's metadata that holds the sha256 of its rows.
-CHECKSUM = b"l2obench.sha256"
 
 
 # -- the rows of a finished cell -----------------------------------------------------
@@ -164,95 +163,6 @@ def cell_path(directory: str | os.PathLike, key: str) -> Path:
     return Path(directory) / CELLS / f"{key}.parquet"
 
 
-def _rows_digest(table) -> str:
-    """A sha256 of a table's rows: every column's name, type, nulls and values (its
-    metadata left out)."""
-    import numpy as np
-    import pyarrow as pa
-
-    digest = hashlib.sha256()
-    for name, column in zip(table.column_names, table.columns):
-        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-        digest.update(f"{name}\0{array.type}\0{len(array)}\0".encode())
-        if array.null_count:
-            digest.update(np.packbits(array.is_null().to_numpy(zero_copy_only=False)).tobytes())
-        kind = array.type
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
-                or pa.types.is_large_binary(kind):
-            array = array.fill_null("" if not pa.types.is_binary(kind) else b"").cast(pa.large_binary())
-            offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset: array.offset + len(array) + 1]
-            data = array.buffers()[2]
-            digest.update((offsets - offsets[0]).tobytes())
-            if data is not None:
-                digest.update(memoryview(data)[offsets[0]: offsets[-1]])
-        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            digest.update(array.fill_null(False if pa.types.is_boolean(kind) else 0)
-                          .to_numpy(zero_copy_only=False).tobytes())
-        else:
-            digest.update(repr(array.to_pylist()).encode())
-    return digest.hexdigest()
-
-
-def _write_table(path: Path, table) -> None:
-    """Write ``table`` to ``path`` atomically (tmp file, fsync, ``os.replace``), with the
-    sha256 of its rows as read back in its metadata."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer)
-    digest = _rows_digest(pq.read_table(pa.BufferReader(buffer.getvalue())))
-    table = table.replace_schema_metadata({**(_without_checksum(table).schema.metadata or {}),
-                                           CHECKSUM: digest.encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-class CorruptFile(Exception):
-    """A parquet file of a run directory that is unreadable or fails its checksum."""
-
-
-def read_verified(path: str | os.PathLike, columns: list[str] | None = None, *, unchecked_ok: bool = False):
-    """The pyarrow Table in ``path`` once its rows match the checksum in its metadata (then
-    only ``columns``, if given); raises :class:`CorruptFile` saying what is wrong.
-    ``unchecked_ok`` accepts a readable file written before files had checksums (for
-    reading old results; the runner recomputes such a cell)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise CorruptFile("the file is empty")
-        table = pq.read_table(path)
-    except CorruptFile:
-        raise
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        text = str(exc).strip().splitlines()
-        raise CorruptFile(f"not a readable parquet file ({text[0] if text else type(exc).__name__})") from None
-    expected = (table.schema.metadata or {}).get(CHECKSUM)
-    if expected is None:
-        if unchecked_ok:
-            return table.select(columns) if columns is not None else table
-        raise CorruptFile("it has no checksum (written by an older l2obench, or not by l2obench)")
-    table = _without_checksum(table)
-    if _rows_digest(table) != expected.decode():
-        raise CorruptFile("its rows do not match their checksum")
-    return table.select(columns) if columns is not None else table
-
-
-def _without_checksum(table):
-    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != CHECKSUM}
-    return table.replace_schema_metadata(metadata or None)
-
-
 def verify_cell(directory: str | os.PathLike, key: str) -> str | None:
     """``None`` when the cell file of ``key`` is whole, else what is wrong with it."""
     try:
@@ -275,7 +185,7 @@ def write_cell(directory: str | os.PathLike, key: str, frame) -> Path:
 
     path = cell_path(directory, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_table(path, pa.Table.from_pandas(frame, preserve_index=False))
+    write_table(path, pa.Table.from_pandas(frame, preserve_index=False))
     return path
 
 
@@ -434,7 +344,7 @@ def combine(directory: str | os.PathLike, keys: Iterable[str]) -> int:
     """Concatenate the given cells into ``DIR/results.parquet`` (atomically); returns its rows."""
     directory = Path(directory)
     table = _read_cells(directory, keys)
-    _write_table(directory / RESULTS, table)
+    write_table(directory / RESULTS, table)
     return table.num_rows
 
 
