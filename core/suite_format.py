@@ -123,7 +123,7 @@ class Baselines(_Model):
     """``[baselines]``: hand-designed optimizers, tuned per test variant on validation optimizees."""
 
     optimizers: list[str] = Field(min_length=1, description="registered optimizers, e.g. sgd, nag, rmsprop, adam")
-    lr_grid: list[typing.Annotated[float, Field(gt=0)]] = Field(
+    lr_grid: list[typing.Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=list, description="learning rates tried for every baseline (a log grid)")
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per optimizer, other hyperparameters: a value is fixed, a list is a grid "

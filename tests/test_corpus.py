@@ -106,7 +106,7 @@ MUTATIONS = [
     ("empty test table list", "test", lambda d: d.__setitem__("test", [])),
 ]
 BASELINE_MUTATIONS = [
-    ("lr of -1 in the grid", "lr", lambda d: d["baselines"].__setitem__("lr_grid", [-1.0, *d["baselines"]["lr_grid"]])),
+    ("lr of -1 in the grid", "lr", lambda d: d["baselines"].__setitem__("lr_grid", [-1.0, *d["baselines"].get("lr_grid", [])])),
     ("lr of the wrong type", "lr", lambda d: d["baselines"].__setitem__("lr_grid", ["fast"])),
     ("an infinite lr", "lr", lambda d: d["baselines"].__setitem__("lr_grid", [float("inf")])),
     ("unknown tuning rule", "tune", lambda d: d["baselines"].__setitem__("tune", "best")),

@@ -449,7 +449,7 @@ def test_every_instruction_set_gives_the_torch_networks_step_and_meta_gradient(i
     with torch.no_grad():
         top, want = net.lstm(x[0], torch_state(h, c))
         update = net.head(top)
-    got_update, got_h, got_c = lstm_kernel.step(net.kernel_parameters(), net.head.scale, x[0], h, c, hidden,
+    got_update, got_h, got_c = lstm_kernel.step(backend.kernel_parameters(net), net.head.scale, x[0], h, c, hidden,
                                                 lib=isa_library)
     torch.testing.assert_close(got_update, update, rtol=1e-5, atol=1e-6)
     for k in range(layers):
@@ -459,10 +459,10 @@ def test_every_instruction_set_gives_the_torch_networks_step_and_meta_gradient(i
     for t in range(steps):
         top, state = net.lstm(x[t], state)
         total = total + (net.head(top) * d_out[t]).sum()
-    want_grads = torch.autograd.grad(total, net.kernel_weights())
-    flat = lstm_kernel.unroll_backward(net.kernel_parameters(), net.head.scale, x, h, c, d_out, hidden,
+    want_grads = torch.autograd.grad(total, backend.kernel_weights(net))
+    flat = lstm_kernel.unroll_backward(backend.kernel_parameters(net), net.head.scale, x, h, c, d_out, hidden,
                                        lib=isa_library)
-    for a, b in zip(net.kernel_gradients(flat), want_grads, strict=True):
+    for a, b in zip(backend.kernel_gradients(net, flat), want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
 
 
