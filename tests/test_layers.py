@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"schedule", "report"},
     {"runner", "bench", "testing.properties"},
     {"testing.group_checks", "testing.optimizer_checks", "testing.task_checks", "testing.learned_checks",
-     "testing.conformance", "testing", "testing.pytest_plugin"},
+     "testing.conformance", "testing", "testing.pytest_plugin", "testing.numeric_checks"},
     {"commands", "cli", "__init__"},
 ]
 
