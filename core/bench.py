@@ -134,7 +134,8 @@ def compare_metatrain(episodes: int, rounds: int, reference: str | os.PathLike, 
         rows.append({"ours": ours, "reference": ref, "ratio": ours / ref})
     return {"steps_per_s": statistics.median(r["ours"] for r in rows),
             "reference_steps_per_s": statistics.median(r["reference"] for r in rows),
-            "ratio": statistics.median(r["ratio"] for r in rows), "rounds": rows, "episodes": episodes}
+            "ratio": statistics.median(r["ratio"] for r in rows), "rounds": rows, "episodes": episodes,
+            **lstm_backend(device)}
 
 
 def isa_builds() -> list[dict[str, Any]]:

@@ -15,7 +15,8 @@ enables (``avx512``, ``avx2`` with FMA, else ``generic`` compiler vectors), whic
 names the file.  On first use on a machine a self-check times the kernel
 against torch ops on the paper's MNIST shapes (one unroll, forward and
 meta-gradient) and keeps the result in a JSON file beside the library; the
-kernel runs only where it was faster.  Where it is slower, or no compiler is
+kernel runs only where it was clearly faster (under :data:`CHECK_MARGIN` of torch's
+time).  Where it is not, or no compiler is
 found, or the build fails, a warning says so once and the torch implementation
 runs instead.  :func:`backend` says which runs and why.
 
@@ -60,6 +61,9 @@ ABI = 2
 X86_MARCHES = ("x86-64-v4", "x86-64-v3", "x86-64")
 #: the self-check's workload: the paper's MNIST optimizee (784-20-10 MLP), an unroll of 10 steps
 CHECK_COORDINATES, CHECK_STEPS = 15910, 10
+#: the kernel runs where the self-check's unroll takes under this fraction of torch's time: within
+#: the timing's noise the torch ops, the reference implementation, are kept
+CHECK_MARGIN = 0.9
 
 _ON, _OFF = ("1", "on", "true", "yes", "force"), ("0", "off", "false", "no")
 #: an instruction set's compiler macro -> the /proc/cpuinfo flag a CPU needs to run it
@@ -260,12 +264,13 @@ def _decide(how: str, cxx: str, march: str) -> tuple[bool, str]:
     record = self_check(build(march, cxx))
     timings = (f"{record['kernel_ms']:.0f} ms against {record['torch_ms']:.0f} ms for torch ops on a "
                f"{CHECK_STEPS}-step unroll of the paper's MNIST LSTM, {record['threads']} threads")
-    if record["kernel_ms"] < record["torch_ms"]:
+    if record["kernel_ms"] < CHECK_MARGIN * record["torch_ms"]:
         return True, f"the self-check found the kernel faster on this CPU ({isa_name}, -march={march}: {timings})"
-    warnings.warn(f"the fused LSTM kernel is slower than torch ops on this CPU ({isa_name}, -march={march}: "
+    warnings.warn(f"the fused LSTM kernel is not faster than torch ops on this CPU ({isa_name}, -march={march}: "
                   f"{timings}); the LSTM runs on torch ops (L2OBENCH_NATIVE=1 forces the kernel)", L2OWarning,
                   stacklevel=4)
-    return False, f"the self-check found torch ops faster on this CPU ({isa_name}, -march={march}: {timings})"
+    return False, f"the self-check found the kernel not faster than torch ops on this CPU ({isa_name}, " \
+                  f"-march={march}: {timings}; it runs where it takes under {CHECK_MARGIN:.0%} of their time)"
 
 
 def record_path(library_path: Path) -> Path:

@@ -101,6 +101,7 @@ def test_bench_metatrain_against_a_reference(capsys, tmp_path):
     assert len(out["rounds"]) == 1
     assert out["reference_steps_per_s"] == 1e9
     assert out["ratio"] == pytest.approx(out["steps_per_s"] / 1e9)
+    assert out["lstm_backend"] in ("kernel", "torch") and out["lstm_backend_reason"]
 
 
 def test_compare_metatrain_alternates_pairs_and_takes_the_median_ratio(monkeypatch):
