@@ -14,7 +14,7 @@ _API = (
     "scale_by_rms", "trace", "from_torch_optimizer", "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt", "LearnedOptimizer",
     "Capabilities", "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "Dataset", "DATA_ENV",
     "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir", "images_to_float",
-    "select_classes", "Executor", "env_switch",
+    "select_classes", "Executor", "env_switch", "cpu_model",
 )
 
 

@@ -30,6 +30,7 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
 - **errors and switches**: :class:`L2OError` and its kinds, :class:`L2OWarning`,
   :func:`env_switch`; :func:`get_registry`, to look up what other plugins registered.
 """
+from .devices import cpu_model
 from .datasets import (DATA_ENV, DataFile, Dataset, IDXDataset, data_cache_dir, data_dir, images_to_float, parse_idx,
                        read_data_file, select_classes)
 from .env import env_switch
@@ -56,6 +57,6 @@ __all__ = [
     "Dataset", "DATA_ENV", "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir",
     "images_to_float", "select_classes",
     "Executor",
-    "L2OError", "ConfigError", "PluginError", "CheckpointError", "DataError", "L2OWarning", "env_switch",
+    "L2OError", "ConfigError", "PluginError", "CheckpointError", "DataError", "L2OWarning", "env_switch", "cpu_model",
     "get_registry",
 ]

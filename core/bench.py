@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .devices import cpu_model
 from .errors import ConfigError
 
 #: The paper's MNIST workload (Sec. 3.2), as naive_reference.py states it.
@@ -36,23 +37,11 @@ HORIZON, UNROLL, META_LR = 100, 20, 1e-3
 
 def machine() -> dict[str, Any]:
     """What a figure was measured on: CPU model, cores, torch version and threads, device."""
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def metatrain_throughput(episodes: int = 5, *, horizon: int = HORIZON, unroll: int = UNROLL,

@@ -1,5 +1,6 @@
 """Which torch device a name means: the one check behind every ``--device`` and a
-suite's ``device`` (``l2obench run``, ``meta-train``, ``evaluate``, ``bench``)."""
+suite's ``device`` (``l2obench run``, ``meta-train``, ``evaluate``, ``bench``); and what
+CPU this is, for figures and build caches that must name it."""
 from __future__ import annotations
 
 import re
@@ -32,3 +33,18 @@ def resolve_device(name: str, where: str = "--device"):
             raise ConfigError(f"{where} {text}: this machine has {count} CUDA device(s), cuda:0 to "
                               f"cuda:{count - 1}")
     return device
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (``/proc/cpuinfo``'s, else the platform's)."""
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

@@ -49,7 +49,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from l2obench.api import ConfigError, L2OWarning
+from l2obench.api import ConfigError, L2OWarning, cpu_model
 
 SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
@@ -108,16 +108,6 @@ def cache_dir() -> Path:
 
 def _cxx() -> str:
     return os.environ.get("CXX", "c++")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cpu_flags() -> str:
@@ -294,7 +284,7 @@ def self_check(library_path: Path) -> dict:
         torch_ops.append(unroll_seconds("torch"))
     record = {"kernel_ms": min(kernel) * 1e3, "torch_ms": min(torch_ops) * 1e3, "threads": torch.get_num_threads(),
               "coordinates": CHECK_COORDINATES, "steps": CHECK_STEPS,
-              "isa": _open(library_path).l2o_lstm_isa().decode(), "cpu": _cpu_model(),
+              "isa": _open(library_path).l2o_lstm_isa().decode(), "cpu": cpu_model(),
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
