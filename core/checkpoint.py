@@ -142,6 +142,9 @@ def read_checkpoint(source: Source) -> tuple[dict[str, torch.Tensor], Checkpoint
     if len(data) < 8:
         raise CheckpointError(f"{where}: truncated ({len(data)} bytes); re-create it with l2obench meta-train")
     (n,) = struct.unpack("<Q", data[:8])
+    if n > 100_000_000:  # no checkpoint's header is near this: the file is something else
+        raise CheckpointError(f"{where}: not a safetensors checkpoint (its first 8 bytes give a header of "
+                              f"{n} bytes); give a file written by l2obench meta-train")
     if 8 + n > len(data):
         raise CheckpointError(f"{where}: truncated (header says {n} bytes, file has {len(data) - 8}); "
                               f"re-create it with l2obench meta-train")

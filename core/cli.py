@@ -1,5 +1,6 @@
 """The ``l2obench`` command line. Each subcommand is a thin layer over the library;
 every :class:`~l2obench.errors.L2OError` is printed as one line and exits 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,10 @@ import time
 STARTED = time.time()
 
 from .errors import ConfigError, L2OError  # noqa: E402
+
+#: What ``l2obench --help`` says of the command.
+DESCRIPTION = ("Benchmark how well optimizers, learned and hand-designed, generalize: meta-train, "
+               "run suites of held-out tasks, report.  Every mistake is one line and exit code 2.")
 
 
 def parse_value(text: str):
@@ -49,7 +54,7 @@ class CommandLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = CommandLineParser(prog="l2obench", description=__doc__.splitlines()[0])
+    parser = CommandLineParser(prog="l2obench", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"l2obench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -85,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("l2obench: interrupted; finished work is kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (``l2obench list | head``): not an error of ours;
+        # point stdout at /dev/null so the interpreter's final flush does not fail again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

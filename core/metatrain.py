@@ -39,7 +39,7 @@ from .errors import ConfigError
 from .evaluate import run as evaluate_run
 from .learned import LearnedOptimizer
 from .task import Task, seed_generator
-from .unroll import Unroll, _replayed_unroll, unroll  # noqa: F401  (public here too)
+from .unroll import Unroll, unroll  # noqa: F401  (public here too)
 from .metatrain_progress import (PROGRESS_FORMAT, generator_states, json_config, read_progress,
                                  set_generator_states, write_progress)
 
@@ -99,7 +99,8 @@ class MetaTrainResult:
                     f"lower the meta learning rate lr={self.config.lr:g}")
         if self.best_epoch == 0 and len(self.validation) > 1:
             return (f"no validation loss better than the initialisation's ({self.validation[0]:.6g} at epoch 0), "
-                    f"so the untrained meta-parameters were kept")
+                    f"so the untrained meta-parameters were kept; train longer (more epochs or episodes), "
+                    f"change the meta learning rate lr={self.config.lr:g}, or validate on more seeds")
         return None
 
     @property

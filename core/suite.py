@@ -202,7 +202,7 @@ class _Validator:
                     keys = list(family.config.model_fields)
                     hint = did_you_mean(str(err["loc"][0]), keys)
                     raise SuiteError(f"{self.path}: {where}.{_loc(err['loc'])}: unknown key of task family "
-                                     f"{table.family!r} (value {err.get('input')!r}); {hint}allowed keys: "
+                                     f"{table.family!r} (value {written.get(str(err['loc'][0]), err.get('input'))!r}); {hint}allowed keys: "
                                      f"family, {', '.join(keys)}") from None
                 raise SuiteError(f"{self.path}: {_pydantic_message(err, None, (where,))} "
                                  f"(task family {table.family!r})") from None
@@ -247,6 +247,10 @@ class _Validator:
             claim(e.name, f"{where}.name")
             entry = self.entry("learned", e.optimizer, f"{where}.optimizer")
             self.params(entry, e.params, f"{where}.params")
+            try:  # the factory's own checks across parameters (building one is cheap)
+                entry.create(**e.params)
+            except L2OError as exc:
+                self.fail(f"{where}.params", str(exc))
             (task,) = self.task(e.task, f"{where}.task", grid=False)
             train = {k: getattr(e, k) for k in _meta_train_keys()}
             learned[e.name] = LearnedSpec(e.name, e.optimizer, {**entry.parameters(), **e.params}, entry.origin,

@@ -65,6 +65,16 @@ class SuiteSection(_Model):
     device: Optional[str] = Field(None, pattern=_DEVICE_RE.pattern,
                                   description="cpu, cuda, cuda:N or mps; `l2obench run --device` overrides it")
 
+    @pydantic.field_validator("seeds", "validation_seeds")
+    @classmethod
+    def _below_validation_base(cls, value: list[int]) -> list[int]:
+        # test seeds from VALIDATION_SEED_BASE on would be the very optimizees baselines are tuned
+        # on; validation offsets that far would reach the next range's seeds
+        if value and max(value) >= VALIDATION_SEED_BASE:
+            raise ValueError(f"seeds must be below {VALIDATION_SEED_BASE} (from there on they are the "
+                             f"validation optimizees baselines are tuned on); got {max(value)}")
+        return value
+
 
 class TaskTable(BaseModel):
     """``task = {family = "...", <config key> = value or [grid values], ...}``: a task family and its config.

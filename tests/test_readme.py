@@ -68,7 +68,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
     assert [line.strip() for line in ci.splitlines() if line.strip() == TEST_COMMAND] == [TEST_COMMAND]
-    assert "L2OBENCH_DATA_DIR" in ci and "shared/data}" in ci  # one sub-directory per data set
+    assert "L2OBENCH_DATA_DIR" in ci and "../shared/data" in ci  # one sub-directory per data set
 
 
 @pytest.mark.parametrize("variable", ["L2OBENCH_DATA_DIR", DISABLE_ENV, ALLOW_ENV])

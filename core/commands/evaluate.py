@@ -13,13 +13,15 @@ def add_parser(sub) -> None:
     which.add_argument("--optimizer", metavar="NAME", help="a registered optimizer or (untrained) learned optimizer")
     which.add_argument("--checkpoint", metavar="FILE", help="a meta-trained optimizer saved by meta-train")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a hyperparameter of --optimizer")
-    p.add_argument("--task", required=True, metavar="FAMILY")
-    p.add_argument("--task-param", action="append", metavar="KEY=VALUE")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--task", required=True, metavar="FAMILY", help="a registered task family (see l2obench list)")
+    p.add_argument("--task-param", action="append", metavar="KEY=VALUE",
+                   help="a config key of the task family (repeatable), e.g. hidden=40")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per run (default 100)")
     p.add_argument("--seeds", type=int, default=50, help="number of seeds (0 .. N-1, default 50)")
     p.add_argument("--first-seed", type=int, default=0, help="the first seed (>= 0, default 0)")
-    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test",
+                   help="which data the minibatches come from (default test)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(func=cmd_evaluate)
 
@@ -35,6 +37,7 @@ def cmd_evaluate(args) -> int:
     from ..evaluate import run
     from ..registry import get_registry
     from ..resolve import resolve_optimizer
+    from ..config import VALIDATION_SEED_BASE
     from ..stats import mean_ci
     from ..suite import make_id
 
@@ -43,6 +46,9 @@ def cmd_evaluate(args) -> int:
     if args.first_seed < 0:
         raise ConfigError(f"--first-seed {args.first_seed}: seeds are optimizee numbers >= 0; give --first-seed 0 "
                           f"or more")
+    if args.first_seed + args.seeds > VALIDATION_SEED_BASE:
+        raise ConfigError(f"--first-seed {args.first_seed} --seeds {args.seeds}: test seeds must be below "
+                          f"{VALIDATION_SEED_BASE}; from there on they are the validation optimizees")
     if args.checkpoint and args.param:
         raise ConfigError("--param applies to --optimizer; a checkpoint carries its own hyperparameters")
     reg = get_registry()

@@ -5,7 +5,8 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("schema", help="print the suite file format as JSON Schema")
+    p = sub.add_parser("schema", help="print the suite file format as JSON Schema",
+                       description="Print the suite file format (every table and key, with its type and meaning) as JSON Schema.")
     p.set_defaults(func=cmd_schema)
 
 
