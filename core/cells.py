@@ -159,6 +159,8 @@ def evaluation_cell(kind: CellKind | str, optimizer: dict[str, Any], task: TaskV
 def meta_train_cell(spec: LearnedSpec, device: str, provenance: Optional[dict[str, Any]] = None) -> Cell:
     body = {"name": spec.name, "plugin": spec.plugin, "params": spec.params, "version": spec.version,
             "task": task_spec(spec.task), "train": spec.train, "device": device}
+    if spec.id != spec.name:  # one of several meta-training seeds (one seed: the key as it always was)
+        body["id"] = spec.id
     return with_provenance(Cell(CellKind.META_TRAIN, f"meta-train {spec.id}", body), provenance)
 
 

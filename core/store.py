@@ -106,7 +106,7 @@ def cell_frame(cell: Cell, result: dict[str, Any]):
 
     spec = cell.spec
     if cell.kind is CellKind.META_TRAIN:
-        opt = {"name": spec["name"], "id": spec["name"], "kind": OptimizerKind.LEARNED.value,
+        opt = {"name": spec["name"], "id": spec.get("id", spec["name"]), "kind": OptimizerKind.LEARNED.value,
                "plugin": spec["plugin"], "params": spec["params"], "version": spec["version"]}
         history, validation = result["history"], result["validation"]
         rows = {"horizon": int(result["horizon"]), "split": "train", "seed": int(result["seed"]),

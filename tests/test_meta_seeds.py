@@ -105,3 +105,29 @@ def test_meta_training_seeds_give_distinct_checkpoints_and_a_column(run_dir):
     assert sorted(meta["meta_seed"].unique()) == [0, 1, 2]
     assert set(df[df["optimizer_kind"] == "baseline"]["meta_seed"]) == {-1}
     assert learned.groupby("meta_seed")["checkpoint"].first().nunique() == 3
+
+
+def test_the_report_shows_the_spread_over_meta_training_seeds(run_dir):
+    from l2obench.analysis import meta_seed_spread, robust_summary
+    from l2obench.report import write_report
+
+    paths = write_report(run_dir)
+    text = paths["markdown"].read_text()
+    assert "## Meta-training seeds" in text and "**lstm-tiny** (3 meta-training runs)" in text
+    assert (run_dir / "figures" / "meta-seeds.png").stat().st_size > 0
+    assert (run_dir / "figures" / "performance-profile.png").stat().st_size > 0
+    df = store.load_results(run_dir)
+    spread = meta_seed_spread(df)
+    assert sorted(spread["task"]) == ["quadratic[dim=5]", "quadratic[dim=8]"] and set(spread["runs"]) == {3}
+    runs = robust_summary(df)
+    for r in spread.to_dict("records"):  # the table's min / median / max are the runs' own ratios
+        mine = runs[(runs["task"] == r["task"]) & (runs["optimizer"] == "lstm-tiny")]["log10_vs_best"]
+        assert len(mine) == 3
+        assert (r["log10_vs_best_min"], r["log10_vs_best_max"]) == pytest.approx((mine.min(), mine.max()))
+        assert r["log10_vs_best_low"] <= r["log10_vs_best_mean"] <= r["log10_vs_best_high"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {r['task']} @ T=10 | lstm-tiny | 3 (0, 1, 2)"))
+        assert r["typical"] in row
+    for s in range(3):  # every run in the heatmap's and the meta-training table's rows, and in the ranks
+        assert f"| lstm-tiny[seed={s}] |" in text
+    meta_rows = [line for line in text.split("## Meta-training\n")[1].splitlines() if line.startswith("| lstm-tiny[")]
+    assert len(meta_rows) == 3
