@@ -56,11 +56,11 @@ def seed_scores(results, metric: str = "loss", measure: str = "final"):
                        meta_seed=(rows["meta_seed"].fillna(-1).astype(int) if "meta_seed" in rows
                                   else -1))
     keys = [*VARIANT, *RUN, "optimizer_id", "seed"]
-    grouped = rows.sort_values("step", kind="stable").groupby(keys, sort=False, dropna=False)["loss"]
-    broken = grouped.apply(lambda s: not np.isfinite(s.to_numpy(dtype=float)).all())
-    value = grouped.last() if measure == "final" else grouped.sum()
+    rows = rows.assign(_ok=np.isfinite(rows["loss"].to_numpy(dtype=float))).sort_values("step", kind="stable")
+    grouped = rows.groupby(keys, sort=False, dropna=False)
+    value = grouped["loss"].last() if measure == "final" else grouped["loss"].sum()
     out = value.rename("value").reset_index()
-    out.loc[broken.to_numpy(), "value"] = _worst(metric)
+    out.loc[~grouped["_ok"].all().to_numpy(), "value"] = _worst(metric)
     out["horizon"] = out["horizon"].astype(int)
     return out[columns]
 

@@ -131,3 +131,18 @@ def test_the_report_shows_the_spread_over_meta_training_seeds(run_dir):
         assert f"| lstm-tiny[seed={s}] |" in text
     meta_rows = [line for line in text.split("## Meta-training\n")[1].splitlines() if line.startswith("| lstm-tiny[")]
     assert len(meta_rows) == 3
+
+
+def test_a_missing_or_failed_meta_training_run_is_listed_by_its_id():
+    import pandas as pd
+
+    from l2obench.report_tables import missing_cells
+
+    summary = pd.DataFrame({"task": ["q"], "horizon": [10], "optimizer": ["lstm"], "optimizer_id": ["lstm[seed=0]"]})
+    manifest = {"variants": [{"task": "q", "horizons": [10], "optimizers": ["lstm"]}],
+                "learned_runs": {"lstm": ["lstm[seed=0]", "lstm[seed=1]", "lstm[seed=2]"]},
+                "failures": [{"cell": "meta-train lstm[seed=2]", "error": "no finite meta-loss"}]}
+    rows = missing_cells(manifest, summary).set_index("optimizer")
+    assert list(rows.index) == ["lstm[seed=1]", "lstm[seed=2]"]
+    assert rows.loc["lstm[seed=1]", "state"] == "missing"
+    assert rows.loc["lstm[seed=2]", "reason"] == "its meta-training failed: no finite meta-loss"
