@@ -27,6 +27,14 @@ VARIANT = ["task", "horizon"]
 RUN = ["optimizer", "run", "optimizer_kind", "meta_seed"]
 
 
+def run_labels(frame):
+    """What names each row's run: a learned optimizer's id (``lstm``, ``lstm[seed=1]``),
+    a baseline's name (its settings are tuned per variant)."""
+    import numpy as np
+
+    return np.where(frame["optimizer_kind"] == "learned", frame["optimizer_id"], frame["optimizer"])
+
+
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is better (accuracies); for losses, lower is."""
     return metric.endswith("accuracy")
@@ -52,7 +60,7 @@ def seed_scores(results, metric: str = "loss", measure: str = "final"):
     rows = results[(results["kind"] == "test") & (results["metric"] == metric)]
     if rows.empty:
         return pd.DataFrame(columns=columns)
-    rows = rows.assign(run=np.where(rows["optimizer_kind"] == "learned", rows["optimizer_id"], rows["optimizer"]),
+    rows = rows.assign(run=run_labels(rows),
                        meta_seed=(rows["meta_seed"].fillna(-1).astype(int) if "meta_seed" in rows
                                   else -1))
     keys = [*VARIANT, *RUN, "optimizer_id", "seed"]

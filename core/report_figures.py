@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .analysis import run_labels
+
 __all__ = ["plotting", "palette_for", "curves_figure", "heatmap_figure", "meta_train_figure", "profile_figure",
            "meta_seed_figure"]
 
@@ -75,7 +77,7 @@ def heatmap_figure(summary, path: Path, order: list[tuple[str, int]], optimizers
     plt, sns = plotting()
     labels = [f"{t} @ T={h}" for t, h in order]
     # a row per baseline and per meta-training run of a learned optimizer (lstm[seed=1])
-    rows = np.where(summary["optimizer_kind"] == "learned", summary["optimizer_id"], summary["optimizer"])
+    rows = run_labels(summary)
     frame = summary.assign(variant=[f"{t} @ T={h}" for t, h in zip(summary["task"], summary["horizon"])], row=rows)
     grid = frame.pivot_table(index="row", columns="variant", values="log10_vs_best_baseline",
                              aggfunc="first", dropna=False)
