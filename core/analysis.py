@@ -10,6 +10,8 @@ default; any metric of the table's test rows, such as a held-out one) and the
 steps recorded).  Lower is better, except for metrics named ``...accuracy``.  A *run*
 is what is compared: a baseline (with the settings tuned per variant) or a learned
 optimizer's meta-training run (``lstm``, or ``lstm[seed=1]`` for one of several seeds).
+``scores=seed_scores(results, metric, measure)``, computed once, saves reading a large
+table again in each.
 """
 from __future__ import annotations
 
@@ -73,6 +75,12 @@ def seed_scores(results, metric: str = "loss", measure: str = "final"):
     return out[columns]
 
 
+def _scores(results, metric: str, measure: str, scores):
+    """:func:`seed_scores` of ``results``, or ``scores`` where the caller computed them once
+    (every function below takes ``scores=seed_scores(results, metric, measure)``)."""
+    return seed_scores(results, metric, measure) if scores is None else scores
+
+
 def variant_scores(scores, statistic: str = "mean"):
     """Per (variant, run), ``statistic`` ("mean" or "median") of :func:`seed_scores`'
     values over test seeds (a mean with a diverged seed is the worst value)."""
@@ -109,7 +117,7 @@ def _ratios(table, metric: str):
 
 
 def performance_profile(results, metric: str = "loss", measure: str = "final", statistic: str = "mean",
-                        taus=None):
+                        taus=None, *, scores=None):
     """The performance profile of every run over the suite's variants: for each ``tau``,
     the fraction of variants on which its score (``statistic`` over test seeds of
     ``measure`` of ``metric``) is within a factor ``tau`` of the best run's there
@@ -120,7 +128,7 @@ def performance_profile(results, metric: str = "loss", measure: str = "final", s
     import numpy as np
     import pandas as pd
 
-    table = variant_scores(seed_scores(results, metric, measure), statistic)
+    table = variant_scores(_scores(results, metric, measure, scores), statistic)
     ratios, left_out = _ratios(table, metric)
     variants = ratios.groupby(VARIANT, sort=False).ngroups
     if taus is None:
@@ -138,14 +146,14 @@ def performance_profile(results, metric: str = "loss", measure: str = "final", s
     return profile
 
 
-def rank_summary(results, metric: str = "loss", measure: str = "final", statistic: str = "mean"):
+def rank_summary(results, metric: str = "loss", measure: str = "final", statistic: str = "mean", *, scores=None):
     """Per run, over the variants it ran on: its mean and median rank (1 is best, ties
     share the lower rank), on how many variants it was best, and on how many its score
     beat the best tuned baseline's.  Sorted by mean rank."""
     import numpy as np
     import pandas as pd
 
-    table = variant_scores(seed_scores(results, metric, measure), statistic)
+    table = variant_scores(_scores(results, metric, measure, scores), statistic)
     if table.empty:
         return pd.DataFrame(columns=[*RUN, "variants", "mean_rank", "median_rank", "best", "beats_best_baseline"])
     up = higher_is_better(metric)
@@ -193,7 +201,7 @@ def _paired(part, run: str, best: str):
 
 
 def robust_summary(results, metric: str = "loss", measure: str = "final", *, level: float = 0.95,
-                   resamples: int = RESAMPLES, seed: int = 0):
+                   resamples: int = RESAMPLES, seed: int = 0, scores=None):
     """Per (variant, run): the median over test seeds with its bootstrap interval; the
     quartiles of ``log10`` of the values (for a heavy-tailed loss, where a mean says
     little); the mean, and ``heavy_tailed`` where the mean lies outside the interquartile
@@ -204,7 +212,7 @@ def robust_summary(results, metric: str = "loss", measure: str = "final", *, lev
     import numpy as np
     import pandas as pd
 
-    scores = seed_scores(results, metric, measure)
+    scores = _scores(results, metric, measure, scores)
     rows = []
     for (task, horizon), part in scores.groupby(VARIANT, sort=False):
         best = _best_baseline(part, metric, "median")
@@ -239,7 +247,7 @@ def robust_summary(results, metric: str = "loss", measure: str = "final", *, lev
 
 
 def meta_seed_spread(results, metric: str = "loss", measure: str = "final", *, level: float = 0.95,
-                     resamples: int = RESAMPLES, seed: int = 0):
+                     resamples: int = RESAMPLES, seed: int = 0, scores=None):
     """Per (variant, learned optimizer with several meta-training runs): ``log10`` of
     each run's median over the best tuned baseline's (by median), its smallest, median
     and largest over the runs, and the mean over runs with a two-level bootstrap
@@ -251,7 +259,7 @@ def meta_seed_spread(results, metric: str = "loss", measure: str = "final", *, l
     import numpy as np
     import pandas as pd
 
-    scores = seed_scores(results, metric, measure)
+    scores = _scores(results, metric, measure, scores)
     learned = scores[scores["optimizer_kind"] == "learned"]
     runs_of = learned.groupby("optimizer", sort=False)["run"].unique()
     several = [o for o, r in runs_of.items() if len(r) > 1]

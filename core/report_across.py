@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .analysis import meta_seed_spread, performance_profile, rank_summary, robust_summary
+from .analysis import meta_seed_spread, performance_profile, rank_summary, robust_summary, seed_scores
 from .bootstrap import RESAMPLES
 from .report_figures import meta_seed_figure, profile_figure
 from .report_render import Block, fmt
@@ -45,7 +45,8 @@ def across_blocks(results, figures: Path, palette: dict[str, Any], metric: str =
     medians with bootstrap intervals, log-loss quartiles and log-ratios to the best baseline."""
     import pandas as pd
 
-    profile = performance_profile(results, metric, measure)
+    scores = seed_scores(results, metric, measure)  # once, for every table below
+    profile = performance_profile(results, metric, measure, scores=scores)
     if profile.empty:
         return []
     what = f"{measure} {'loss' if metric == 'loss' else metric}"
@@ -63,7 +64,7 @@ def across_blocks(results, figures: Path, palette: dict[str, Any], metric: str =
     if profile.attrs["left_out"]:
         blocks.append(Block("p", "Left out of the profile (a best score that is not positive cannot be compared "
                                  "by ratios): " + ", ".join(profile.attrs["left_out"]) + "."))
-    ranks = rank_summary(results, metric, measure)
+    ranks = rank_summary(results, metric, measure, scores=scores)
     blocks.append(Block("p", f"Ranks by mean {what} within each variant (1 is best; ties share the lower rank), "
                              f"summarised over the variants each optimizer ran on."))
     blocks.append(Block("table", pd.DataFrame({
@@ -74,7 +75,7 @@ def across_blocks(results, figures: Path, palette: dict[str, Any], metric: str =
         "beats the best tuned baseline on": [b if k == "learned" else "" for b, k in
                                              zip(ranks["beats_best_baseline"], ranks["optimizer_kind"])]})))
 
-    robust = robust_summary(results, metric, measure, seed=BOOTSTRAP_SEED)
+    robust = robust_summary(results, metric, measure, seed=BOOTSTRAP_SEED, scores=scores)
     blocks.append(Block("h2", "Medians and bootstrap intervals"))
     heavy = int(robust["heavy_tailed"].sum())
     blocks.append(Block("p", f"Per test variant: the median {what} over test seeds with its 95% percentile "
@@ -98,17 +99,17 @@ def across_blocks(results, figures: Path, palette: dict[str, Any], metric: str =
                          f"{_ratio_text(r['log10_vs_best'], r['log10_vs_best_low'], r['log10_vs_best_high'])} "
                          f"vs {best}"})
     blocks.append(Block("table", pd.DataFrame(rows)))
-    return blocks + meta_seed_blocks(results, robust, figures, palette, metric, measure)
+    return blocks + meta_seed_blocks(results, robust, figures, palette, metric, measure, scores)
 
 
 def meta_seed_blocks(results, robust, figures: Path, palette: dict[str, Any], metric: str = "loss",
-                     measure: str = "final") -> list[Block]:
+                     measure: str = "final", scores=None) -> list[Block]:
     """"Meta-training seeds": each learned optimizer with several meta-training runs as
     the spread over them, with a two-level bootstrap interval that includes it, and in
     words whether it beats the best tuned baseline for a typical run or only for some."""
     import pandas as pd
 
-    spread = meta_seed_spread(results, metric, measure, seed=BOOTSTRAP_SEED)
+    spread = meta_seed_spread(results, metric, measure, seed=BOOTSTRAP_SEED, scores=scores)
     if spread.empty:
         return []
     what = f"{measure} {'loss' if metric == 'loss' else metric}"

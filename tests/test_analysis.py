@@ -51,6 +51,9 @@ def test_performance_profile_on_a_constructed_table():
         assert [got[(run, t)] for t in (1.0, 1.25, 2.0, 2.5, 4.0)] == pytest.approx([c / 3 for c in counts]), run
     ratios = profile.attrs["ratios"]
     assert ratios.loc[(ratios["task"] == "v3") & (ratios["run"] == "sgd"), "ratio"].item() == math.inf
+    scores = seed_scores(PROFILE)
+    assert performance_profile(PROFILE, scores=scores).equals(profile)
+    assert rank_summary(None, scores=scores).equals(rank_summary(PROFILE))
     at = performance_profile(PROFILE, taus=[1.1, 3.0])
     assert sorted(at["tau"].unique()) == [1.1, 3.0]
 
