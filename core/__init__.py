@@ -15,6 +15,8 @@ _API = (
     "Capabilities", "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "Dataset", "DATA_ENV",
     "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir", "images_to_float",
     "select_classes", "Executor", "env_switch", "cpu_model",
+    "seed_scores", "performance_profile", "rank_summary", "robust_summary", "meta_seed_spread", "higher_is_better",
+    "bootstrap_interval", "paired_log_ratio_interval", "two_level_interval", "Interval",
 )
 
 

@@ -27,9 +27,16 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
   reader :func:`parse_idx` and :class:`IDXDataset`; for task families,
   :func:`select_classes` and :func:`images_to_float`.
 - **executors**: :class:`Executor`.
+- **comparing results** (over ``l2obench.load_results(DIR)``): :func:`seed_scores`,
+  :func:`performance_profile`, :func:`rank_summary`, :func:`robust_summary`,
+  :func:`meta_seed_spread`, :func:`higher_is_better`; the seeded bootstrap intervals
+  :func:`bootstrap_interval`, :func:`paired_log_ratio_interval`, :func:`two_level_interval`
+  and their :class:`Interval`.
 - **errors and switches**: :class:`L2OError` and its kinds, :class:`L2OWarning`,
   :func:`env_switch`; :func:`get_registry`, to look up what other plugins registered.
 """
+from .analysis import higher_is_better, meta_seed_spread, performance_profile, rank_summary, robust_summary, seed_scores
+from .bootstrap import Interval, bootstrap_interval, paired_log_ratio_interval, two_level_interval
 from .devices import cpu_model
 from .datasets import (DATA_ENV, DataFile, Dataset, IDXDataset, data_cache_dir, data_dir, images_to_float, parse_idx,
                        read_data_file, select_classes)
@@ -59,4 +66,6 @@ __all__ = [
     "Executor",
     "L2OError", "ConfigError", "PluginError", "CheckpointError", "DataError", "L2OWarning", "env_switch", "cpu_model",
     "get_registry",
+    "seed_scores", "performance_profile", "rank_summary", "robust_summary", "meta_seed_spread", "higher_is_better",
+    "bootstrap_interval", "paired_log_ratio_interval", "two_level_interval", "Interval",
 ]

@@ -159,7 +159,9 @@ def evaluation_cell(kind: CellKind | str, optimizer: dict[str, Any], task: TaskV
 def meta_train_cell(spec: LearnedSpec, device: str, provenance: Optional[dict[str, Any]] = None) -> Cell:
     body = {"name": spec.name, "plugin": spec.plugin, "params": spec.params, "version": spec.version,
             "task": task_spec(spec.task), "train": spec.train, "device": device}
-    return with_provenance(Cell(CellKind.META_TRAIN, f"meta-train {spec.name}", body), provenance)
+    if spec.id != spec.name:  # one of several meta-training seeds (one seed: the key as it always was)
+        body["id"] = spec.id
+    return with_provenance(Cell(CellKind.META_TRAIN, f"meta-train {spec.id}", body), provenance)
 
 
 def share_prefixes(cells: list[Cell], done: set[str]) -> dict[str, list[Cell]]:

@@ -1,8 +1,9 @@
 """The planner: a validated suite to its cells, with no disk access (what is already done
 in a run directory is the runner's business, not the plan's).
 
-Every learned optimizer of the suite is meta-trained by one meta-train cell (or loaded
-from its ``[[checkpoint]]``); every baseline is tuned once per task variant, to the
+Every learned optimizer of the suite is meta-trained by one meta-train cell per
+meta-training seed (or loaded from its ``[[checkpoint]]``), and each run is tested on
+every variant; every baseline is tuned once per task variant, to the
 longest horizon any ``[[test]]`` entry asks of it there (:class:`~l2obench.tuning.TuneGroup`);
 every (optimizer, task variant, horizon) of the ``[[test]]`` entries is one test cell,
 the baselines' once tuning has chosen their settings.  Entries that overlap share cells.
@@ -21,8 +22,9 @@ from .tuning import GroupKey, TuneGroup
 class Plan:
     """A suite's cells in dependency order, the baselines' test cells still unknown.
 
-    - ``meta``: a meta-train cell per learned optimizer meta-trained here, by name;
-    - ``sources``: where each learned optimizer's meta-parameters come from
+    - ``meta``: a meta-train cell per learned optimizer meta-trained here, by its id (its
+      name, or ``name[seed=s]`` for each of several meta-training seeds);
+    - ``sources``: where each learned optimizer's meta-parameters come from, by id
       (``meta-train:KEY`` or ``checkpoint:HASH``, part of its test cells' keys);
     - ``groups``: the tuning groups, by (baseline, task variant, horizon);
     - ``learned_tests``: the learned optimizers' test cells (``needs`` their meta-training);
@@ -34,6 +36,10 @@ class Plan:
     groups: dict[GroupKey, TuneGroup] = field(default_factory=dict)
     learned_tests: list[Cell] = field(default_factory=list)
     baseline_tests: list[tuple[GroupKey, int]] = field(default_factory=list)
+
+    def learned_id(self, cell: Cell) -> str:
+        """The learned optimizer (its id in ``meta``) a meta-train cell trains."""
+        return next(name for name, c in self.meta.items() if c.key == cell.key)
 
     def known_cells(self) -> list[Cell]:
         """The cells known before any tuning: meta-training, tuning, learned tests."""
@@ -59,15 +65,17 @@ def plan_suite(suite: Suite, device: str, provenance: Optional[dict[str, Any]] =
     seen: set[str] = set()
     for tv in suite.tests:
         for name in tv.optimizers:
-            if name in suite.learned:
-                opt = learned_spec(suite.learned[name], plan.sources[name])
-                needs = (name,) if name in plan.meta else ()
-                for h in tv.horizons:
-                    cell = evaluation_cell(CellKind.TEST, opt, tv.task, h, "test", suite.test_seeds, device, needs,
-                                           provenance)
-                    if cell.key not in seen:
-                        seen.add(cell.key)
-                        plan.learned_tests.append(cell)
+            runs = suite.runs(name)
+            if runs:  # a learned optimizer: each meta-training run tested on the variant
+                for run in runs:
+                    opt = learned_spec(suite.learned[run], plan.sources[run])
+                    needs = (run,) if run in plan.meta else ()
+                    for h in tv.horizons:
+                        cell = evaluation_cell(CellKind.TEST, opt, tv.task, h, "test", suite.test_seeds, device,
+                                               needs, provenance)
+                        if cell.key not in seen:
+                            seen.add(cell.key)
+                            plan.learned_tests.append(cell)
                 continue
             hmax = longest[(name, tv.task.id)]
             gkey = (name, tv.task.id, hmax)

@@ -10,7 +10,10 @@ any run directory, also a copied or partial one, can be reported on:
   over the best tuned baseline's (negative: better than every baseline);
 - a table per variant of mean final and summed losses with 95% t-intervals
   over seeds, and their ranks; the settings tuning chose; meta-training curves;
-- the runs that diverged, and any reference numbers the suite quotes, next to ours.
+- the runs that diverged, and any reference numbers the suite quotes, next to ours;
+- across variants (:mod:`l2obench.report_across`): a performance profile, a rank summary,
+  medians and log-ratios to the best baseline with bootstrap intervals, log-loss
+  quartiles, and each learned optimizer's spread over its meta-training seeds.
 
 The numbers are :mod:`l2obench.report_tables`, the figures :mod:`l2obench.report_figures`,
 and the Markdown and HTML writers :mod:`l2obench.report_render`; this module puts them together.
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import store
+from .report_across import across_blocks
 from .report_figures import curves_figure, heatmap_figure, meta_train_figure, palette_for, plotting
 from .report_render import (Block, ci_text, fmt, loss_text, paired_text, render_html, render_markdown, seeds_text,
                             slug)
@@ -70,6 +74,8 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     if manifest.get("description"):
         blocks.append(Block("p", manifest["description"]))
     blocks += _run_blocks(manifest, seeds)
+    files = ["REPORT.md", "summary.csv", store.MANIFEST] + [store.RESULTS] * (directory / store.RESULTS).exists()
+    blocks.append(Block("p", "Files: " + ", ".join(f"[{f}]({f})" for f in files) + "."))
     blocks += _missing_blocks(missing)
 
     blocks.append(Block("h2", "Generalization"))
@@ -83,13 +89,14 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     wins = summary[summary["optimizer_kind"] == "learned"]
     if len(wins):
         lines = []
-        for opt, g in wins.groupby("optimizer", sort=False):
+        for opt, g in wins.groupby("optimizer_id", sort=False):  # each meta-training run
             better = int((g["log10_vs_best_baseline"] < 0).sum())
             sure = int(((g["final_vs_best_high"] < 0) & (g["summed_vs_best_high"] < 0)).sum())
             lines.append(f"**{opt}** has a lower mean final loss than every tuned baseline on {better} of "
                          f"{len(g)} test variants, and lower final and summed losses with 95% confidence "
                          f"(paired over the same test optimizees) on {sure}")
         blocks.append(Block("p", "; ".join(lines) + "."))
+    blocks += across_blocks(df, figures, palette)
 
     refs = manifest.get("references") or []
     if refs:
@@ -138,7 +145,7 @@ def write_report(directory: str | Path) -> dict[str, Path]:
         blocks.append(Block("img", f"figures/{fig.name}", "meta-loss per episode and validation loss per epoch; "
                                                            "the meta-parameters of the best validation were kept"))
         rows = []
-        for opt, g in meta.groupby("optimizer", sort=False):
+        for opt, g in meta.groupby("optimizer_id", sort=False):  # each meta-training run
             va = g[g["metric"] == "validation_loss"]
             best = va.loc[va["loss"].idxmin()] if len(va) and va["loss"].notna().any() else None
             rows.append({"optimizer": opt, "plugin": g["optimizer_plugin"].iloc[0], "task": g["task"].iloc[0],

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plotting", "palette_for", "curves_figure", "heatmap_figure", "meta_train_figure"]
+from .analysis import run_labels
+
+__all__ = ["plotting", "palette_for", "curves_figure", "heatmap_figure", "meta_train_figure", "profile_figure",
+           "meta_seed_figure"]
 
 
 def plotting():
@@ -73,18 +76,20 @@ def heatmap_figure(summary, path: Path, order: list[tuple[str, int]], optimizers
 
     plt, sns = plotting()
     labels = [f"{t} @ T={h}" for t, h in order]
-    frame = summary.assign(variant=[f"{t} @ T={h}" for t, h in zip(summary["task"], summary["horizon"])])
-    grid = frame.pivot_table(index="optimizer", columns="variant", values="log10_vs_best_baseline",
+    # a row per baseline and per meta-training run of a learned optimizer (lstm[seed=1])
+    rows = run_labels(summary)
+    frame = summary.assign(variant=[f"{t} @ T={h}" for t, h in zip(summary["task"], summary["horizon"])], row=rows)
+    grid = frame.pivot_table(index="row", columns="variant", values="log10_vs_best_baseline",
                              aggfunc="first", dropna=False)
-    grid = grid.reindex(columns=[c for c in labels if c in grid.columns],
-                        index=[o for o in optimizers if o in set(summary["optimizer"])])
+    runs = [r for o in optimizers for r in dict.fromkeys(frame.loc[frame["optimizer"] == o, "row"])]
+    grid = grid.reindex(columns=[c for c in labels if c in grid.columns], index=runs)
     values = grid.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     vmax = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
     width = max(len(str(i)) for i in grid.index) * 0.07
     fig, ax = plt.subplots(figsize=(2.0 + width + 1.1 * grid.shape[1], 1.8 + 0.4 * grid.shape[0]))
     labels_of = {(o, f"{t} @ T={h}"): _heat_label(v, d)
-                 for o, t, h, v, d in zip(summary["optimizer"], summary["task"], summary["horizon"],
+                 for o, t, h, v, d in zip(rows, summary["task"], summary["horizon"],
                                           summary["log10_vs_best_baseline"], summary["diverged"])}
     annot = np.array([[labels_of.get((o, c), "") for c in grid.columns] for o in grid.index],
                      dtype=object).reshape(values.shape) if values.size else None
@@ -116,13 +121,14 @@ def _heat_label(value: float, diverged: int) -> str:
 
 
 def meta_train_figure(meta, path: Path) -> None:
+    """Meta-loss per episode and validation loss per epoch, a line per meta-training run."""
     plt, _ = plotting()
-    names = list(dict.fromkeys(meta["optimizer"]))
+    names = list(dict.fromkeys(meta["optimizer_id"]))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.95, wspace=0.3)
     palette = palette_for(names)
     for name in names:
-        g = meta[meta["optimizer"] == name]
+        g = meta[meta["optimizer_id"] == name]
         tr = g[g["metric"] == "meta_loss"].sort_values("step")
         va = g[g["metric"] == "validation_loss"].sort_values("step")
         axes[0].plot(tr["step"], tr["loss"], lw=0.8, color=palette[name], label=name)
@@ -134,3 +140,77 @@ def meta_train_figure(meta, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+
+_DASHES = ["-", "--", ":", "-."]
+
+
+def profile_figure(profile, path: Path, palette, metric: str = "loss") -> None:
+    """Performance profiles (:func:`l2obench.analysis.performance_profile`): the fraction of
+    variants within a factor tau of the best, a step line per run; the meta-training runs of
+    one learned optimizer share its colour."""
+    import numpy as np
+
+    plt, _ = plotting()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig.subplots_adjust(left=0.12, right=0.72, bottom=0.14, top=0.92)
+    taus = profile["tau"].to_numpy(dtype=float)
+    top = float(taus[np.isfinite(taus)].max()) if len(taus) else 2.0
+    top = max(top * 1.25, 1.1)
+    seen: dict[str, int] = {}
+    for (optimizer, run), g in profile.groupby(["optimizer", "run"], sort=False):
+        g = g.sort_values("tau")
+        x = np.append(g["tau"].to_numpy(dtype=float), top)
+        y = np.append(g["fraction"].to_numpy(dtype=float), g["fraction"].iloc[-1])
+        k = seen[optimizer] = seen.get(optimizer, -1) + 1
+        ax.step(x, y, where="post", label=run, color=palette.get(optimizer), lw=1.4 if k == 0 else 1.0,
+                ls=_DASHES[k % len(_DASHES)])
+    ax.set_xscale("log")
+    ax.set_xlim(1, top)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("tau (score / best score)")
+    ax.set_ylabel("fraction of variants")
+    ax.set_title(f"performance profile ({metric})", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def meta_seed_figure(runs, spread, path: Path, palette) -> None:
+    """Per variant, each meta-training run's log10 ratio to the best tuned baseline (dots)
+    and the two-level bootstrap interval of their mean (a bar), per learned optimizer."""
+    import numpy as np
+
+    plt, _ = plotting()
+    def labelled(frame):
+        return frame.assign(variant=[f"{t} @ T={h}" for t, h in zip(frame["task"], frame["horizon"])])
+
+    spread, runs = labelled(spread), labelled(runs)
+    variants = list(dict.fromkeys(spread["variant"]))
+    optimizers = list(dict.fromkeys(spread["optimizer"]))
+    fig, ax = plt.subplots(figsize=(6.5, 1.4 + 0.45 * len(variants) * len(optimizers)))
+    width = 0.8 / max(1, len(optimizers))
+    for j, opt in enumerate(optimizers):
+        color = palette.get(opt)
+        for i, v in enumerate(variants):
+            y = i + (j - (len(optimizers) - 1) / 2) * width
+            row = spread[(spread["optimizer"] == opt) & (spread["variant"] == v)]
+            if row.empty:
+                continue
+            r = row.iloc[0]
+            ax.plot([r["log10_vs_best_low"], r["log10_vs_best_high"]], [y, y], color=color, lw=4, alpha=0.35,
+                    solid_capstyle="butt")
+            ax.plot([r["log10_vs_best_mean"]], [y], marker="|", ms=12, color=color)
+            dots = runs[(runs["optimizer"] == opt) & (runs["variant"] == v)]
+            x = dots["log10_vs_best"].to_numpy(dtype=float)
+            ax.scatter(x[np.isfinite(x)], np.full(np.isfinite(x).sum(), y), color=color, s=16, zorder=3,
+                       label=opt if i == 0 else None)
+    ax.axvline(0, color="#555", lw=0.8)
+    ax.set_yticks(range(len(variants)), variants, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("log10(median final loss / best tuned baseline's); < 0 is better")
+    ax.set_title("meta-training runs (dots) and the two-level 95% interval of their mean (bar)", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

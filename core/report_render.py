@@ -120,15 +120,37 @@ def render_markdown(blocks: list[Block]) -> str:
     return "\n\n".join(out) + "\n"
 
 
+def _heading_ids(blocks: list[Block]) -> dict[int, str]:
+    """A unique anchor per heading (by block index), from its text."""
+    ids: dict[int, str] = {}
+    taken: set[str] = set()
+    for i, b in enumerate(blocks):
+        if b.kind in ("h1", "h2", "h3"):
+            base = slug(b.content) or "section"
+            anchor, n = base, 1
+            while anchor in taken:
+                n += 1
+                anchor = f"{base}-{n}"
+            taken.add(anchor)
+            ids[i] = anchor
+    return ids
+
+
 def render_html(blocks: list[Block], title: str) -> str:
     parts = []
-    for b in blocks:
+    ids = _heading_ids(blocks)
+    sections = [(ids[i], b.content) for i, b in enumerate(blocks) if b.kind == "h2"]
+    for i, b in enumerate(blocks):
         if b.kind in ("h1", "h2", "h3"):
-            parts.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
+            parts.append(f'<{b.kind} id="{ids[i]}">{html.escape(b.content)}</{b.kind}>')
+            if b.kind == "h1" and sections:  # the contents, after the title
+                links = " · ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in sections)
+                parts.append(f"<nav>{links}</nav>")
         elif b.kind == "p":
             text = html.escape(b.content)
             text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
             text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+            text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)  # a Markdown link
             parts.append(f"<p>{text}</p>")
         elif b.kind == "pre":
             parts.append(f"<pre>{html.escape(b.content)}</pre>")
@@ -141,7 +163,7 @@ def render_html(blocks: list[Block], title: str) -> str:
              "table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}"
              "td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f3f3f3}"
              "img{max-width:100%}figure{margin:1em 0}figcaption{font-size:12px;color:#555}"
-             "code,pre{background:#f6f6f6}")
+             "code,pre{background:#f6f6f6}nav{font-size:13px;margin:0 0 1.5em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 

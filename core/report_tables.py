@@ -152,30 +152,41 @@ def missing_cells(manifest: dict[str, Any], summary) -> "Any":
     failures = [(str(f.get("cell", "")), str(f.get("error", ""))) for f in manifest.get("failures") or []
                 if isinstance(f, dict)]
     present = set(zip(summary["task"], summary["horizon"].astype(int), summary["optimizer"])) if len(summary) else set()
+    ids = set(zip(summary["task"], summary["horizon"].astype(int), summary["optimizer_id"])) if len(summary) else set()
+    runs_of = manifest.get("learned_runs") or {}
     rows = []
     for v in manifest.get("variants") or []:
         names = v.get("optimizers") or list(manifest.get("learned", [])) + list(manifest.get("baselines", []))
         for horizon in v.get("horizons", []):
             for name in names:
-                if (v["task"], int(horizon), name) in present:
+                runs = runs_of.get(name, [name])
+                if len(runs) == 1 and (v["task"], int(horizon), name) in present:
                     continue
-                rows.append({"task": v["task"], "horizon": int(horizon), "optimizer": name,
-                             **_why_missing(failures, name, v["task"], int(horizon))})
+                for run in runs:  # several meta-training seeds: each run accounted for
+                    if len(runs) > 1 and (v["task"], int(horizon), run) in ids:
+                        continue
+                    rows.append({"task": v["task"], "horizon": int(horizon), "optimizer": run,
+                                 **_why_missing(failures, name, v["task"], int(horizon), run)})
     return pd.DataFrame(rows, columns=["task", "horizon", "optimizer", "state", "reason"])
 
 
-def _why_missing(failures: list[tuple[str, str]], name: str, task: str, horizon: int) -> dict[str, str]:
+def _why_missing(failures: list[tuple[str, str]], name: str, task: str, horizon: int,
+                 run: str | None = None) -> dict[str, str]:
+    """Why optimizer ``name`` (its meta-training run ``run``, for one of several
+    meta-training seeds) has no results on a variant."""
+    run = run or name
+
     def optimizer_of(cell_id: str) -> tuple[str, list[str]]:
         parts = cell_id.split(" @ ")
         head = parts[0].removeprefix("tune ")
-        return head.split("[", 1)[0], parts[1:]
+        return (head if run != name else head.split("[", 1)[0]), parts[1:]
 
     for cell_id, error in failures:
         opt, rest = optimizer_of(cell_id)
-        if not cell_id.startswith("tune ") and opt == name and rest == [task, f"T={horizon}"]:
+        if not cell_id.startswith("tune ") and opt == run and rest == [task, f"T={horizon}"]:
             return {"state": "failed", "reason": error}
     for cell_id, error in failures:
-        if cell_id == f"meta-train {name}":
+        if cell_id == f"meta-train {run}":
             return {"state": "failed", "reason": f"its meta-training failed: {error}"}
         opt, rest = optimizer_of(cell_id)
         if cell_id.startswith("tune ") and opt == name and rest[:1] == [task]:

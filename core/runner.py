@@ -161,7 +161,8 @@ class Runner:
         return reason is None
 
     def checkpoint_path(self, name: str) -> Path:
-        """Where the meta-train cell of learned optimizer ``name`` keeps its checkpoint."""
+        """Where the meta-train cell of learned optimizer ``name`` (its id: ``lstm``, or
+        ``lstm[seed=1]`` for one of several meta-training seeds) keeps its checkpoint."""
         return self.out / store.CHECKPOINTS / f"{name}.safetensors"
 
     def checkpoint_bytes(self, name: str) -> bytes:
@@ -220,11 +221,11 @@ class Runner:
         """Write a finished cell (a checkpoint first, then the rows, which mark it done);
         returns the cells it unlocked."""
         if cell.kind is CellKind.META_TRAIN:
-            atomic_write_bytes(self.checkpoint_path(cell.spec["name"]), result.pop("checkpoint_bytes"))
+            atomic_write_bytes(self.checkpoint_path(self.plan.learned_id(cell)), result.pop("checkpoint_bytes"))
         store.write_cell(self.out, cell.key, store.cell_frame(cell, result))
         self.done.add(cell.key)
         if cell.kind is CellKind.META_TRAIN:
-            name = cell.spec["name"]
+            name = self.plan.learned_id(cell)
             return [c for c in self.plan.learned_tests if name in c.needs and self._needs_done(c)]
         unlocked: list[Cell] = []
         if cell.kind is CellKind.TUNE:

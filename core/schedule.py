@@ -60,7 +60,7 @@ class Scheduler:
         if cell.kind is CellKind.META_TRAIN:
             runtime["run_dir"] = str(self.runner.out)
         if cell.kind is CellKind.TEST and cell.spec["optimizer"]["kind"] == OptimizerKind.LEARNED:
-            runtime["checkpoint"] = self.runner.checkpoint_bytes(cell.spec["optimizer"]["name"])
+            runtime["checkpoint"] = self.runner.checkpoint_bytes(cell.spec["optimizer"]["id"])
         return runtime
 
     def collect(self, future: cf.Future) -> None:
@@ -72,7 +72,7 @@ class Scheduler:
         except Exception as exc:  # a bug or a bad plugin: report, keep going
             self.failures += [(c.id, _one_line(exc)) for c in [*shorter, cell]]
             if cell.kind is CellKind.META_TRAIN:  # its tests cannot run: say why
-                name = cell.spec["name"]
+                name = self.runner.plan.learned_id(cell)
                 reason = (str(exc) if isinstance(exc, MetaTrainingError)
                           else f"meta-training of {name} failed: {_one_line(exc)}")
                 self.failures += [(c.id, reason) for c in self.runner.plan.learned_tests

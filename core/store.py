@@ -61,6 +61,7 @@ COLUMNS: dict[str, str] = {
     "status": "ok or diverged (per seed)",
     "diverged_step": "first non-finite step of this seed, -1 if none",
     "checkpoint": "content hash of the learned optimizer's checkpoint ('' for baselines)",
+    "meta_seed": "the meta-training seed of a learned optimizer's checkpoint (-1 for baselines and where unknown)",
     "device": "where the cell ran",
     "wall_time": "seconds the cell took in its worker (a cell read from a longer run's prefix: that run's)",
     "compute_time": "seconds of it inside optimizer steps (evaluate.run / meta_train)",
@@ -105,7 +106,7 @@ def cell_frame(cell: Cell, result: dict[str, Any]):
 
     spec = cell.spec
     if cell.kind is CellKind.META_TRAIN:
-        opt = {"name": spec["name"], "id": spec["name"], "kind": OptimizerKind.LEARNED.value,
+        opt = {"name": spec["name"], "id": spec.get("id", spec["name"]), "kind": OptimizerKind.LEARNED.value,
                "plugin": spec["plugin"], "params": spec["params"], "version": spec["version"]}
         history, validation = result["history"], result["validation"]
         rows = {"horizon": int(result["horizon"]), "split": "train", "seed": int(result["seed"]),
@@ -131,7 +132,9 @@ def cell_frame(cell: Cell, result: dict[str, Any]):
         "optimizer_id": opt["id"], "optimizer_kind": opt["kind"], "optimizer_plugin": opt["plugin"],
         "optimizer_params": _json(opt["params"]), "lr": float(lr) if isinstance(lr, (int, float)) else math.nan,
         "task": spec["task"]["id"], "family": spec["task"]["family"], "task_config": _json(spec["task"]["config"]),
-        **rows, "checkpoint": result.get("checkpoint", ""), "device": spec["device"],
+        **rows, "checkpoint": result.get("checkpoint", ""),
+        "meta_seed": int(result["seed"] if cell.kind is CellKind.META_TRAIN else result.get("meta_seed", -1)),
+        "device": spec["device"],
         "wall_time": float(result["wall_time"]), "compute_time": result["compute"][1] - result["compute"][0],
         "versions": _versions(opt["version"], spec["task"]["version"]),
     }

@@ -253,8 +253,14 @@ class _Validator:
                 self.fail(f"{where}.params", str(exc))
             (task,) = self.task(e.task, f"{where}.task", grid=False)
             train = {k: getattr(e, k) for k in _meta_train_keys()}
-            learned[e.name] = LearnedSpec(e.name, e.optimizer, {**entry.parameters(), **e.params}, entry.origin,
-                                          task=task, train=plain(train))
+            params = {**entry.parameters(), **e.params}
+            if isinstance(e.seed, list):  # one meta-training run per seed
+                for s in e.seed:
+                    spec = LearnedSpec(e.name, e.optimizer, params, entry.origin, task=task,
+                                       train=plain({**train, "seed": s}), meta_seed=s)
+                    learned[spec.id] = spec
+            else:
+                learned[e.name] = LearnedSpec(e.name, e.optimizer, params, entry.origin, task=task, train=plain(train))
         for i, c in enumerate(m.checkpoint):
             where = f"checkpoint[{i}]"
             claim(c.name, f"{where}.name")
@@ -304,7 +310,7 @@ class _Validator:
                     specs.append(OptimizerSpec(name, combo, {**entry.parameters(), **combo}, entry.origin))
                 baselines[name] = specs
 
-        names = list(learned) + list(baselines)
+        names = list(dict.fromkeys(spec.name for spec in learned.values())) + list(baselines)
         tests: list[TestVariant] = []
         for i, t in enumerate(m.test):
             where = f"test[{i}]"

@@ -49,6 +49,26 @@ Seeds = typing.Annotated[list[int], pydantic.BeforeValidator(_seeds),
 Name = typing.Annotated[str, Field(pattern=_NAME_RE.pattern)]
 
 
+def _meta_seeds(value: Any) -> Any:
+    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+        raise ValueError("expected a seed (an integer >= 0) or a list of them")
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("an empty list of meta-training seeds; give one seed or a non-empty list")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value):
+            raise ValueError("meta-training seeds must be integers >= 0")
+        if len(set(value)) != len(value):
+            raise ValueError("meta-training seeds must be distinct")
+    return value
+
+
+#: ``seed`` of a ``[[meta_train]]`` entry: one seed, or a list of them (one meta-training run each).
+MetaSeeds = typing.Annotated[typing.Union[int, list[int]], pydantic.BeforeValidator(_meta_seeds),
+                             pydantic.WithJsonSchema({"anyOf": [
+                                 {"type": "integer", "minimum": 0},
+                                 {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]})]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -113,6 +133,9 @@ def _meta_train_model() -> type[BaseModel]:
     for key, info in MetaTrainConfig.model_fields.items():
         copy = pydantic.fields.FieldInfo.merge_field_infos(info)
         fields[key] = (_without_callables(info.annotation), copy)
+    fields["seed"] = (MetaSeeds, Field(0, description="seed of the initial meta-parameters and of the optimizees "
+                                                      "drawn; a list of seeds meta-trains once per seed, each its "
+                                                      "own cell, tested on every variant (ids name[seed=s])"))
     return pydantic.create_model(
         "MetaTrainEntry", __config__=ConfigDict(extra="forbid", frozen=True),
         __doc__="[[meta_train]]: a learned optimizer to meta-train (Eq. 3) before testing; "

@@ -66,7 +66,11 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class LearnedSpec:
-    """A learned optimizer of the suite: meta-trained here (``train``) or loaded (``checkpoint``)."""
+    """A learned optimizer of the suite: meta-trained here (``train``) or loaded (``checkpoint``).
+
+    A ``[[meta_train]]`` entry with a list of seeds is one spec per seed, each with its
+    ``meta_seed`` and the id ``name[seed=s]`` (its cells' ids, its checkpoint's file name);
+    an entry with one seed keeps the plain name."""
 
     name: str
     plugin: str
@@ -76,10 +80,11 @@ class LearnedSpec:
     train: Optional[dict[str, Any]] = None
     checkpoint: Optional[Path] = None
     checkpoint_hash: Optional[str] = None
+    meta_seed: Optional[int] = None
 
     @property
     def id(self) -> str:
-        return self.name
+        return self.name if self.meta_seed is None else make_id(self.name, {"seed": self.meta_seed})
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,16 @@ class Suite:
     @property
     def name(self) -> str:
         return self.model.suite.name
+
+    def runs(self, name: str) -> list[str]:
+        """The ids (keys of ``learned``) of learned optimizer ``name``'s meta-training runs:
+        ``[name]``, or ``name[seed=s]`` for each of its meta-training seeds."""
+        return [key for key, spec in self.learned.items() if spec.name == name]
+
+    @property
+    def learned_names(self) -> list[str]:
+        """The suite's names of its learned optimizers, each once."""
+        return list(dict.fromkeys(spec.name for spec in self.learned.values()))
 
     @property
     def sha256(self) -> str:

@@ -83,8 +83,16 @@ def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, A
     t0 = time.time()
     traj = run(resolved.optimizer, task, spec["seeds"], spec["horizon"], spec["split"], device)
     t1 = time.time()
+    info = resolved.checkpoint
     return {"losses": traj.losses.double().numpy(), "diverged_at": traj.diverged_at.numpy().astype(np.int64),
-            "compute": (t0, t1), "checkpoint": resolved.checkpoint.content_hash if resolved.checkpoint else ""}
+            "compute": (t0, t1), "checkpoint": info.content_hash if info else "",
+            "meta_seed": meta_seed_of(info.training) if info else -1}
+
+
+def meta_seed_of(training: dict[str, Any]) -> int:
+    """The meta-training seed a checkpoint's ``training`` record names (-1 if none)."""
+    seed = (training.get("config") or {}).get("seed") if isinstance(training, dict) else None
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else -1
 
 
 def run_meta_training(spec: dict[str, Any], progress_file: str | os.PathLike | None = None) -> dict[str, Any]:
