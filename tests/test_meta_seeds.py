@@ -78,7 +78,7 @@ def test_bad_meta_training_seeds_are_one_line(seed, message):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from tests.test_runner import ThreadExecutor
+    from test_runner import ThreadExecutor
 
     out = tmp_path_factory.mktemp("meta-seeds")
     suite = parse_suite(SUITE.format(seed="[0, 1, 2]"))

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from l2obench.report import write_report
-from tests.test_report import run_dir  # noqa: F401  (a fixture: a hand-written results directory)
+from test_report import run_dir  # noqa: F401  (a fixture: a hand-written results directory)
 
 CHROMIUM = os.environ.get("L2OBENCH_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
