@@ -328,7 +328,39 @@ class _Validator:
                 self.fail(where, f"{r.task} @ T={r.horizon} is not a test variant of this suite; {hint}"
                                  f"variants: {', '.join(known[:8])}{' ...' if len(known) > 8 else ''}")
             references.append(r.model_dump())
-        return Suite(self.path, self.text, m, learned, baselines, tests, references)
+        suite = Suite(self.path, self.text, m, learned, baselines, tests, references)
+        self.heldout_metrics(suite)
+        return suite
+
+    def heldout_metrics(self, suite: Suite) -> None:
+        """A setting that reads a held-out metric needs every task variant it concerns to
+        report it: tuning, the baselines' variants; the ranking and the target, every one."""
+        from .task import heldout_metric, task_metrics
+
+        wanted = []
+        if suite.tune_rule.startswith("heldout_"):
+            wanted.append(("baselines.tune", suite.tune_rule, lambda tv: bool(set(tv.optimizers) & set(baselines))))
+        if suite.rank_rule.startswith("heldout_"):
+            wanted.append(("suite.rank", suite.rank_rule, lambda tv: True))
+        if suite.target["metric"].startswith("heldout_"):
+            wanted.append(("suite.target.metric", suite.target["metric"], lambda tv: True))
+        baselines = suite.baselines
+        reported: dict[str, tuple[str, ...]] = {}
+        for where, metric, concerns in wanted:
+            for tv in suite.tests:
+                if not concerns(tv):
+                    continue
+                if tv.task.id not in reported:
+                    try:
+                        task = self.reg.task(tv.task.family, **tv.task.config)
+                    except L2OError as exc:
+                        self.fail(f"test[{tv.entry}].task", str(exc))
+                    reported[tv.task.id] = tuple(heldout_metric(n) for n in task_metrics(task))
+                if metric not in reported[tv.task.id]:
+                    have = ", ".join(reported[tv.task.id]) or "none"
+                    self.fail(where, f"{metric!r} needs held-out metrics, but task variant {tv.task.id} "
+                                     f"(test[{tv.entry}]) reports {have}; choose final or summed, or "
+                                     f"test only tasks with held-out data")
 
 
 def _not_in_suite(name: str, names: list[str]) -> str:

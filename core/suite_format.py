@@ -12,11 +12,14 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import VALIDATION_SEED_BASE
+from .criteria import CRITERIA, Criterion
 
 __all__ = [
     "Seeds", "Name", "SuiteSection", "TaskTable", "MetaTrainEntry", "CheckpointEntry", "Baselines", "TestEntry",
-    "Reference", "SuiteFile", "json_schema",
+    "Reference", "SuiteFile", "Target", "json_schema",
 ]
+
+_CRITERIA_DOC = "; ".join(f"{k}: {v}" for k, v in CRITERIA.items())
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -64,6 +67,22 @@ class SuiteSection(_Model):
         f"{VALIDATION_SEED_BASE}..{VALIDATION_SEED_BASE}+n-1) or a list of offsets added to {VALIDATION_SEED_BASE}")
     device: Optional[str] = Field(None, pattern=_DEVICE_RE.pattern,
                                   description="cpu, cuda, cuda:N or mps; `l2obench run --device` overrides it")
+    heldout_every: Optional[typing.Annotated[int, Field(gt=0)]] = Field(
+        None, description="record held-out metrics (tasks with held-out data) every this many steps and at the "
+                          "last; default: about ten points a run (horizon // 10)")
+    rank: Criterion = Field("final", description=f"what the report ranks optimizers by, per test variant "
+                                                  f"(mean over test seeds): {_CRITERIA_DOC}")
+    target: Optional["Target"] = Field(None, description="the target of the report's time to target")
+
+
+class Target(_Model):
+    """``[suite.target]``: the value a run must reach for the report's time to target."""
+
+    metric: Optional[Literal["loss", "heldout_loss", "heldout_accuracy"]] = Field(
+        None, description="loss (the minibatch's, mean over seeds), heldout_loss or heldout_accuracy; default: "
+                          "the metric suite.rank reads")
+    value: Optional[float] = Field(None, allow_inf_nan=False, description="the target; default: the best tuned "
+                                   "baseline's final value on each test variant")
 
 
 class TaskTable(BaseModel):
@@ -128,9 +147,9 @@ class Baselines(_Model):
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per optimizer, other hyperparameters: a value is fixed, a list is a grid "
         "axis tuned with lr; an lr here replaces lr_grid for that optimizer")
-    tune: Literal["final", "summed"] = Field(
-        "final", description="what tuning minimises, mean over validation seeds: the loss at the last step "
-        "of the horizon (the paper) or the loss summed over the horizon")
+    tune: Criterion = Field(
+        "final", description=f"what tuning selects on, mean over validation seeds, per test variant and "
+                             f"horizon: {_CRITERIA_DOC}")
 
 
 class TestEntry(_Model):
@@ -154,6 +173,9 @@ class Reference(_Model):
     final_loss: Optional[float] = Field(None, description="loss at the last step")
     lr: Optional[float] = Field(None, description="the learning rate the source tuned")
     source: str = Field("", description="where the number comes from")
+
+
+SuiteSection.model_rebuild()
 
 
 class SuiteFile(_Model):
