@@ -250,14 +250,17 @@ def _variant_table(part, gone):
 
     import numpy as np
 
-    columns = ["optimizer", "rank", "final loss", "rank (final)", "summed loss", "rank (summed)",
+    columns = ["optimizer", "final loss", "rank", "summed loss", "rank (summed)",
                "final − best baseline (paired)", "summed − best baseline (paired)", "diverged"]
     heldout = [m for m in ("heldout_loss", "heldout_accuracy") if len(part) and np.isfinite(part[f"{m}_mean"]).any()]
     names = {"heldout_loss": "held-out loss", "heldout_accuracy": "held-out accuracy"}
-    columns[6:6] = [names[m] for m in heldout]
-    rows = [{"optimizer": r["optimizer_id"], "rank": r["rank"], "final loss": loss_text(r, "final"),
-             "rank (final)": r["rank_final"], "summed loss": loss_text(r, "summed"), "rank (summed)": r["rank_summed"],
+    by = str(part["rank_by"].iloc[0]) if len(part) else "final"
+    ranked = [] if by in ("final", "summed") else [f"rank ({names.get(by, by)})"]
+    columns[5:5] = [names[m] for m in heldout] + ranked
+    rows = [{"optimizer": r["optimizer_id"], "final loss": loss_text(r, "final"), "rank": r["rank_final"],
+             "summed loss": loss_text(r, "summed"), "rank (summed)": r["rank_summed"],
              **{names[m]: ci_text(r[f"{m}_mean"], r[f"{m}_low"], r[f"{m}_high"]) for m in heldout},
+             **{c: r["rank"] for c in ranked},
              "final − best baseline (paired)": paired_text(r, "final"),
              "summed − best baseline (paired)": paired_text(r, "summed"),
              "diverged": f"{r['diverged']}/{r['seeds']}"} for r in part.to_dict("records")]

@@ -150,6 +150,17 @@ class Baselines(_Model):
     tune: Criterion = Field(
         "final", description=f"what tuning selects on, mean over validation seeds, per test variant and "
                              f"horizon: {_CRITERIA_DOC}")
+    search: Literal["grid", "sobol"] = Field(
+        "grid", description="grid: every point of lr_grid x the list-valued params; sobol: `trials` seeded "
+                            "quasirandom points of `space`")
+    trials: Optional[typing.Annotated[int, Field(gt=0)]] = Field(
+        None, description="search = sobol: the settings tried per baseline")
+    search_seed: typing.Annotated[int, Field(ge=0)] = Field(0, description="search = sobol: the scrambling seed")
+    space: dict[str, typing.Annotated[list[typing.Annotated[float, Field(allow_inf_nan=False)]],
+                                      Field(min_length=2, max_length=2)]] = Field(
+        default_factory=dict, description="search = sobol: [low, high] per hyperparameter, e.g. lr = [1e-4, 1.0] "
+        "(sampled log-uniformly), momentum = [0.0, 0.99], beta1 = [0.5, 0.99] (uniformly); each baseline searches "
+        "the ones it has and params does not fix")
 
 
 class TestEntry(_Model):

@@ -134,7 +134,7 @@ class Suite:
 
     @property
     def search(self) -> str:
-        return "grid"
+        return self.model.baselines.search if self.model.baselines else "grid"
 
     @property
     def target(self) -> dict[str, Any]:
