@@ -255,3 +255,75 @@ def test_rank_on_held_out_data_is_refused_for_tasks_without_it():
     with pytest.raises(ConfigError, match=r"suite.rank: 'heldout_accuracy' needs held-out metrics"):
         parse_suite(text, "suite.toml")
     assert parse_suite(text.replace('rank = "heldout_accuracy"', 'rank = "summed"'), "s.toml").rank_rule == "summed"
+
+
+SOBOL = """
+[suite]
+name = "sobol"
+
+[baselines]
+optimizers = ["sgd", "momentum", "adam"]
+search = "sobol"
+trials = 8
+space = { lr = [1e-4, 1.0], momentum = [0.0, 0.99], beta1 = [0.5, 0.99] }
+params = { adam = { beta2 = 0.99 } }
+
+[[test]]
+task = { family = "quadratic", dim = 3 }
+horizons = [10]
+"""
+
+
+def test_a_sobol_search_draws_seeded_settings_within_the_space():
+    suite = parse_suite(SOBOL, "s.toml")
+    again = parse_suite(SOBOL, "s.toml")
+    other = parse_suite(SOBOL.replace("trials = 8", "trials = 8\nsearch_seed = 1"), "s.toml")
+    assert [o.id for o in suite.baselines["adam"]] == [o.id for o in again.baselines["adam"]]
+    assert [o.id for o in suite.baselines["adam"]] != [o.id for o in other.baselines["adam"]]
+    for name, keys in (("sgd", ["lr"]), ("momentum", ["lr", "momentum"]), ("adam", ["lr", "beta1", "beta2"])):
+        specs = suite.baselines[name]
+        assert len(specs) == 8 and len({o.id for o in specs}) == 8
+        assert all(list(o.written) == keys for o in specs)
+        assert all(1e-4 <= o.params["lr"] <= 1.0 for o in specs)
+    lrs = sorted(o.params["lr"] for o in suite.baselines["sgd"])
+    assert lrs[0] < 1e-3 and lrs[-1] > 0.1  # log-uniform: the decades are covered
+    assert all(0.5 <= o.params["beta1"] <= 0.99 and o.params["beta2"] == 0.99 for o in suite.baselines["adam"])
+    assert suite.search == "sobol"
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (("trials = 8\n", ""), ("baselines.trials: missing",)),
+    (("lr = [1e-4, 1.0], ", ""), ("baselines.space: needs lr",)),
+    (("momentum = [0.0, 0.99]", "momentun = [0.0, 0.99]"), ("baselines.space.momentun", "did you mean 'momentum'")),
+    (("beta1 = [0.5, 0.99]", "beta1 = [0.99, 0.5]"), ("baselines.space.beta1: invalid range [0.99, 0.5]",)),
+    (('search = "sobol"', 'search = "sobol"\nlr_grid = [0.1]'), ("baselines.lr_grid", "remove one")),
+    (('search = "sobol"', 'search = "grid"\nlr_grid = [0.1]'), ("baselines.trials: only for search = \"sobol\"",)),
+    (('search = "sobol"', 'search = "random"'), ("baselines.search", "'random'")),
+])
+def test_bad_search_settings_are_one_line_errors(edit, fragments):
+    text = SOBOL.replace(*edit)
+    assert text != SOBOL
+    with pytest.raises(ConfigError) as info:
+        parse_suite(text, "s.toml")
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_a_chosen_value_on_the_edge_of_its_grid_is_flagged():
+    from l2obench.tuning import TuneGroup, choose, on_edge
+
+    suite = parse_suite(SUITE, "suite.toml")
+    specs = suite.baselines["adam"]  # lr 0.3, 0.01
+    cells = [evaluation_cell("tune", {"id": o.id}, suite.tests[0].task, 10, "validation", [0, 1], "cpu")
+             for o in specs]
+    group = TuneGroup("adam", suite.tests[0].task, 10, specs, cells, [10])
+    steps = np.array([0, 9])
+    curves = {cells[0].key: {"heldout_accuracy": (steps, np.array([[0.1, 0.5], [0.1, 0.7]]))},
+              cells[1].key: {"heldout_accuracy": (steps, np.array([[0.1, 0.2], [0.1, float("nan")]]))}}
+    best, scores = choose(group, curves, 10, "heldout_accuracy")
+    assert best == 0 and scores == [pytest.approx(0.6), pytest.approx(0.1)]  # a diverged seed scores 0
+    assert on_edge(group, best) == ["lr=0.3 (largest tried)"]
+    with pytest.raises(ConfigError, match="no heldout_loss rows"):
+        choose(group, curves, 10, "heldout_loss")
