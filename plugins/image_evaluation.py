@@ -22,7 +22,7 @@ from l2obench.api import images_to_float
 METRICS = ("loss", "accuracy")
 
 EvalExamples = pydantic.Field(
-    1000, gt=0, description="images of the held-out split's fixed evaluation set (its first ones; all of them "
+    500, gt=0, description="images of the held-out split's fixed evaluation set (its first ones; all of them "
                             "if the split has fewer) on which held-out loss and accuracy are measured")
 
 
