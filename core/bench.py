@@ -250,7 +250,8 @@ def heldout_cost(optimizer: str = "adam", *, seeds: int = 16, steps: int = 100, 
         for r in range(rounds):
             for which in (("without", "with") if r % 2 == 0 else ("with", "without")):
                 t0 = time.perf_counter()
-                run(opt, task, seed_list, steps, "test", device, heldout=() if which == "without" else None)
+                run(opt, task, seed_list, steps, "test", device,
+                    heldout=() if which == "without" else heldout_steps(steps))
                 times[which].append(time.perf_counter() - t0)
         without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
         out[f"{family}{json.dumps(config, separators=(',', '='))}" if config else family] = {

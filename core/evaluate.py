@@ -89,18 +89,18 @@ def run(
     steps: int,
     split: Split = "test",
     device: torch.device | str = "cpu",
-    heldout: Optional[Iterable[int]] = None,
+    heldout: Iterable[int] = (),
 ) -> Trajectory:
     """Optimize ``task`` from ``task.init(seeds)`` for ``steps`` steps, all seeds batched;
-    a task with held-out metrics is evaluated on ``split`` at the steps ``heldout``
-    (default :func:`heldout_steps`; ``()``: never)."""
+    a task with held-out metrics is evaluated on ``split`` at the steps ``heldout`` (a suite's
+    cells ask for :func:`heldout_steps`; by default none, so meta-training's validation runs
+    pay nothing for them)."""
     params = task.init(seeds, device=device)
     state = optimizer.init(params)
     stream = task.batches(split, seeds, device=device)
     losses = torch.empty(len(seeds), steps, dtype=params.dtype, device=params.device)
     metrics = task_metrics(task)
-    at = sorted({t for t in (heldout_steps(steps) if heldout is None else heldout) if 0 <= t < steps}) \
-        if metrics else []
+    at = sorted({t for t in heldout if 0 <= t < steps}) if metrics else []
     evaluated: dict[str, list[Tensor]] = {heldout_metric(m): [] for m in metrics}
     elapsed = torch.zeros(steps, dtype=torch.float64)
     spent, wanted = 0.0, set(at)
