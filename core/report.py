@@ -9,7 +9,10 @@ any run directory, also a copied or partial one, can be reported on:
 - a generalization heatmap: optimizer x variant, ``log10`` of the mean final loss
   over the best tuned baseline's (negative: better than every baseline);
 - a table per variant of mean final and summed losses with 95% t-intervals
-  over seeds, and their ranks; the settings tuning chose; meta-training curves;
+  over seeds, held-out loss and accuracy at the last step where the task has
+  held-out data, and ranks (also by the suite's ``rank``); held-out curves; time
+  to target (:mod:`l2obench.targets`); the settings tuning chose, its budget and
+  any chosen value on the edge of its grid; meta-training curves;
 - the runs that diverged, and any reference numbers the suite quotes, next to ours.
 
 The numbers are :mod:`l2obench.report_tables`, the figures :mod:`l2obench.report_figures`,

@@ -302,7 +302,8 @@ class ImageTask:
     """What the image optimizees share: the data set and its kept classes (read and
     checked here, when the task is built), initialisation, the parameter layout, and
     held-out loss and accuracy on the first ``eval_examples`` images of a split
-    (:mod:`l2obench.plugins.image_evaluation`)."""
+    (:mod:`l2obench.plugins.image_evaluation`) through each network's ``logits(params, x)``:
+    class scores ``(S, B, classes)`` of flat float images ``x`` ``(S, B, C*H*W)``."""
 
     config: MNISTConfig | ImageConfig
     layers: tuple[Layer, ...]
@@ -332,10 +333,6 @@ class ImageTask:
         images, labels = split_data(self.dataset, split, self.classes, params.device)
         n = self.config.eval_examples
         return evaluate_classifier(self.logits, params, images[:n], labels[:n], self.config.batch_size)
-
-    def logits(self, params: Tensor, x: Tensor) -> Tensor:
-        """Class scores ``(S, B, classes)`` of flat float images ``x`` ``(S, B, C*H*W)``."""
-        raise NotImplementedError
 
 
 class MLP(ImageTask):
