@@ -12,7 +12,8 @@ _API = (
     "Optimizer", "State", "chain", "scale", "stateless", "step_count", "zeros_like_state", "prefixed",
     "unprefixed", "add_decayed_weights", "decoupled_weight_decay", "scale_by_adagrad", "scale_by_adam",
     "scale_by_rms", "trace", "from_torch_optimizer", "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt", "LearnedOptimizer",
-    "Capabilities", "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "Dataset", "DATA_ENV",
+    "Capabilities", "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "task_metrics",
+    "heldout_metric", "Dataset", "DATA_ENV",
     "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir", "images_to_float",
     "select_classes", "Executor", "env_switch", "cpu_model",
     "seed_scores", "performance_profile", "rank_summary", "robust_summary", "meta_seed_spread", "higher_is_better",
@@ -40,7 +41,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "L2OError", "L2OWarning", "PluginError",
-    "hookimpl", *_API, "Registry", "get_registry", "load_results", "__version__",
+    "hookimpl", *_API, "Registry", "get_registry", "load_results", "time_to_target",
+    "__version__",
 ]
 
 
@@ -49,3 +51,11 @@ def load_results(directory):
     from .store import load_results as _load
 
     return _load(directory)
+
+
+def time_to_target(results, target=None, metric="loss", kind="test"):
+    """Per cell of a results table, the steps and seconds to reach a target (AlgoPerf); see
+    :func:`l2obench.targets.time_to_target`."""
+    from .targets import time_to_target as _time_to_target
+
+    return _time_to_target(results, target, metric, kind)

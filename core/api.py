@@ -20,7 +20,8 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
   command line, suites and checkpoints alike before a factory runs.
 - **learned optimizers**: :class:`LearnedOptimizer` and its :class:`Capabilities`.
 - **tasks**: :class:`Task`, :class:`TaskFamily`, :class:`TaskConfig`,
-  :func:`seed_generator`, :data:`SPLITS`.
+  :func:`seed_generator`, :data:`SPLITS`; :func:`task_metrics` (the held-out metrics a
+  task declares) and :func:`heldout_metric` (their name in the results table).
 - **data sets**: :class:`Dataset`, and what a data-set plugin is built from:
   :class:`DataFile` and :func:`read_data_file` (``L2OBENCH_DATA_DIR`` or a checksummed
   download into :func:`data_cache_dir`; :func:`data_dir`, :data:`DATA_ENV`), the IDX
@@ -49,7 +50,7 @@ from .hyperparameters import Beta, LearningRate, NonNegative, Positive, Positive
 from .learned import Capabilities, LearnedOptimizer
 from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
 from .registry import get_registry
-from .task import SPLITS, Split, Task, TaskConfig, TaskFamily, seed_generator
+from .task import SPLITS, Split, Task, TaskConfig, TaskFamily, heldout_metric, seed_generator, task_metrics
 from .transforms import (add_decayed_weights, decoupled_weight_decay, scale_by_adagrad, scale_by_adam,
                          scale_by_rms, trace)
 
@@ -60,7 +61,7 @@ __all__ = [
     "scale_by_rms", "trace", "from_torch_optimizer",
     "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt",
     "LearnedOptimizer", "Capabilities",
-    "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator",
+    "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "task_metrics", "heldout_metric",
     "Dataset", "DATA_ENV", "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir",
     "images_to_float", "select_classes",
     "Executor",

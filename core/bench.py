@@ -222,5 +222,43 @@ def evaluate_throughput(optimizers: Sequence[str] = ("adam", "lstm"), *, seeds: 
     return {"task": TASK[0], "seeds": seeds, "steps": steps, "optimizers": out}
 
 
+#: what ``bench heldout`` times: the smoke suite's quadratic test cells, the paper's MNIST net, the small conv net
+HELDOUT_TASKS = (("quadratic", {"dim": 20}), TASK, ("mnist-conv", {}))
+
+
+def heldout_cost(optimizer: str = "adam", *, seeds: int = 16, steps: int = 100, rounds: int = 3,
+                 device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What recording held-out metrics costs: per task of :data:`HELDOUT_TASKS`, the time of
+    an evaluation run of ``steps`` steps on ``seeds`` seeds with held-out metrics at the default
+    steps (:func:`l2obench.evaluate.heldout_steps`) over the same run without any, the two
+    interleaved ``rounds`` times (medians), so both see the same machine load."""
+    from .evaluate import heldout_steps, run
+    from .registry import get_registry
+    from .resolve import resolve_optimizer
+    from .task import task_metrics
+
+    if seeds < 1 or steps < 1 or rounds < 1:
+        raise ConfigError(f"bench heldout: --seeds {seeds}, --steps {steps} and --rounds {rounds} must be at least 1")
+    reg = get_registry()
+    out: dict[str, Any] = {}
+    for family, config in HELDOUT_TASKS:
+        task = reg.task(family, **config)
+        opt = resolve_optimizer(optimizer, task, device, params={"lr": 0.01}, registry=reg).optimizer
+        seed_list = list(range(seeds))
+        run(opt, task, seed_list[:2], 2, "test", device)  # warm-up: data on the device, first allocations
+        times: dict[str, list[float]] = {"without": [], "with": []}
+        for r in range(rounds):
+            for which in (("without", "with") if r % 2 == 0 else ("with", "without")):
+                t0 = time.perf_counter()
+                run(opt, task, seed_list, steps, "test", device,
+                    heldout=() if which == "without" else heldout_steps(steps))
+                times[which].append(time.perf_counter() - t0)
+        without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
+        out[f"{family}{json.dumps(config, separators=(',', '='))}" if config else family] = {
+            "metrics": list(task_metrics(task)), "evaluations": len(heldout_steps(steps)) if task_metrics(task) else 0,
+            "without_s": without, "with_s": with_, "overhead": with_ / without - 1, "runs": times}
+    return {"optimizer": optimizer, "seeds": seeds, "steps": steps, "rounds": rounds, "tasks": out}
+
+
 def _is_cuda(device) -> bool:
     return torch.device(device).type == "cuda"

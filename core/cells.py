@@ -145,13 +145,15 @@ def learned_spec(spec: LearnedSpec, source: str) -> dict[str, Any]:
 
 def evaluation_cell(kind: CellKind | str, optimizer: dict[str, Any], task: TaskVariant, horizon: int, split: str,
                     seeds: list[int], device: str, needs: tuple[str, ...] = (),
-                    provenance: Optional[dict[str, Any]] = None) -> Cell:
+                    provenance: Optional[dict[str, Any]] = None, heldout: Optional[dict[str, Any]] = None) -> Cell:
     """A tune or test cell: ``optimizer`` (a :func:`baseline_spec` or :func:`learned_spec`)
-    on ``task`` for ``horizon`` steps, every seed in one batched run (see :func:`with_provenance`)."""
+    on ``task`` for ``horizon`` steps, every seed in one batched run (see :func:`with_provenance`).
+    ``heldout`` says when held-out metrics are recorded (:func:`heldout_schedule`): ``every``
+    (``None``: about ten points a run) and, for a tune cell, the test ``horizons`` it serves."""
     kind = CellKind(kind)
     prefix = "tune " if kind is CellKind.TUNE else ""
     spec = {"optimizer": optimizer, "task": task_spec(task), "horizon": horizon, "split": split,
-            "seeds": list(seeds), "device": device}
+            "seeds": list(seeds), "device": device, "heldout": dict(heldout or {"every": None})}
     return with_provenance(Cell(kind, f"{prefix}{optimizer['id']} @ {task.id} @ T={horizon}", spec, needs),
                            provenance)
 
@@ -185,11 +187,27 @@ def share_prefixes(cells: list[Cell], done: set[str]) -> dict[str, list[Cell]]:
     return plan
 
 
+def heldout_schedule(spec: dict[str, Any]) -> list[int]:
+    """The steps at which the evaluation cell ``spec`` records held-out metrics: those of
+    :func:`l2obench.evaluate.heldout_steps` for its horizon, and for a tune cell for every
+    test horizon it serves (each needs its last step)."""
+    from .evaluate import heldout_steps
+
+    heldout = spec.get("heldout") or {}
+    horizons = heldout.get("horizons") or [spec["horizon"]]
+    return sorted({t for h in horizons for t in heldout_steps(int(h), heldout.get("every"))})
+
+
 def prefix_result(result: dict[str, Any], horizon: int) -> dict[str, Any]:
     """A finished evaluation's raw results cut to its first ``horizon`` steps (timings, those
     of the run they come from)."""
     import numpy as np
 
     diverged = np.asarray(result["diverged_at"])
+    steps = np.asarray(result.get("heldout_steps", []), dtype=np.int64)
+    keep = steps < horizon
     return {**result, "losses": np.array(result["losses"][:, :horizon]),
-            "diverged_at": np.where(diverged < horizon, diverged, -1)}
+            "diverged_at": np.where(diverged < horizon, diverged, -1),
+            "elapsed": np.array(result["elapsed"][:horizon]) if "elapsed" in result else None,
+            "heldout_steps": steps[keep],
+            "heldout": {k: np.array(v[:, keep]) for k, v in (result.get("heldout") or {}).items()}}

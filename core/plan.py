@@ -72,7 +72,7 @@ def plan_suite(suite: Suite, device: str, provenance: Optional[dict[str, Any]] =
                     needs = (run,) if run in plan.meta else ()
                     for h in tv.horizons:
                         cell = evaluation_cell(CellKind.TEST, opt, tv.task, h, "test", suite.test_seeds, device,
-                                               needs, provenance)
+                                               needs, provenance, heldout={"every": suite.heldout_every})
                         if cell.key not in seen:
                             seen.add(cell.key)
                             plan.learned_tests.append(cell)
@@ -81,12 +81,15 @@ def plan_suite(suite: Suite, device: str, provenance: Optional[dict[str, Any]] =
             gkey = (name, tv.task.id, hmax)
             group = plan.groups.get(gkey)
             if group is None:
-                specs = suite.baselines[name]
-                cells = [evaluation_cell(CellKind.TUNE, baseline_spec(o), tv.task, hmax, "validation",
-                                         suite.validation_seeds, device, provenance=provenance) for o in specs]
-                group = plan.groups[gkey] = TuneGroup(name, tv.task, hmax, specs, cells)
+                group = plan.groups[gkey] = TuneGroup(name, tv.task, hmax, suite.baselines[name], [],
+                                                      search=suite.search)
             for h in tv.horizons:
                 if h not in group.horizons:
                     group.horizons.append(h)
                     plan.baseline_tests.append((gkey, h))
+    for group in plan.groups.values():  # once its horizons are known: each needs held-out metrics at its end
+        heldout = {"every": suite.heldout_every, "horizons": sorted(group.horizons)}
+        group.cells = [evaluation_cell(CellKind.TUNE, baseline_spec(o), group.task, group.horizon, "validation",
+                                       suite.validation_seeds, device, provenance=provenance, heldout=heldout)
+                       for o in group.specs]
     return plan

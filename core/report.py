@@ -9,7 +9,10 @@ any run directory, also a copied or partial one, can be reported on:
 - a generalization heatmap: optimizer x variant, ``log10`` of the mean final loss
   over the best tuned baseline's (negative: better than every baseline);
 - a table per variant of mean final and summed losses with 95% t-intervals
-  over seeds, and their ranks; the settings tuning chose; meta-training curves;
+  over seeds, held-out loss and accuracy at the last step where the task has
+  held-out data, and ranks (also by the suite's ``rank``); held-out curves; time
+  to target (:mod:`l2obench.targets`); the settings tuning chose, its budget and
+  any chosen value on the edge of its grid; meta-training curves;
 - the runs that diverged, and any reference numbers the suite quotes, next to ours;
 - across variants (:mod:`l2obench.report_across`): a performance profile, a rank summary,
   medians and log-ratios to the best baseline with bootstrap intervals, log-loss
@@ -25,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from . import store
+from .criteria import CRITERIA
 from .report_across import across_blocks
-from .report_figures import curves_figure, heatmap_figure, meta_train_figure, palette_for, plotting
+from .report_figures import curves_figure, heatmap_figure, heldout_figure, meta_train_figure, palette_for, plotting
 from .report_render import (Block, ci_text, fmt, loss_text, paired_text, render_html, render_markdown, seeds_text,
                             slug)
-from .report_tables import failed_meta_training, missing_cells, per_seed, summarize
+from .report_tables import failed_meta_training, heldout_per_seed, missing_cells, per_seed, summarize
 
 __all__ = ["write_report", "plotting", "per_seed", "summarize", "curves_figure", "heatmap_figure",
            "meta_train_figure", "Block", "render_markdown", "render_html"]
@@ -50,20 +54,23 @@ def write_report(directory: str | Path) -> dict[str, Path]:
         raise ConfigError(f"{directory / store.MANIFEST}: not a run manifest (a JSON {type(manifest).__name__}, "
                           f"not an object); rerun `l2obench run` to rewrite it")
     df = store.load_results(directory)
-    test = df[(df["kind"] == "test") & (df["metric"] == "loss")] if len(df) else df
+    tests = df[df["kind"] == "test"] if len(df) else df
+    test = tests[tests["metric"] == "loss"] if len(df) else df
+    heldout = tests[tests["metric"].astype(str).str.startswith("heldout_")] if len(df) else df
     if test.empty and not manifest.get("failures"):
         raise ConfigError(f"{directory}: no test results yet; run `l2obench run` to finish the suite")
     figures = directory / "figures"
     figures.mkdir(exist_ok=True)
 
-    seeds = per_seed(test)
-    summary = summarize(seeds)
+    seeds = heldout_per_seed(heldout, per_seed(test))
+    rank_by = manifest.get("rank_rule", "final")
+    summary = summarize(seeds, rank=rank_by)
     missing = missing_cells(manifest, summary)
     variants = [(v["task"], int(h)) for v in manifest.get("variants", []) for h in v["horizons"]]
     present = set(zip(summary["task"], summary["horizon"].astype(int))) | set(zip(missing["task"], missing["horizon"]))
     order = [v for v in dict.fromkeys(variants) if v in present]
     order += sorted(present - set(order))
-    summary = summarize(seeds, order)
+    summary = summarize(seeds, order, rank=rank_by)
     summary.to_csv(directory / "summary.csv", index=False)
     optimizers = list(dict.fromkeys(list(manifest.get("learned", [])) + list(manifest.get("baselines", []))
                                     + list(summary["optimizer"])))
@@ -105,10 +112,16 @@ def write_report(directory: str | Path) -> dict[str, Path]:
                                  "seeds with 95% t-interval; the learning rate is the one tuning chose)."))
         blocks.append(Block("table", _reference_table(refs, summary)))
 
+    blocks += _target_blocks(df, manifest, order)
+
     blocks.append(Block("h2", "Test variants"))
     blocks.append(Block("p", "Final loss: mean loss at the last step, over test seeds; summed loss: the loss "
-                             "summed over the horizon (the paper's measure); ± is the 95% t-interval half-width; "
-                             "rank 1 is best. Curves: median over seeds, band 2.5-97.5 percentile."))
+                             "summed over the horizon (the paper's measure); both on the minibatch of each step. "
+                             "Held-out loss and accuracy: at the last step, on the test split's fixed evaluation "
+                             "set, where the task has one. ± is the 95% t-interval half-width; rank 1 is best, "
+                             f"by {CRITERIA.get(rank_by, rank_by)} (the suite's rank = \"{rank_by}\"; a diverged "
+                             "seed counts as the worst possible). Curves: median over seeds, band 2.5-97.5 "
+                             "percentile."))
     for task, horizon in order:
         label = f"{task} @ T={horizon}"
         blocks.append(Block("h3", label))
@@ -118,6 +131,12 @@ def write_report(directory: str | Path) -> dict[str, Path]:
             fig = figures / f"curves-{slug(label)}.png"
             curves_figure(test, task, horizon, palette, fig)
             blocks.append(Block("img", f"figures/{fig.name}", f"test loss, {label}"))
+            here = heldout[(heldout["task"] == task) & (heldout["horizon"] == horizon)] if len(heldout) else heldout
+            if len(here):
+                fig = figures / f"heldout-{slug(label)}.png"
+                heldout_figure(here, task, horizon, palette, fig)
+                blocks.append(Block("img", f"figures/{fig.name}", f"held-out loss and accuracy on the test "
+                                                                   f"split's evaluation set, {label}"))
         blocks += _diverged_words(part)
         blocks.append(Block("table", _variant_table(part, gone)))
 
@@ -125,17 +144,22 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     rank = {v: i for i, v in enumerate(order)}
     if tuning:
         blocks.append(Block("h2", "Tuning"))
+        rule = manifest.get("tune_rule", "final")
         blocks.append(Block("p", f"Each baseline's settings chosen per test variant on "
                                  f"{len(manifest.get('validation_seeds', []))} validation optimizees by the "
-                                 f"rule '{manifest.get('tune_rule', 'final')}' (mean "
-                                 f"{'final' if manifest.get('tune_rule', 'final') == 'final' else 'summed'} "
-                                 f"loss; a diverged seed counts as inf)."))
+                                 f"rule '{rule}' (the mean over them of {CRITERIA.get(rule, rule)}; a diverged "
+                                 f"seed counts as the worst possible). " + _budget_text(tuning)))
         rows = [{"baseline": t["baseline"], "variant": f"{t['task']} @ T={t['horizon']}", "chosen": t["chosen"],
-                 "validation score": min(t["scores"].values()),
+                 "validation score": t["scores"].get(t["chosen"], math.nan),
                  "grid": ", ".join(f"{k.split('[', 1)[-1].rstrip(']')}: {fmt(v, 3)}" for k, v in t["scores"].items())}
                 for t in sorted(tuning.values(), key=lambda t: (rank.get((t["task"], t["horizon"]), len(rank)),
                                                                 t["baseline"]))]
         blocks.append(Block("table", pd.DataFrame(rows)))
+        edges = [f"{t['baseline']} @ {t['task']} @ T={t['horizon']}: {', '.join(t['edge'])}"
+                 for t in tuning.values() if t.get("edge")]
+        if edges:
+            blocks.append(Block("p", "Warning: these chosen values lie on the edge of their grid, so a better "
+                                     "one may lie beyond it; widen the grid: " + "; ".join(edges) + "."))
 
     meta = df[df["kind"] == "meta-train"] if len(df) else df
     if len(meta):
@@ -184,23 +208,76 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     return paths
 
 
+def _budget_text(tuning: dict[str, Any]) -> str:
+    """What tuning cost, in runs: per baseline, the settings tried, each on the validation seeds."""
+    per: dict[str, dict[str, Any]] = {}
+    for t in tuning.values():
+        b = t.get("budget")
+        if b:
+            p = per.setdefault(t["baseline"], {"trials": b["trials"], "search": b.get("search", "grid"),
+                                               "seeds": b["validation_seeds"], "groups": set()})
+            p["groups"].add((t["task"], b["steps"]))
+    if not per:
+        return ""
+    parts = [f"{name}: {p['trials']} settings ({p['search']}) x {p['seeds']} seeds on each of {len(p['groups'])} "
+             f"variants, {sum(steps for _, steps in p['groups']) * p['trials'] * p['seeds']:,} optimizee steps"
+             for name, p in per.items()]
+    return "Budget: " + "; ".join(parts) + "."
+
+
+def _target_blocks(df, manifest: dict[str, Any], order) -> list[Block]:
+    """Time to target (AlgoPerf): per test cell, steps and seconds to reach the suite's target."""
+    import pandas as pd
+
+    from .targets import time_to_target
+
+    setting = manifest.get("target") or {"metric": "loss", "value": None}
+    metric, value = setting.get("metric") or "loss", setting.get("value")
+    if not len(df) or not ((df["kind"] == "test") & (df["metric"] == metric)).any():
+        return []
+    table = time_to_target(df, value, metric)
+    rank = {v: i for i, v in enumerate(order)}
+    table = table.assign(_o=[rank.get((t, h), len(rank)) for t, h in zip(table["task"], table["horizon"])])
+    table = table.sort_values(["_o", "steps"], kind="stable")
+    goal = (f"{metric} {'at least' if metric.endswith('accuracy') else 'at most'} {fmt(float(value))}"
+            if value is not None else f"the best tuned baseline's final {metric} on each variant")
+    rows = pd.DataFrame({"variant": [f"{t} @ T={h}" for t, h in zip(table["task"], table["horizon"])],
+                         "optimizer": table["optimizer_id"], "target": table["target"],
+                         "steps": [fmt(x) if r else "not reached" for x, r in zip(table["steps"], table["reached"])],
+                         "seconds": [fmt(x, 3) if r else "inf" for x, r in zip(table["seconds"], table["reached"])],
+                         "final": table["final"]})
+    return [Block("h2", "Time to target"),
+            Block("p", f"Steps and seconds (of optimizer steps, held-out evaluation left out) until the mean over "
+                       f"test seeds reaches {goal}; a run that never does, or whose seeds diverge first, takes "
+                       f"infinitely long (AlgoPerf)."),
+            Block("table", rows)]
+
+
 def _variant_table(part, gone):
     """One variant's table: a row per optimizer with results, then one per test cell
     without (failed or not run), so every cell the suite asked for is accounted for."""
     import pandas as pd
 
+    import numpy as np
+
+    columns = ["optimizer", "final loss", "rank", "summed loss", "rank (summed)",
+               "final − best baseline (paired)", "summed − best baseline (paired)", "diverged"]
+    heldout = [m for m in ("heldout_loss", "heldout_accuracy") if len(part) and np.isfinite(part[f"{m}_mean"]).any()]
+    names = {"heldout_loss": "held-out loss", "heldout_accuracy": "held-out accuracy"}
+    by = str(part["rank_by"].iloc[0]) if len(part) else "final"
+    ranked = [] if by in ("final", "summed") else [f"rank ({names.get(by, by)})"]
+    columns[5:5] = [names[m] for m in heldout] + ranked
     rows = [{"optimizer": r["optimizer_id"], "final loss": loss_text(r, "final"), "rank": r["rank_final"],
              "summed loss": loss_text(r, "summed"), "rank (summed)": r["rank_summed"],
+             **{names[m]: ci_text(r[f"{m}_mean"], r[f"{m}_low"], r[f"{m}_high"]) for m in heldout},
+             **{c: r["rank"] for c in ranked},
              "final − best baseline (paired)": paired_text(r, "final"),
              "summed − best baseline (paired)": paired_text(r, "summed"),
              "diverged": f"{r['diverged']}/{r['seeds']}"} for r in part.to_dict("records")]
     for r in gone.to_dict("records"):
-        rows.append({"optimizer": r["optimizer"], "final loss": r["state"], "rank": "", "summed loss": r["state"],
-                     "rank (summed)": "", "final − best baseline (paired)": "", "summed − best baseline (paired)": "",
-                     "diverged": ""})
-    return pd.DataFrame(rows, columns=["optimizer", "final loss", "rank", "summed loss", "rank (summed)",
-                                       "final − best baseline (paired)", "summed − best baseline (paired)",
-                                       "diverged"])
+        rows.append({c: "" for c in columns} | {"optimizer": r["optimizer"], "final loss": r["state"],
+                                                 "summed loss": r["state"]})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _diverged_words(part) -> list[Block]:

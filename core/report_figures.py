@@ -7,8 +7,8 @@ from typing import Any
 
 from .analysis import run_labels
 
-__all__ = ["plotting", "palette_for", "curves_figure", "heatmap_figure", "meta_train_figure", "profile_figure",
-           "meta_seed_figure"]
+__all__ = ["plotting", "palette_for", "curves_figure", "heldout_figure", "heatmap_figure", "meta_train_figure",
+           "profile_figure", "meta_seed_figure"]
 
 
 def plotting():
@@ -66,6 +66,37 @@ def curves_figure(test, task: str, horizon: int, palette, path: Path) -> None:
     ax.set_ylabel("loss")
     ax.set_title(f"{task} @ T={horizon}", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def heldout_figure(rows, task: str, horizon: int, palette, path: Path) -> None:
+    """Held-out loss (log scale) and accuracy against the step: the mean over seeds at each
+    evaluated step, with the 2.5-97.5 percentile band; one panel per held-out metric."""
+    import numpy as np
+
+    plt, _ = plotting()
+    data = rows[(rows["task"] == task) & (rows["horizon"] == horizon)]
+    metrics = [m for m in ("heldout_loss", "heldout_accuracy") if (data["metric"] == m).any()]
+    metrics += sorted(set(data["metric"]) - set(metrics))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.15, top=0.9, wspace=0.3)
+    for ax, metric in zip(axes[0], metrics):
+        for (optimizer, opt_id), g in data[data["metric"] == metric].groupby(["optimizer", "optimizer_id"],
+                                                                            sort=False):
+            m = g.pivot_table(index="seed", columns="step", values="loss", aggfunc="first", dropna=False)
+            values = m.to_numpy(dtype=float)
+            with np.errstate(invalid="ignore"):
+                mean = np.where(np.isfinite(values).all(axis=0), values.mean(axis=0), np.nan)
+                lo, hi = np.nanpercentile(values, [2.5, 97.5], axis=0) if np.isfinite(values).any() else (mean, mean)
+            color = palette.get(optimizer)
+            ax.plot(m.columns, mean, marker="o", ms=2.5, lw=1.3, label=opt_id, color=color)
+            ax.fill_between(m.columns, lo, hi, color=color, alpha=0.15, lw=0)
+        if metric.endswith("loss"):
+            ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel=metric.replace("heldout_", "held-out ").replace("_", " "))
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{task} @ T={horizon}, test split's evaluation set", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -8,7 +8,10 @@ from typing import Any
 
 from .stats import mean_ci
 
-__all__ = ["per_seed", "summarize", "SUMMARY_COLUMNS", "missing_cells", "failed_meta_training"]
+__all__ = ["per_seed", "heldout_per_seed", "summarize", "SUMMARY_COLUMNS", "missing_cells", "failed_meta_training"]
+
+#: the held-out metrics the report summarises at the last step, when a variant has them
+HELDOUT_SUMMARY = ("heldout_loss", "heldout_accuracy")
 
 #: The columns of :func:`summarize`'s table (summary.csv), also when it has no rows.
 SUMMARY_COLUMNS = [
@@ -19,6 +22,8 @@ SUMMARY_COLUMNS = [
     "log10_vs_best_baseline", "paired_seeds",
     "final_vs_best_mean", "final_vs_best_low", "final_vs_best_high",
     "summed_vs_best_mean", "summed_vs_best_low", "summed_vs_best_high",
+    "heldout_loss_mean", "heldout_loss_low", "heldout_loss_high",
+    "heldout_accuracy_mean", "heldout_accuracy_low", "heldout_accuracy_high", "rank_by", "rank",
 ]
 
 
@@ -44,13 +49,32 @@ def per_seed(test) -> "Any":
     return pd.DataFrame(rows, columns=[*keys, "seed", "final", "summed", "diverged_step", "diverged", "wall_time"])
 
 
-def summarize(seeds, order: list[tuple[str, int]] | None = None):
+def heldout_per_seed(rows, seeds):
+    """``seeds`` (:func:`per_seed`) with, per cell and seed, each held-out metric of
+    :data:`HELDOUT_SUMMARY` at the last step (step T-1) from the test ``rows`` of every
+    metric; NaN where a cell has none."""
+    import numpy as np
+
+    out = seeds.copy()
+    for metric in HELDOUT_SUMMARY:
+        part = rows[(rows["metric"] == metric) & (rows["step"] == rows["horizon"] - 1)]
+        last = part.groupby(["cell_id", "seed"], sort=False)["loss"].first()
+        out[metric] = [last.get((c, s), np.nan) for c, s in zip(out["cell_id"], out["seed"])] if len(out) else []
+    return out
+
+
+def summarize(seeds, order: list[tuple[str, int]] | None = None, rank: str = "final"):
     """One row per (variant, optimizer): mean final and summed loss with 95% t-intervals
     (a diverged seed counts as inf), the same over the seeds that did not diverge
     (``*_ok_*``), ranks within the variant, log10 of the final loss over the best tuned
-    baseline's, and the paired difference to that baseline (see :func:`_paired_vs_best_baseline`)."""
+    baseline's, and the paired difference to that baseline (see :func:`_paired_vs_best_baseline`);
+    held-out loss and accuracy at the last step where ``seeds`` has them
+    (:func:`heldout_per_seed`); and ``rank``, by the criterion ``rank``
+    (:mod:`l2obench.criteria`; a diverged seed is the worst possible)."""
     import numpy as np
     import pandas as pd
+
+    from . import criteria
 
     rows = []
     for (task, horizon, optimizer, opt_id, kind, lr), g in seeds.groupby(
@@ -65,6 +89,11 @@ def summarize(seeds, order: list[tuple[str, int]] | None = None):
                         f"{metric}_ok_mean": kept.mean if kept else np.nan,
                         f"{metric}_ok_low": kept.low if kept else np.nan,
                         f"{metric}_ok_high": kept.high if kept else np.nan})
+        for metric in HELDOUT_SUMMARY:
+            v = g[metric].to_numpy(dtype=float) if metric in g else np.full(len(g), np.nan)
+            ci = mean_ci(criteria.scores(v, metric)) if np.isfinite(v).any() else None
+            row.update({f"{metric}_mean": ci.mean if ci else np.nan, f"{metric}_low": ci.low if ci else np.nan,
+                        f"{metric}_high": ci.high if ci else np.nan})
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -74,6 +103,10 @@ def summarize(seeds, order: list[tuple[str, int]] | None = None):
     grouped = table.groupby(["task", "horizon"], sort=False)
     table["rank_final"] = grouped["final_mean"].rank(method="min", na_option="bottom").astype(int)
     table["rank_summed"] = grouped["summed_mean"].rank(method="min", na_option="bottom").astype(int)
+    by = {"final": "final_mean", "summed": "summed_mean"}.get(rank, f"{rank}_mean")
+    table["rank_by"] = rank
+    table["rank"] = table.groupby(["task", "horizon"], sort=False)[by].rank(
+        method="min", na_option="bottom", ascending=not criteria.maximised(rank)).astype(int)
     best = _best_baselines(table)
     for column, k in (("best_baseline", "optimizer_id"), ("best_baseline_diverged", "diverged"),
                       ("best_baseline_seeds", "seeds")):
@@ -92,7 +125,7 @@ def summarize(seeds, order: list[tuple[str, int]] | None = None):
     if order:
         rank = {v: i for i, v in enumerate(order)}
         table["_o"] = [rank.get((t, h), len(rank)) for t, h in zip(table["task"], table["horizon"])]
-        table = table.sort_values(["_o", "rank_final"], kind="stable").drop(columns="_o")
+        table = table.sort_values(["_o", "rank"], kind="stable").drop(columns="_o")
     return table[SUMMARY_COLUMNS].reset_index(drop=True)
 
 

@@ -96,7 +96,7 @@ class Runner:
         self.plan = plan_suite(suite, self.device, self.provenance)
         self._unverified: set[str] = set()
         self.done: set[str] = set() if force else self._done_in_directory()
-        self.losses: dict[str, Any] = {}  # tune cell key -> (seeds, steps) losses
+        self.losses: dict[str, Any] = {}  # tune cell key -> its curves (store.curves)
         self.tuning: dict[str, Any] = {}  # the manifest's record of every choice
         self.chosen: dict[tuple[GroupKey, int], Cell] = {}  # a baseline's test cell per group and horizon
         self._groups_of: dict[str, list[GroupKey]] = {}
@@ -199,10 +199,10 @@ class Runner:
         group: TuneGroup = self.plan.groups[gkey]
         for c in group.cells:  # cells finished by an earlier, interrupted run are read back
             if c.key not in self.losses:
-                self.losses[c.key] = store.read_losses(self.out, c.key)
+                self.losses[c.key] = store.read_curves(self.out, c.key)
         new = []
         for h, cell, record in tuned_tests(group, self.losses, self.suite.tune_rule, self.suite.test_seeds,
-                                           self.device):
+                                           self.device, {"every": self.suite.heldout_every}):
             cell = with_provenance(cell, self.provenance)
             if cell.key in self._unverified:
                 self._unverified.discard(cell.key)
@@ -222,14 +222,15 @@ class Runner:
         returns the cells it unlocked."""
         if cell.kind is CellKind.META_TRAIN:
             atomic_write_bytes(self.checkpoint_path(self.plan.learned_id(cell)), result.pop("checkpoint_bytes"))
-        store.write_cell(self.out, cell.key, store.cell_frame(cell, result))
+        frame = store.cell_frame(cell, result)
+        store.write_cell(self.out, cell.key, frame)
         self.done.add(cell.key)
         if cell.kind is CellKind.META_TRAIN:
             name = self.plan.learned_id(cell)
             return [c for c in self.plan.learned_tests if name in c.needs and self._needs_done(c)]
         unlocked: list[Cell] = []
         if cell.kind is CellKind.TUNE:
-            self.losses[cell.key] = result["losses"]
+            self.losses[cell.key] = store.curves(frame)
             for gkey in self._groups_of[cell.key]:
                 group = self.plan.groups[gkey]
                 if self._all_done(group.cells) and (gkey, group.horizons[0]) not in self.chosen:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 from typing import TYPE_CHECKING, Any
 
-from .cells import Cell, CellKind, OptimizerKind, prefix_result, share_prefixes
+from .cells import Cell, CellKind, OptimizerKind, heldout_schedule, prefix_result, share_prefixes
 from .errors import MetaTrainingError
 from .executor import Executor
 from .work import progress_path, run_cell
@@ -61,6 +61,9 @@ class Scheduler:
             runtime["run_dir"] = str(self.runner.out)
         if cell.kind is CellKind.TEST and cell.spec["optimizer"]["kind"] == OptimizerKind.LEARNED:
             runtime["checkpoint"] = self.runner.checkpoint_bytes(cell.spec["optimizer"]["id"])
+        if cell.kind is not CellKind.META_TRAIN:  # the shorter cells read from it need their own steps
+            runtime["heldout_steps"] = sorted({t for c in [cell, *self.riders.get(cell.key, [])]
+                                               for t in heldout_schedule(c.spec)})
         return runtime
 
     def collect(self, future: cf.Future) -> None:

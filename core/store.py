@@ -13,9 +13,12 @@ and is verified when read (:func:`verify_cell`): a truncated, empty or garbled c
 file is never trusted; the runner recomputes it and :func:`load_results` leaves it
 out, each with a one-line warning.
 
-A row is one (cell, seed, step, metric): ``loss`` rows for tuning (``kind =
-"tune"``, split validation) and test (``kind = "test"``) cells, ``meta_loss``
-and ``validation_loss`` rows for meta-training cells.  The columns are listed
+A row is one (cell, seed, step, metric): ``loss`` rows (the minibatch loss, every
+step) for tuning (``kind = "tune"``, split validation) and test (``kind = "test"``)
+cells, and, for tasks with held-out data, ``heldout_loss``, ``heldout_accuracy``, ...
+rows at the steps they were evaluated (on the cell's split's evaluation set: validation
+for tuning, test for test cells); ``meta_loss`` and ``validation_loss`` rows for
+meta-training cells.  The columns are listed
 in :data:`COLUMNS`; every task config parameter is a column too (``dim``,
 ``hidden``, ``activation``, ...; one that clashes with a column above is
 prefixed ``task_``).  Reports read this table and the manifest only.
@@ -56,8 +59,9 @@ COLUMNS: dict[str, str] = {
     "split": "train, validation or test",
     "seed": "optimizee seed (test: 0, 1, ...; validation: 1,000,000 + i)",
     "step": "step t = 0..T-1 (the loss f(theta_t)); for meta-train rows the episode or epoch",
-    "metric": "loss, meta_loss or validation_loss",
-    "loss": "the value (NaN or inf after a divergence)",
+    "metric": "loss (the minibatch's), heldout_loss, heldout_accuracy, ... (on the split's evaluation set), "
+              "meta_loss or validation_loss",
+    "loss": "the metric's value (NaN or inf after a divergence)",
     "status": "ok or diverged (per seed)",
     "diverged_step": "first non-finite step of this seed, -1 if none",
     "checkpoint": "content hash of the learned optimizer's checkpoint ('' for baselines)",
@@ -65,6 +69,7 @@ COLUMNS: dict[str, str] = {
     "device": "where the cell ran",
     "wall_time": "seconds the cell took in its worker (a cell read from a longer run's prefix: that run's)",
     "compute_time": "seconds of it inside optimizer steps (evaluate.run / meta_train)",
+    "elapsed": "seconds of optimizer steps before this step (held-out evaluation left out; NaN for meta-train rows)",
     "versions": "plugin distributions and versions involved, JSON",
 }
 
@@ -117,15 +122,7 @@ def cell_frame(cell: Cell, result: dict[str, Any]):
         n = len(history) + len(validation)
     else:
         opt = spec["optimizer"]
-        losses = result["losses"]
-        S, T = losses.shape
-        diverged = np.asarray(result["diverged_at"], dtype=np.int64)
-        rows = {"horizon": int(spec["horizon"]), "split": spec["split"],
-                "seed": np.repeat(np.asarray(spec["seeds"], dtype=np.int64), T),
-                "step": np.tile(np.arange(T, dtype=np.int64), S), "metric": "loss", "loss": losses.reshape(-1),
-                "status": np.repeat(np.where(diverged >= 0, "diverged", "ok"), T),
-                "diverged_step": np.repeat(diverged, T)}
-        n = S * T
+        rows, n = _evaluation_rows(cell, result)
     lr = opt["params"].get("lr") if opt["kind"] == OptimizerKind.BASELINE else None
     values = {
         "cell_id": cell.id, "cell_key": cell.key, "kind": cell.kind.value, "optimizer": opt["name"],
@@ -136,9 +133,45 @@ def cell_frame(cell: Cell, result: dict[str, Any]):
         "meta_seed": int(result["seed"] if cell.kind is CellKind.META_TRAIN else result.get("meta_seed", -1)),
         "device": spec["device"],
         "wall_time": float(result["wall_time"]), "compute_time": result["compute"][1] - result["compute"][0],
-        "versions": _versions(opt["version"], spec["task"]["version"]),
+        "elapsed": rows.pop("elapsed", math.nan), "versions": _versions(opt["version"], spec["task"]["version"]),
     }
     return _frame(values, n, spec["task"])
+
+
+def _evaluation_rows(cell: Cell, result: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A tune or test cell's columns that vary by row: its ``loss`` rows (every seed and step),
+    then per held-out metric its rows at the cell's own steps of
+    :func:`~l2obench.cells.heldout_schedule` (a longer run's result may hold more)."""
+    import numpy as np
+
+    from .cells import heldout_schedule
+
+    spec = cell.spec
+    losses = result["losses"]
+    S, T = losses.shape
+    seeds = np.asarray(spec["seeds"], dtype=np.int64)
+    diverged = np.asarray(result["diverged_at"], dtype=np.int64)
+    elapsed = result.get("elapsed")
+    elapsed = np.full(T, np.nan) if elapsed is None else np.asarray(elapsed, dtype=np.float64)[:T]
+    steps, metrics, values = [np.tile(np.arange(T, dtype=np.int64), S)], [np.full(S * T, "loss", dtype=object)], \
+        [losses.reshape(-1)]
+    seed_col = [np.repeat(seeds, T)]
+    at = np.asarray(result.get("heldout_steps", []), dtype=np.int64)
+    own = np.isin(at, heldout_schedule(spec)) & (at < T)
+    for name, table in (result.get("heldout") or {}).items():
+        table = np.asarray(table, dtype=np.float64)[:, own]
+        E = table.shape[1]
+        steps.append(np.tile(at[own], S))
+        metrics.append(np.full(S * E, name, dtype=object))
+        values.append(table.reshape(-1))
+        seed_col.append(np.repeat(seeds, E))
+    step = np.concatenate(steps)
+    seed = np.concatenate(seed_col)
+    per_seed = dict(zip(seeds.tolist(), diverged.tolist()))
+    div = np.asarray([per_seed[s] for s in seed.tolist()], dtype=np.int64)
+    return {"horizon": int(spec["horizon"]), "split": spec["split"], "seed": seed, "step": step,
+            "metric": np.concatenate(metrics), "loss": np.concatenate(values),
+            "status": np.where(div >= 0, "diverged", "ok"), "diverged_step": div, "elapsed": elapsed[step]}, len(step)
 
 
 def _frame(values: dict[str, Any], n: int, task: dict[str, Any]):
@@ -199,16 +232,32 @@ def read_cell(directory: str | os.PathLike, key: str, columns: list[str] | None 
 
 def read_losses(directory: str | os.PathLike, key: str):
     """``(seeds, steps)`` losses of a finished tune or test cell, seeds in the cell's order."""
+    return read_curves(directory, key)["loss"][1]
+
+
+def read_curves(directory: str | os.PathLike, key: str):
+    """Every metric of a finished tune or test cell: ``{metric: (steps, (seeds, len(steps)) values)}``,
+    seeds in the cell's order (see :func:`curves`)."""
+    return curves(read_verified(cell_path(directory, key), ["seed", "step", "metric", "loss"]).to_pandas())
+
+
+def curves(frame) -> dict[str, Any]:
+    """A tune or test cell's rows as ``{metric: (steps, values)}``: the steps recorded, ascending,
+    and ``(seeds, len(steps))`` values, seeds in first-appearance order (NaN where a seed
+    has no row)."""
     import numpy as np
 
-    table = read_verified(cell_path(directory, key), ["seed", "step", "loss"])
-    seed, step, loss = (table.column(c).to_numpy() for c in ("seed", "step", "loss"))
-    seeds, rows = np.unique(seed, return_inverse=True)
-    order = np.argsort(np.unique(seed, return_index=True)[1])  # first-appearance order
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    out = np.full((len(seeds), int(step.max()) + 1), np.nan)
-    out[rank[rows], step] = loss
+    seed = frame["seed"].to_numpy()
+    order = list(dict.fromkeys(seed.tolist()))
+    row_of = {s: i for i, s in enumerate(order)}
+    out = {}
+    for metric, g in frame.groupby("metric", sort=False):
+        steps = np.unique(g["step"].to_numpy())
+        col = {int(t): j for j, t in enumerate(steps)}
+        values = np.full((len(order), len(steps)), np.nan)
+        values[[row_of[s] for s in g["seed"].tolist()], [col[int(t)] for t in g["step"].tolist()]] = \
+            g["loss"].to_numpy(dtype=float)
+        out[str(metric)] = (steps, values)
     return out
 
 

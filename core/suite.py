@@ -287,10 +287,19 @@ class _Validator:
                     hint = did_you_mean(name, b.optimizers)
                     self.fail(f"baselines.params.{name}", f"{name!r} is not in baselines.optimizers; {hint}"
                                                           f"listed: {', '.join(b.optimizers)}")
+            if b.search == "sobol":
+                self.search_space(b)
+            elif b.trials is not None or b.space:
+                self.fail("baselines.trials" if b.trials is not None else "baselines.space",
+                          'only for search = "sobol"; a grid is lr_grid x the list-valued params')
             for name in b.optimizers:
                 entry = self.reg.get("optimizer", name)
                 extra = b.params.get(name, {})
                 where = f"baselines.params.{name}"
+                if b.search == "sobol":
+                    baselines[name] = [OptimizerSpec(name, combo, {**entry.parameters(), **combo}, entry.origin)
+                                       for combo in self.sobol_points(b, entry, extra, where)]
+                    continue
                 if "lr" in extra:
                     table = {"lr": extra["lr"], **{k: v for k, v in extra.items() if k != "lr"}}
                 else:
@@ -338,7 +347,85 @@ class _Validator:
                 self.fail(where, f"{r.task} @ T={r.horizon} is not a test variant of this suite; {hint}"
                                  f"variants: {', '.join(known[:8])}{' ...' if len(known) > 8 else ''}")
             references.append(r.model_dump())
-        return Suite(self.path, self.text, m, learned, baselines, tests, references)
+        suite = Suite(self.path, self.text, m, learned, baselines, tests, references)
+        self.heldout_metrics(suite)
+        return suite
+
+    def search_space(self, b) -> None:
+        """``search = "sobol"`` needs trials and a space with lr, each range low < high."""
+        if b.trials is None:
+            self.fail("baselines.trials", 'missing; search = "sobol" tries this many settings per baseline')
+        if "lr" not in b.space:
+            self.fail("baselines.space", 'needs lr = [low, high]; search = "sobol" always searches the learning '
+                                         'rate')
+        if b.lr_grid:
+            self.fail("baselines.lr_grid", 'a grid, but search = "sobol" samples lr from baselines.space.lr; '
+                                           'remove one')
+        known = {k for name in b.optimizers for k in self.reg.get("optimizer", name).parameters()}
+        for key, (low, high) in b.space.items():
+            if key not in known:
+                self.fail(f"baselines.space.{key}", f"no baseline has this hyperparameter; "
+                                                    f"{did_you_mean(key, sorted(known))}theirs: "
+                                                    f"{', '.join(sorted(known))}")
+            if not low < high or (key == "lr" and low <= 0):
+                self.fail(f"baselines.space.{key}", f"invalid range [{low}, {high}]: give [low, high] with "
+                                                    f"low < high{' and low > 0' if key == 'lr' else ''}")
+
+    def sobol_points(self, b, entry, fixed: dict[str, Any], where: str) -> list[dict[str, Any]]:
+        """``b.trials`` settings of one baseline from a scrambled Sobol sequence (seed
+        ``b.search_seed``) over the space's ranges it has and ``fixed`` does not set: lr
+        log-uniform, the others uniform, each rounded to 3 significant digits for readable ids."""
+        import math
+
+        import torch
+
+        axes = [k for k in b.space if k in entry.parameters() and k not in fixed]
+        if "lr" not in axes:
+            self.fail(f"{where}.lr", "fixed here, but search = \"sobol\" searches lr; remove it from params")
+        engine = torch.quasirandom.SobolEngine(len(axes), scramble=True, seed=b.search_seed)
+        points = engine.draw(b.trials, dtype=torch.float64).tolist()
+        combos = []
+        for u in points:
+            combo: dict[str, Any] = {}
+            for k, x in zip(axes, u):
+                low, high = b.space[k]
+                v = math.exp(math.log(low) + x * (math.log(high) - math.log(low))) if k == "lr" else low + x * (
+                    high - low)
+                combo[k] = float(f"{v:.3g}")
+            combo.update(fixed)
+            self.params(entry, combo, where)
+            combos.append(combo)
+        return combos
+
+    def heldout_metrics(self, suite: Suite) -> None:
+        """A setting that reads a held-out metric needs every task variant it concerns to
+        report it: tuning, the baselines' variants; the ranking and the target, every one."""
+        from .task import heldout_metric, task_metrics
+
+        wanted = []
+        if suite.tune_rule.startswith("heldout_"):
+            wanted.append(("baselines.tune", suite.tune_rule, lambda tv: bool(set(tv.optimizers) & set(baselines))))
+        if suite.rank_rule.startswith("heldout_"):
+            wanted.append(("suite.rank", suite.rank_rule, lambda tv: True))
+        if suite.target["metric"].startswith("heldout_"):
+            wanted.append(("suite.target.metric", suite.target["metric"], lambda tv: True))
+        baselines = suite.baselines
+        reported: dict[str, tuple[str, ...]] = {}
+        for where, metric, concerns in wanted:
+            for tv in suite.tests:
+                if not concerns(tv):
+                    continue
+                if tv.task.id not in reported:
+                    try:
+                        task = self.reg.task(tv.task.family, **tv.task.config)
+                    except L2OError as exc:
+                        self.fail(f"test[{tv.entry}].task", str(exc))
+                    reported[tv.task.id] = tuple(heldout_metric(n) for n in task_metrics(task))
+                if metric not in reported[tv.task.id]:
+                    have = ", ".join(reported[tv.task.id]) or "none"
+                    self.fail(where, f"{metric!r} needs held-out metrics, but task variant {tv.task.id} "
+                                     f"(test[{tv.entry}]) reports {have}; choose final or summed, or "
+                                     f"test only tasks with held-out data")
 
 
 def _not_in_suite(name: str, names: list[str]) -> str:

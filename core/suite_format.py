@@ -12,11 +12,14 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import VALIDATION_SEED_BASE
+from .criteria import CRITERIA, Criterion
 
 __all__ = [
     "Seeds", "Name", "SuiteSection", "TaskTable", "MetaTrainEntry", "CheckpointEntry", "Baselines", "TestEntry",
-    "Reference", "SuiteFile", "json_schema",
+    "Reference", "SuiteFile", "Target", "json_schema",
 ]
+
+_CRITERIA_DOC = "; ".join(f"{k}: {v}" for k, v in CRITERIA.items())
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -84,6 +87,12 @@ class SuiteSection(_Model):
         f"{VALIDATION_SEED_BASE}..{VALIDATION_SEED_BASE}+n-1) or a list of offsets added to {VALIDATION_SEED_BASE}")
     device: Optional[str] = Field(None, pattern=_DEVICE_RE.pattern,
                                   description="cpu, cuda, cuda:N or mps; `l2obench run --device` overrides it")
+    heldout_every: Optional[typing.Annotated[int, Field(gt=0)]] = Field(
+        None, description="record held-out metrics (tasks with held-out data) every this many steps and at the "
+                          "last; default: about ten points a run (horizon // 10)")
+    rank: Criterion = Field("final", description=f"what the report ranks optimizers by, per test variant "
+                                                  f"(mean over test seeds): {_CRITERIA_DOC}")
+    target: Optional["Target"] = Field(None, description="the target of the report's time to target")
 
     @pydantic.field_validator("seeds", "validation_seeds")
     @classmethod
@@ -94,6 +103,16 @@ class SuiteSection(_Model):
             raise ValueError(f"seeds must be below {VALIDATION_SEED_BASE} (from there on they are the "
                              f"validation optimizees baselines are tuned on); got {max(value)}")
         return value
+
+
+class Target(_Model):
+    """``[suite.target]``: the value a run must reach for the report's time to target."""
+
+    metric: Optional[Literal["loss", "heldout_loss", "heldout_accuracy"]] = Field(
+        None, description="loss (the minibatch's, mean over seeds), heldout_loss or heldout_accuracy; default: "
+                          "the metric suite.rank reads")
+    value: Optional[float] = Field(None, allow_inf_nan=False, description="the target; default: the best tuned "
+                                   "baseline's final value on each test variant")
 
 
 class TaskTable(BaseModel):
@@ -161,9 +180,20 @@ class Baselines(_Model):
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per optimizer, other hyperparameters: a value is fixed, a list is a grid "
         "axis tuned with lr; an lr here replaces lr_grid for that optimizer")
-    tune: Literal["final", "summed"] = Field(
-        "final", description="what tuning minimises, mean over validation seeds: the loss at the last step "
-        "of the horizon (the paper) or the loss summed over the horizon")
+    tune: Criterion = Field(
+        "final", description=f"what tuning selects on, mean over validation seeds, per test variant and "
+                             f"horizon: {_CRITERIA_DOC}")
+    search: Literal["grid", "sobol"] = Field(
+        "grid", description="grid: every point of lr_grid x the list-valued params; sobol: `trials` seeded "
+                            "quasirandom points of `space`")
+    trials: Optional[typing.Annotated[int, Field(gt=0)]] = Field(
+        None, description="search = sobol: the settings tried per baseline")
+    search_seed: typing.Annotated[int, Field(ge=0)] = Field(0, description="search = sobol: the scrambling seed")
+    space: dict[str, typing.Annotated[list[typing.Annotated[float, Field(allow_inf_nan=False)]],
+                                      Field(min_length=2, max_length=2)]] = Field(
+        default_factory=dict, description="search = sobol: [low, high] per hyperparameter, e.g. lr = [1e-4, 1.0] "
+        "(sampled log-uniformly), momentum = [0.0, 0.99], beta1 = [0.5, 0.99] (uniformly); each baseline searches "
+        "the ones it has and params does not fix")
 
 
 class TestEntry(_Model):
@@ -187,6 +217,9 @@ class Reference(_Model):
     final_loss: Optional[float] = Field(None, description="loss at the last step")
     lr: Optional[float] = Field(None, description="the learning rate the source tuned")
     source: str = Field("", description="where the number comes from")
+
+
+SuiteSection.model_rebuild()
 
 
 class SuiteFile(_Model):

@@ -139,6 +139,27 @@ class Suite:
     def tune_rule(self) -> str:
         return self.model.baselines.tune if self.model.baselines else "final"
 
+    @property
+    def rank_rule(self) -> str:
+        return self.model.suite.rank
+
+    @property
+    def heldout_every(self) -> Optional[int]:
+        return self.model.suite.heldout_every
+
+    @property
+    def search(self) -> str:
+        return self.model.baselines.search if self.model.baselines else "grid"
+
+    @property
+    def target(self) -> dict[str, Any]:
+        """The time-to-target setting: ``metric`` and ``value`` (``None``: derived per variant)."""
+        from .criteria import metric_of
+
+        t = self.model.suite.target
+        metric = t.metric if t is not None and t.metric else metric_of(self.rank_rule)
+        return {"metric": metric, "value": t.value if t is not None else None}
+
 
 def expand_grid(table: dict[str, Any]) -> list[dict[str, Any]]:
     """Cartesian product over list-valued keys, in the order written (first key slowest)."""

@@ -7,6 +7,13 @@ A :class:`Task` is one optimization problem with a flat parameter vector of
 one-seed calls give.  Seeds pick the random function (quadratics), the initial
 parameters and the minibatches.
 
+A task with held-out data may also report *held-out metrics*: it declares their
+names in ``metrics`` (``("loss", "accuracy")`` for a classifier) and returns them from
+``evaluate(params, split)``, each ``(S,)``, computed on a fixed evaluation set of the
+split (the same examples for every seed and step, not a minibatch).  The results table
+calls them ``heldout_loss``, ``heldout_accuracy``, ... (:func:`heldout_metric`).  A task
+without held-out data (a random quadratic) simply declares none.
+
 A :class:`TaskFamily` validates a config (a pydantic model) and builds a Task
 from it; ``sample`` draws configs when a family is a distribution over them.
 """
@@ -46,6 +53,32 @@ class Task(Protocol):
 
     def loss(self, params: Tensor, batch: Any) -> Tensor:
         """Loss of each optimizee on its minibatch: ``(S, dim) -> (S,)``."""
+
+    # Optional, for tasks with held-out data (see the module's docstring):
+    #   metrics: tuple[str, ...]                    e.g. ("loss", "accuracy")
+    #   def evaluate(self, params, split) -> dict[str, Tensor]   each (S,), on the
+    #       split's fixed evaluation set; row i depends on params[i] alone
+
+
+#: what the results table prefixes a task's held-out metric with (``heldout_loss``)
+HELDOUT = "heldout_"
+
+
+def heldout_metric(name: str) -> str:
+    """The results table's name of a task's held-out metric ``name``: ``heldout_loss``."""
+    return f"{HELDOUT}{name}"
+
+
+def task_metrics(task: Task) -> tuple[str, ...]:
+    """The held-out metrics ``task`` declares (its ``metrics``; ``()`` for a task without
+    held-out data); a task that declares some without an ``evaluate`` is a plugin error."""
+    from .errors import PluginError
+
+    metrics = tuple(getattr(task, "metrics", ()) or ())
+    if metrics and not callable(getattr(task, "evaluate", None)):
+        raise PluginError(f"task {type(task).__module__}.{type(task).__qualname__} declares held-out metrics "
+                          f"{list(metrics)} but has no evaluate(params, split); add it or declare none")
+    return metrics
 
 
 def seed_generator(seed: int, *salt: int | str) -> torch.Generator:

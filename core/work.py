@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cells import CellKind, OptimizerKind, cell_key
+from .cells import CellKind, OptimizerKind, cell_key, heldout_schedule
 
 
 def prepare_worker(threads: int | None = None) -> None:
@@ -42,7 +42,9 @@ def run_cell(kind: CellKind, spec: dict[str, Any], runtime: dict[str, Any]) -> d
     ``runtime`` carries what is not part of the cell's identity: ``threads``, the
     executor's torch threads per cell; ``checkpoint``, the bytes of a learned
     optimizer's checkpoint for a test cell; ``run_dir``, the run directory, where a
-    meta-train cell keeps its progress (:func:`progress_path`)."""
+    meta-train cell keeps its progress (:func:`progress_path`); ``heldout_steps``, the
+    steps to record held-out metrics at, when cells read from this one's prefix need
+    more than its own (:func:`~l2obench.cells.heldout_schedule`)."""
     prepare_worker(runtime.get("threads"))
     started = time.time()
     if CellKind(kind) is CellKind.META_TRAIN:
@@ -80,13 +82,18 @@ def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, A
         resolved = resolve_optimizer(opt["plugin"], task, device, params=opt["params"], registry=reg)
     else:
         resolved = resolve_optimizer(runtime["checkpoint"], task, device, registry=reg)
+    # held-out metrics at this cell's steps and at those of the cells read from its prefix
+    steps = runtime.get("heldout_steps")
+    steps = heldout_schedule(spec) if steps is None else steps
     t0 = time.time()
-    traj = run(resolved.optimizer, task, spec["seeds"], spec["horizon"], spec["split"], device)
+    traj = run(resolved.optimizer, task, spec["seeds"], spec["horizon"], spec["split"], device, heldout=steps)
     t1 = time.time()
     info = resolved.checkpoint
     return {"losses": traj.losses.double().numpy(), "diverged_at": traj.diverged_at.numpy().astype(np.int64),
             "compute": (t0, t1), "checkpoint": info.content_hash if info else "",
-            "meta_seed": meta_seed_of(info.training) if info else -1}
+            "meta_seed": meta_seed_of(info.training) if info else -1,
+            "elapsed": traj.elapsed.numpy(), "heldout_steps": np.asarray(traj.heldout_steps, dtype=np.int64),
+            "heldout": {k: v.double().numpy() for k, v in traj.heldout.items()}}
 
 
 def meta_seed_of(training: dict[str, Any]) -> int:

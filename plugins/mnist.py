@@ -33,6 +33,8 @@ from torch import Tensor
 from l2obench.api import (SPLITS, ConfigError, Dataset, TaskConfig, TaskFamily, get_registry, hookimpl,
                           images_to_float, seed_generator, select_classes)
 
+from .image_evaluation import METRICS, EvalExamples, evaluate_classifier
+
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "relu": torch.relu,
@@ -76,6 +78,7 @@ class MNISTConfig(TaskConfig):
     )
     init: Init = "gaussian"
     init_scale: InitScale = 0.01
+    eval_examples: int = EvalExamples
 
     @pydantic.field_validator("digits")
     @classmethod
@@ -102,6 +105,7 @@ class ImageConfig(TaskConfig):
     batch_size: BatchSize = 128
     init: Init = "gaussian"
     init_scale: InitScale = 0.01
+    eval_examples: int = EvalExamples
 
     @pydantic.field_validator("dataset")
     @classmethod
@@ -296,10 +300,14 @@ def _cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
 
 class ImageTask:
     """What the image optimizees share: the data set and its kept classes (read and
-    checked here, when the task is built), initialisation and the parameter layout."""
+    checked here, when the task is built), initialisation, the parameter layout, and
+    held-out loss and accuracy on the first ``eval_examples`` images of a split
+    (:mod:`l2obench.plugins.image_evaluation`) through each network's ``logits(params, x)``:
+    class scores ``(S, B, classes)`` of flat float images ``x`` ``(S, B, C*H*W)``."""
 
     config: MNISTConfig | ImageConfig
     layers: tuple[Layer, ...]
+    metrics = METRICS
 
     def __init__(self, config):
         self.config = config
@@ -321,6 +329,11 @@ class ImageTask:
         images, labels = split_data(self.dataset, split, self.classes, device)
         return minibatches(images, labels, split, seeds, self.config.batch_size)
 
+    def evaluate(self, params: Tensor, split) -> dict[str, Tensor]:
+        images, labels = split_data(self.dataset, split, self.classes, params.device)
+        n = self.config.eval_examples
+        return evaluate_classifier(self.logits, params, images[:n], labels[:n], self.config.batch_size)
+
 
 class MLP(ImageTask):
     """C*H*W - hidden x layers - classes, the activation after every hidden layer."""
@@ -332,9 +345,16 @@ class MLP(ImageTask):
         self.groups = {"fc": slice(0, self.dim)}
 
     def loss(self, params: Tensor, batch) -> Tensor:
-        # Feature-major activations (S, features, B): each layer is W^T h + b, the
-        # product shape that batched BLAS runs fastest here, forward and backward.
         x, y = batch
+        return F.cross_entropy(self._scores(params, x), y, reduction="none").mean(1)
+
+    def logits(self, params: Tensor, x: Tensor) -> Tensor:
+        return self._scores(params, x).transpose(1, 2)
+
+    def _scores(self, params: Tensor, x: Tensor) -> Tensor:
+        """Class scores ``(S, classes, B)``.  Feature-major activations (S, features, B): each
+        layer is W^T h + b, the product shape that batched BLAS runs fastest here, forward
+        and backward."""
         act = ACTIVATIONS[self.config.activation]
         h = x.transpose(1, 2)
         weights = _unflatten(params, self.layers)
@@ -342,7 +362,7 @@ class MLP(ImageTask):
             h = torch.baddbmm(b.unsqueeze(2), w.transpose(1, 2), h)
             if i < len(weights) - 1:
                 h = act(h)
-        return F.cross_entropy(h, y, reduction="none").mean(1)
+        return h
 
 
 class ConvNet(ImageTask):
@@ -354,7 +374,8 @@ class ConvNet(ImageTask):
     seed index folded into the channels; batch norm then normalises each channel of
     each seed over that seed's minibatch alone (training-mode statistics, on every
     split: the loss is always that of the minibatch at hand; no running statistics),
-    so seeds batched give what they give one at a time.
+    so seeds batched give what they give one at a time.  Held-out metrics normalise
+    each chunk of ``batch_size`` evaluation images the same way.
     """
 
     def __init__(self, config: ConvConfig | ImageConvConfig):
@@ -378,7 +399,10 @@ class ConvNet(ImageTask):
 
     def loss(self, params: Tensor, batch) -> Tensor:
         x, y = batch
-        S, B = y.shape
+        return _cross_entropy(self.logits(params, x), y)
+
+    def logits(self, params: Tensor, x: Tensor) -> Tensor:
+        S, B = x.shape[:2]
         C, H, W = self.image
         act = ACTIVATIONS[self.config.activation]
         pieces = iter(_unflatten(params, self.layers))
@@ -393,7 +417,7 @@ class ConvNet(ImageTask):
         h = h.reshape(B, S, -1).transpose(0, 1)  # (S, B, features)
         (w1, b1), (w2, b2) = pieces
         h = act(torch.baddbmm(b1.unsqueeze(1), h, w1))
-        return _cross_entropy(torch.baddbmm(b2.unsqueeze(1), h, w2), y)
+        return torch.baddbmm(b2.unsqueeze(1), h, w2)
 
 
 mlp = TaskFamily(MLPConfig, MLP, description="MLP on MNIST (paper Sec. 3.2)")

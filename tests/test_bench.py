@@ -142,6 +142,21 @@ def test_bench_evaluate_json(capsys):
         assert r["max_abs_diff"] < 1e-4  # batched rows are the one-seed runs
 
 
+def test_bench_heldout_json(capsys):
+    out = run_json(capsys, "heldout", "--seeds", "2", "--steps", "3", "--rounds", "1", "--threads", "1")
+    tasks = out["tasks"]
+    assert len(tasks) == 3
+    quadratic = next(r for name, r in tasks.items() if name.startswith("quadratic"))
+    assert quadratic["metrics"] == [] and quadratic["evaluations"] == 0
+    for name, r in tasks.items():
+        assert r["without_s"] > 0 and r["with_s"] > 0
+        assert r["overhead"] == pytest.approx(r["with_s"] / r["without_s"] - 1)
+        if name.startswith("mnist"):
+            assert r["metrics"] == ["loss", "accuracy"] and r["evaluations"] == 3
+    assert main(["bench", "heldout", "--rounds", "0"]) == 2
+    assert "--rounds 0" in capsys.readouterr().err
+
+
 def test_bench_rejects_bad_sizes_and_devices(capsys):
     assert main(["bench", "evaluate", "--seeds", "0"]) == 2
     assert main(["bench", "metatrain", "--episodes", "0"]) == 2

@@ -26,7 +26,7 @@ from l2obench.testing import (check_batched_equals_rows, check_capabilities, che
                               check_inputs_unchanged, check_learned_optimizer, check_meta_gradients, check_optimizer,
                               check_permutation_equivariant, check_replay, check_second_derivatives,
                               check_state_round_trip, check_state_structure, check_task_batching,
-                              check_task_deterministic, check_task_family, check_task_finite_at_init,
+                              check_task_deterministic, check_task_family, check_task_finite_at_init, check_task_heldout,
                               check_updates_finite, check_uses_groups, check_zero_grad, checks_for,
                               parametrize_with_checks, strategies)
 
@@ -268,9 +268,39 @@ class ToyTask:
         return torch.log(value - value) if self.log else value
 
 
+class ToyHeldout(ToyTask):
+    """ToyTask with a held-out loss: ``(params**2).sum``; ``leak`` adds the mean over seeds,
+    ``shape`` returns one value for all seeds, ``undeclared`` drops ``metrics``."""
+
+    metrics = ("loss",)
+
+    def __init__(self, config, leak=False, shape=False, undeclared=False):
+        super().__init__(config)
+        self.heldout_leak, self.shape = leak, shape
+        if undeclared:
+            self.metrics = ()
+
+    def evaluate(self, params, split):
+        value = (params**2).sum(-1)
+        if self.heldout_leak:
+            value = value + value.mean()
+        return {"loss": value.sum() if self.shape else value}
+
+
 def test_a_correct_task_family_passes():
     check_task_family(TaskFamily(ToyConfig, ToyTask, name="toy"))
+    check_task_family(TaskFamily(ToyConfig, ToyHeldout, name="toy-heldout"))
     check_task_family(quadratic)
+
+
+@pytest.mark.parametrize("kwargs, phrases", [
+    ({"leak": True}, ("row 0 of the batched call", "alone gives")),
+    ({"shape": True}, ("'loss' on split 'validation' is ()", "expected a tensor of shape")),
+    ({"undeclared": True}, ("has evaluate() but declares no metrics",)),
+], ids=["rows-depend-on-other-seeds", "not-per-seed", "undeclared"])
+def test_held_out_metrics_that_lie_are_caught(kwargs, phrases):
+    family = TaskFamily(ToyConfig, lambda c: ToyHeldout(c, **kwargs), name="bad-heldout")
+    fails(check_task_heldout, family, *phrases)
 
 
 def test_rows_depending_on_other_seeds_are_caught():
@@ -372,8 +402,8 @@ def test_the_usage_of_a_plugin_package_and_the_pytest_plugin_work_end_to_end(tmp
          "-k", "test_mine or sgd-check_zero_grad or quadratic-check_config_errors", str(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     out = result.stdout
-    # 12 sgd + 12 ascent (1 xfail) + 4 quadratic checks + the fixture; the option adds 2 (1 strict XPASS)
-    assert re.search(r"\b1 failed, 29 passed, (\d+ deselected, )?1 xfailed\b", out), out
+    # 12 sgd + 12 ascent (1 xfail) + 5 quadratic checks + the fixture; the option adds 2 (1 strict XPASS)
+    assert re.search(r"\b1 failed, 30 passed, (\d+ deselected, )?1 xfailed\b", out), out
     assert "test_conformance[ascent-check_descent_on_quadratic]" not in out, out
     assert "l2obench[l2obench]::sgd-check_zero_grad" in out and "XPASS(strict)" in out, out
 

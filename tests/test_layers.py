@@ -14,7 +14,8 @@ CORE = Path(__file__).resolve().parents[1] / "core"
 #: each module's layer: a module imports only modules of its own layer or below
 LAYERS: list[set[str]] = [
     {"errors", "env", "atomic", "hookspecs", "config", "stats", "hyperparameters", "optimizer",
-     "report_figures", "report_render", "testing.strategies", "cellfile", "bootstrap", "analysis", "report_across"},
+     "report_figures", "report_render", "testing.strategies", "cellfile", "bootstrap", "analysis", "report_across",
+     "criteria", "targets"},
     {"transforms", "learned", "task", "datasets", "devices", "memory", "evaluate", "from_torch", "metatrain_progress"},
     {"registry", "executor", "metatrain", "unroll", "suite_format", "suite_specs"},
     {"checkpoint", "api", "report_tables", "provenance"},

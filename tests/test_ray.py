@@ -53,7 +53,7 @@ def local_ray():
 
 
 def canonical(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.drop(columns=["wall_time", "compute_time"])
+    frame = frame.drop(columns=["wall_time", "compute_time", "elapsed"])
     return frame.sort_values(["cell_key", "metric", "seed", "step"], kind="stable").reset_index(drop=True)
 
 

@@ -37,7 +37,7 @@ task = { family = "quadratic", dim = 5 }
 horizons = [5]
 """
 CELLS = 2 + 1  # two tuning cells, one test cell
-VOLATILE = ["wall_time", "compute_time"]
+VOLATILE = ["wall_time", "compute_time", "elapsed"]
 
 
 def run(suite: Path, out: Path, *extra: str) -> int:

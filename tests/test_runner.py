@@ -54,7 +54,7 @@ horizons = [10, 20]
 """
 TINY = HEAD + META + BODY
 CELLS = 1 + 2 * 3 * 2 + 2 * 2 + 2 * 2 * 2  # meta-train, tuning, learned tests, baseline tests
-VOLATILE = ["wall_time", "compute_time"]
+VOLATILE = ["wall_time", "compute_time", "elapsed"]
 
 
 class ThreadExecutor:

@@ -35,6 +35,17 @@ def add_parser(sub) -> None:
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 
+    h = which.add_parser("heldout", help="what recording held-out metrics costs an evaluation run",
+                         description="Time evaluation runs with held-out metrics at the default steps (about ten "
+                                     "a run and the last) against the same runs without, interleaved, on the "
+                                     "smoke suite's quadratics, the paper's MNIST net and the small conv net.")
+    h.add_argument("--optimizer", default="adam", help="a baseline run with lr=0.01 (default adam)")
+    h.add_argument("--seeds", type=int, default=16, help="seeds (default 16, the smoke suite's)")
+    h.add_argument("--steps", type=int, default=100, help="steps per run (default 100)")
+    h.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians reported (default 3)")
+    _common(h)
+    h.set_defaults(func=cmd_heldout)
+
 
 def _common(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -129,6 +140,25 @@ def cmd_evaluate(args) -> int:
         print(f"  {name}: batched {r['batched_seed_steps_per_s']:.0f} seed-steps/s, one seed at a time "
               f"{r['sequential_seed_steps_per_s']:.0f}, ratio {r['ratio']:.2f}x (max |loss diff| "
               f"{r['max_abs_diff']:.2g})")
+    return 0
+
+
+def cmd_heldout(args) -> int:
+    from .. import bench
+
+    device = _setup(args)
+    out = bench.heldout_cost(args.optimizer, seeds=args.seeds, steps=args.steps, rounds=args.rounds, device=device)
+    out.update(device=str(device), machine=bench.machine())
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    m = out["machine"]
+    print(f"held-out metrics' cost, {args.optimizer}, {out['seeds']} seeds x {out['steps']} steps, median of "
+          f"{out['rounds']} interleaved rounds ({m['cpu']}, {m['threads']} threads, {device}):")
+    for task, r in out["tasks"].items():
+        what = f"{r['evaluations']} evaluations of {', '.join(r['metrics'])}" if r["metrics"] else "no held-out data"
+        print(f"  {task}: {r['without_s']:.3f} s without, {r['with_s']:.3f} s with ({what}): "
+              f"{100 * r['overhead']:+.1f}%")
     return 0
 
 

@@ -63,7 +63,7 @@ def cmd_evaluate(args) -> int:
         origin = {"checkpoint": args.checkpoint, **origin, "sha256": resolved.checkpoint.content_hash}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     with torch.no_grad():
-        traj = run(resolved.optimizer, task, seeds, args.steps, args.split, device)
+        traj = run(resolved.optimizer, task, seeds, args.steps, args.split, device, heldout=[args.steps - 1])
     final, summed = mean_ci(traj.final.tolist()), mean_ci(traj.summed.tolist())
     diverged = int((traj.diverged_at >= 0).sum())
     report = {
@@ -73,6 +73,10 @@ def cmd_evaluate(args) -> int:
         "device": str(device),
         "final": _summary(final), "summed": _summary(summed), "diverged": diverged,
     }
+    heldout = {}
+    for name, values in traj.heldout.items():  # at the last step, on the split's evaluation set
+        heldout[name] = mean_ci(values[:, -1].tolist())
+        report[name] = _summary(heldout[name])
     if args.json:
         print(json.dumps(report))
         return 0
@@ -80,6 +84,8 @@ def cmd_evaluate(args) -> int:
           f"{args.steps} steps")
     print(f"  final loss   {final:.5g}  (mean ± 95% CI over {final.n} seeds)")
     print(f"  summed loss  {summed:.5g}")
+    for name, ci in heldout.items():
+        print(f"  {name.replace('heldout_', 'held-out ')}  {ci:.5g}  (last step, the {args.split} split's evaluation set)")
     if diverged:
         print(f"  diverged     {diverged} of {args.seeds} seeds")
     return 0

@@ -35,7 +35,7 @@ from .reference_checks import check_matches_reference
 from .strategies import (dtypes, gradient_sequences, gradients, hyperparameters, log_uniform, parameters, shapes,
                          task_configs)
 from .task_checks import (TASK_FAMILY_CHECKS, check_config_errors, check_task_batching, check_task_deterministic,
-                          check_task_finite_at_init)
+                          check_task_finite_at_init, check_task_heldout)
 
 __all__ = [
     "strategies",
@@ -53,5 +53,6 @@ __all__ = [
     "check_dtypes_agree", "check_state_on_device", "check_matches_reference",
     "check_capabilities", "check_meta_gradients", "check_replay", "check_second_derivatives",
     "check_state_round_trip",
-    "check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_config_errors",
+    "check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_task_heldout",
+    "check_config_errors",
 ]

@@ -1,5 +1,6 @@
 """Conformance checks for task families: finite at init, the batching contract
-(row ``i`` depends on ``seeds[i]`` alone), determinism, and one-line config errors."""
+(row ``i`` depends on ``seeds[i]`` alone), determinism, held-out metrics where a task
+declares them, and one-line config errors."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -10,12 +11,12 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..task import SPLITS, TaskFamily
+from ..task import SPLITS, TaskFamily, task_metrics
 from . import strategies as lst
 from .properties import close, fail, identical, kit_check, kit_property
 
-__all__ = ["check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_config_errors",
-           "TASK_FAMILY_CHECKS"]
+__all__ = ["check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_task_heldout",
+           "check_config_errors", "TASK_FAMILY_CHECKS"]
 
 
 def _seed_lists(min_size: int = 1, max_size: int = 3):
@@ -128,6 +129,60 @@ def check_task_deterministic(family: TaskFamily) -> None:
     prop()
 
 
+@kit_check
+def check_task_heldout(family: TaskFamily) -> None:
+    """Held-out metrics tell the truth: a task with ``evaluate`` declares its ``metrics``
+    (and one that declares some has ``evaluate``); on each held-out split ``evaluate(params,
+    split)`` returns exactly the declared names, each a finite ``(S,)`` tensor at init, the
+    same for the same parameters twice, and row ``i`` equal to a one-seed call's.  A task
+    without either passes: it has no held-out data."""
+    name = "check_task_heldout"
+
+    @kit_property(3)
+    @given(lst.task_configs(family), _seed_lists(2, 3))
+    def prop(config, seeds):
+        task = family.task(**config)
+        try:
+            metrics = task_metrics(task)
+        except Exception as exc:
+            fail(name, str(exc), config=config)
+        if not metrics:
+            if callable(getattr(task, "evaluate", None)):
+                fail(name, "the task has evaluate() but declares no metrics; declare the names it returns in "
+                           "`metrics`", config=config)
+            return
+        params = task.init(seeds)
+        for split in ("validation", "test"):
+            with torch.no_grad():
+                got = task.evaluate(params, split)
+                again = task.evaluate(params, split)
+            if not isinstance(got, dict) or set(got) != set(metrics):
+                fail(name, f"evaluate(params, {split!r}) returned "
+                           f"{sorted(got) if isinstance(got, dict) else type(got).__name__}, but the task declares "
+                           f"metrics {list(metrics)}", config=config, seeds=seeds)
+            for metric in metrics:
+                value = got[metric]
+                if not isinstance(value, Tensor) or tuple(value.shape) != (len(seeds),):
+                    shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                    fail(name, f"{metric!r} on split {split!r} is {shape}, expected a tensor of shape "
+                               f"{(len(seeds),)}", config=config, seeds=seeds)
+                if not torch.isfinite(value).all():
+                    fail(name, f"{metric!r} on split {split!r} is not finite at init: {value.tolist()}",
+                         config=config, seeds=seeds)
+                if not identical(value, again[metric]):
+                    fail(name, f"{metric!r} on split {split!r} differs between two calls with the same params",
+                         config=config, seeds=seeds)
+                for i, seed in enumerate(seeds):
+                    with torch.no_grad():
+                        alone = task.evaluate(params[i:i + 1], split)[metric]
+                    if not close(value[i:i + 1], alone):
+                        fail(name, f"{metric!r} on split {split!r}: row {i} of the batched call is "
+                                   f"{value[i].item()!r} but seed {seed} alone gives {alone[0].item()!r}",
+                             config=config, seeds=seeds)
+
+    prop()
+
+
 _WRONG_VALUES = ("not-a-number", 3.5, object())
 
 
@@ -165,6 +220,7 @@ def check_config_errors(family: TaskFamily) -> None:
 
 
 TASK_FAMILY_CHECKS: tuple[Callable, ...] = (
-    check_task_finite_at_init, check_task_batching, check_task_deterministic, check_config_errors,
+    check_task_finite_at_init, check_task_batching, check_task_deterministic, check_task_heldout,
+    check_config_errors,
 )
 
