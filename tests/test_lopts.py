@@ -192,7 +192,8 @@ def test_mlp_lopt_features_follow_the_paper():
     assert state["count"].tolist() == [2.0]
     feats = mlp_module.step_features(torch.tensor([0.0, 30.0]))
     assert feats.shape == (len(mlp_module.TIMESCALES), 2)
-    torch.testing.assert_close(feats[:, 1], torch.tanh(30.0 / torch.tensor(mlp_module.TIMESCALES, dtype=torch.float32) - 1))
+    taus = torch.tensor(mlp_module.TIMESCALES, dtype=torch.float32)
+    torch.testing.assert_close(feats[:, 1], torch.tanh(30.0 / taus - 1))
 
 
 def test_hrnn_momentum_timescales_and_learning_rate():
