@@ -16,10 +16,10 @@ decay the square root of the one before (Sec. 3.2.2), the first a learned projec
 the GRU state; each momentum divided by the root of its own running mean square, with a
 learned decay (Sec. 3.2.3, dynamic input scaling: the inputs do not change when the loss
 is scaled); each log mean square minus their mean over the timescales (Sec. 3.2.5); and
-the log learning rate relative to its tensor's mean.  Its output (Sec. 3.2.4) is a
+the log learning rate relative to its tensor's mean (the relative learning rate input).  Its output (Sec. 3.2.4) is a
 direction, a linear readout normalised by its root mean square over the tensor, times a
 per-coordinate learning rate ``exp(log_lr + offset)``, whose log is changed by another
-readout and smoothed by a learned momentum, clipped to ``[1e-33 .. max_lr]`` with the
+readout and smoothed by a learned momentum, clipped to ``[exp(-33), max_lr]`` with the
 gradient of the unclipped value (as the authors' code does).
 
 Deviations from the paper, plainly:
@@ -53,7 +53,7 @@ from .tensors import Segments, squared
 INPUT_DECAY_LOGIT, SCALE_DECAY_LOGIT, LR_MOMENTUM_LOGIT = 2.2, 3.2, 3.2
 #: the GRUs' reset and update gates start open towards keeping the state (the authors' 2.2)
 GATE_BIAS = 2.2
-#: the smallest log learning rate (the authors' clip)
+#: the smallest log learning rate (the authors' clip: exp(-33), about 5e-15)
 MIN_LOG_LR = -33.0
 
 

@@ -1,7 +1,7 @@
 """``mlp-lopt``: a small per-parameter MLP over momentum, second-moment and parameter
 features, after Metz et al. 2022, *Practical tradeoffs between memory, compute, and
-performance in learned optimizers* (Sec. 3, the "small MLP" learned optimizer; the
-features of learned_optimization's ``adafac_mlp_lopt``).
+performance in learned optimizers* (its small per-parameter MLP learned optimizer, with
+the features of learned_optimization's ``adafac_mlp_lopt``).
 
 Per coordinate and step, the features are the gradient ``g``, the parameter ``p``,
 momenta ``m_k`` at decays 0.9, 0.99, 0.999, a second-moment accumulator ``v`` at decay
@@ -10,7 +10,7 @@ mean square over its tensor (``second_moment_normalise``), then eleven features 
 step count ``tanh(t / tau - 1)`` for ``tau`` from 1 to 100,000, left unnormalised.  An MLP
 of ``layers`` ReLU layers of ``hidden`` units, shared by every coordinate, outputs a
 direction ``d`` and a magnitude ``a``; the update is ``-d * exp(a * exp_mult) * step_mult``
-(Sec. 3: the output's magnitude and direction are separate).  The decays are
+(the output's magnitude and direction apart, as in the paper).  The decays are
 meta-learned too, as offsets in ``log(1 - decay) / 10`` starting at the values above.
 
 Deviations from the paper, plainly:
@@ -118,7 +118,7 @@ class MLPLOpt(LearnedOptimizer):
 
 def mlp_lopt(hidden: PositiveInt = 32, layers: PositiveInt = 2, step_mult: Positive = 0.001,
              exp_mult: Positive = 0.001) -> MLPLOpt:
-    """Metz et al. 2022's per-parameter MLP learned optimizer (Sec. 3): ``layers`` ReLU layers of
+    """Metz et al. 2022's per-parameter MLP learned optimizer: ``layers`` ReLU layers of
     ``hidden`` units over 21 momentum, second-moment, parameter and step features, update
     ``-direction * exp(magnitude * exp_mult) * step_mult``.  Not coordinatewise (features are
     normalised per tensor); no replay; twice differentiable."""
