@@ -1,6 +1,7 @@
-"""The ``char-lm`` family: the conformance kit's task-family checks, the fixed split
-of the text, next-character cross-entropy, every kind of optimizer on it, and the
-one-line errors of a missing text or a missing extra."""
+"""The ``char-lm`` family: the fixed split of the text, next-character cross-entropy,
+every kind of optimizer on both models, and the one-line errors of a missing text or
+a missing extra.  The conformance kit's task-family checks run on it with every other
+registered family in tests/test_conformance.py."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,6 @@ from l2obench.errors import ConfigError
 from l2obench.evaluate import run
 from l2obench.plugins import text
 from l2obench.plugins.char_lm import char_lm, next_character_loss, windows
-from l2obench.testing import check_task_family
 
 SMALL = dict(hidden=4, layers=1, heads=2, context=6, batch_size=3)
 
@@ -24,10 +24,6 @@ def story(tmp_path):
     path = tmp_path / "story.txt"
     path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(100)))
     return str(path)
-
-
-def test_check_task_family():
-    check_task_family(get_registry().family("char-lm"))
 
 
 def test_the_split_is_fixed_by_position(story):
