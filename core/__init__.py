@@ -13,7 +13,7 @@ _API = (
     "unprefixed", "add_decayed_weights", "decoupled_weight_decay", "scale_by_adagrad", "scale_by_adam",
     "scale_by_rms", "trace", "from_torch_optimizer", "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt", "LearnedOptimizer",
     "Capabilities", "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "task_metrics",
-    "heldout_metric", "Dataset", "DATA_ENV",
+    "heldout_metric", "module_task", "ModuleTask", "ModuleBatch", "Dataset", "DATA_ENV",
     "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir", "images_to_float",
     "select_classes", "Executor", "env_switch", "cpu_model",
     "seed_scores", "performance_profile", "rank_summary", "robust_summary", "meta_seed_spread", "higher_is_better",

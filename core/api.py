@@ -21,7 +21,8 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
 - **learned optimizers**: :class:`LearnedOptimizer` and its :class:`Capabilities`.
 - **tasks**: :class:`Task`, :class:`TaskFamily`, :class:`TaskConfig`,
   :func:`seed_generator`, :data:`SPLITS`; :func:`task_metrics` (the held-out metrics a
-  task declares) and :func:`heldout_metric` (their name in the results table).
+  task declares) and :func:`heldout_metric` (their name in the results table); :func:`module_task`, a Task from an
+  ordinary ``torch.nn.Module`` (its :class:`ModuleTask` and :class:`ModuleBatch`).
 - **data sets**: :class:`Dataset`, and what a data-set plugin is built from:
   :class:`DataFile` and :func:`read_data_file` (``L2OBENCH_DATA_DIR`` or a checksummed
   download into :func:`data_cache_dir`; :func:`data_dir`, :data:`DATA_ENV`), the IDX
@@ -48,6 +49,7 @@ from .from_torch import from_torch_optimizer
 from .hookspecs import hookimpl
 from .hyperparameters import Beta, LearningRate, NonNegative, Positive, PositiveInt
 from .learned import Capabilities, LearnedOptimizer
+from .from_module import ModuleBatch, ModuleTask, module_task
 from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
 from .registry import get_registry
 from .task import SPLITS, Split, Task, TaskConfig, TaskFamily, heldout_metric, seed_generator, task_metrics
@@ -62,6 +64,7 @@ __all__ = [
     "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt",
     "LearnedOptimizer", "Capabilities",
     "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "task_metrics", "heldout_metric",
+    "module_task", "ModuleTask", "ModuleBatch",
     "Dataset", "DATA_ENV", "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir",
     "images_to_float", "select_classes",
     "Executor",

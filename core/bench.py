@@ -222,6 +222,58 @@ def evaluate_throughput(optimizers: Sequence[str] = ("adam", "lstm"), *, seeds: 
     return {"task": TASK[0], "seeds": seeds, "steps": steps, "optimizers": out}
 
 
+def module_mlp_task(batch_size: int = 128):
+    """The paper's MNIST MLP (784-20-10 sigmoid, minibatches of 128) as an ``nn.Module``
+    made a Task by :func:`~l2obench.from_module.module_task`, pixels kept uint8 until a
+    minibatch is used, as ``mnist-mlp`` keeps them."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from .datasets import images_to_float
+    from .from_module import module_task
+    from .registry import get_registry
+    from .task import SPLITS
+
+    class Pixels(nn.Module):
+        def forward(self, images):
+            return images_to_float(images)
+
+    mnist = get_registry().dataset("mnist")
+    data = {}
+    for split in SPLITS:
+        images, labels = mnist.load(split)
+        data[split] = (images.reshape(len(images), -1), labels)
+    return module_task(lambda: nn.Sequential(Pixels(), nn.Linear(784, 20), nn.Sigmoid(), nn.Linear(20, 10)),
+                       data, F.cross_entropy, batch_size=batch_size)
+
+
+def module_task_throughput(*, seeds: int = 32, steps: int = 100, rounds: int = 3,
+                           device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Seed-steps per second of Adam on ``mnist-mlp`` against the same network from
+    :func:`module_mlp_task` (``module_task``), ``rounds`` alternated pairs; the ratio
+    is the median of the pairs' ``mnist-mlp / module_task`` speeds."""
+    from .evaluate import run
+    from .registry import get_registry
+
+    if min(seeds, steps, rounds) < 1:
+        raise ConfigError(f"bench module-task: --seeds {seeds}, --steps {steps} and --rounds {rounds} must be "
+                          f"at least 1")
+    reg = get_registry()
+    tasks = {"mnist-mlp": reg.task(TASK[0], **TASK[1]), "module_task": module_mlp_task(TASK[1]["batch_size"])}
+    opt = reg.optimizer("adam", lr=0.01)
+    speeds: dict[str, list[float]] = {name: [] for name in tasks}
+    for name, task in tasks.items():
+        run(opt, task, [0, 1], 2, "test", device)  # warm-up: data on the device, first allocations
+    for k in range(rounds):
+        for name in (list(tasks) if k % 2 == 0 else list(tasks)[::-1]):
+            t0 = time.perf_counter()
+            run(opt, tasks[name], list(range(seeds)), steps, "test", device)
+            speeds[name].append(seeds * steps / (time.perf_counter() - t0))
+    ratios = [h / m for h, m in zip(speeds["mnist-mlp"], speeds["module_task"])]
+    return {"seeds": seeds, "steps": steps, "rounds": rounds, "seed_steps_per_s": speeds,
+            "hand_written_vs_module_task": statistics.median(ratios), "ratios": ratios}
+
+
 #: what ``bench heldout`` times: the smoke suite's quadratic test cells, the paper's MNIST net, the small conv net
 HELDOUT_TASKS = (("quadratic", {"dim": 20}), TASK, ("mnist-conv", {}))
 

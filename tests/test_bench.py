@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from l2obench.cli import main
 
@@ -174,3 +175,19 @@ def test_the_workloads_builds_come_from_its_plugin():
     builds = bench.isa_builds()
     assert builds and builds[0]["name"] == "kernel -march=native"
     assert all({"name", "env", "missing", "isa", "march"} <= set(b) for b in builds)
+
+
+def test_bench_module_task_times_both_tasks_alternated(capsys):
+    out = run_json(capsys, "module-task", "--seeds", "2", "--steps", "2", "--rounds", "2", "--threads", "1")
+    assert set(out["seed_steps_per_s"]) == {"mnist-mlp", "module_task"}
+    assert all(len(v) == 2 and min(v) > 0 for v in out["seed_steps_per_s"].values())
+    assert out["hand_written_vs_module_task"] > 0 and len(out["ratios"]) == 2 and "load_1min" in out
+
+
+def test_the_module_task_mlp_is_mnist_mlps_network():
+    from l2obench import bench, get_registry
+
+    hand, module = get_registry().task("mnist-mlp"), bench.module_mlp_task()
+    assert module.dim == hand.dim and module.batch_size == 128
+    batch = next(module.batches("train", [0]))
+    assert batch.tensors[0].shape == (1, 128, 784) and batch.tensors[0].dtype == torch.uint8

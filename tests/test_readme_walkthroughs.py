@@ -34,6 +34,9 @@ def test_adding_a_task_family():
     module = run_as_module(walkthrough("adding a task family"), "readme_task_family")
     assert module.trajectory.losses.shape == (8, 100)
     assert module.task.dim == 4
+    # the module-task family: the Sequential's layers with parameters are its groups
+    assert module.classifier.losses.shape == (8, 100)
+    assert list(module.registry.task("blobs").groups) == ["0", "1", "3"]
 
 
 def test_the_walkthrough_family_refuses_a_bad_config_in_one_line():

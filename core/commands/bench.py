@@ -45,6 +45,15 @@ def add_parser(sub) -> None:
     h.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians reported (default 3)")
     _common(h)
     h.set_defaults(func=cmd_heldout)
+    t = which.add_parser("module-task", help="the MNIST MLP written by hand (mnist-mlp) against module_task's",
+                         description="Run Adam on mnist-mlp and on the same 784-20-10 sigmoid MLP written as an "
+                                     "nn.Module and made a Task by module_task, in alternated rounds, and print "
+                                     "seed-steps per second of both and their ratio.")
+    t.add_argument("--seeds", type=int, default=32, help="seeds (default 32)")
+    t.add_argument("--steps", type=int, default=100, help="steps per run (default 100)")
+    t.add_argument("--rounds", type=int, default=3, help="alternated pairs of runs (default 3)")
+    _common(t)
+    t.set_defaults(func=cmd_module_task)
 
 
 def _common(p) -> None:
@@ -140,6 +149,27 @@ def cmd_evaluate(args) -> int:
         print(f"  {name}: batched {r['batched_seed_steps_per_s']:.0f} seed-steps/s, one seed at a time "
               f"{r['sequential_seed_steps_per_s']:.0f}, ratio {r['ratio']:.2f}x (max |loss diff| "
               f"{r['max_abs_diff']:.2g})")
+    return 0
+
+
+def cmd_module_task(args) -> int:
+    import os
+
+    from .. import bench
+
+    device = _setup(args)
+    out = bench.module_task_throughput(seeds=args.seeds, steps=args.steps, rounds=args.rounds, device=device)
+    out.update(device=str(device), machine=bench.machine(), load_1min=os.getloadavg()[0])
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    m = out["machine"]
+    print(f"Adam on the MNIST MLP, {out['seeds']} seeds x {out['steps']} steps ({device}, {m['threads']} threads, "
+          f"{m['cpu']}, load {out['load_1min']:.2f}):")
+    for name, runs in out["seed_steps_per_s"].items():
+        print(f"  {name}: {', '.join(f'{v:.0f}' for v in runs)} seed-steps/s")
+    print(f"  mnist-mlp / module_task: {', '.join(f'{r:.2f}' for r in out['ratios'])}; median "
+          f"{out['hand_written_vs_module_task']:.2f}x")
     return 0
 
 

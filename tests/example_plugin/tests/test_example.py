@@ -7,11 +7,13 @@ from pathlib import Path
 import torch
 
 from l2obench import get_registry
+from l2obench.evaluate import run
 from l2obench.testing import parametrize_with_checks, registered_objects
-from l2obench_example import family, lars, lion
+from l2obench_example import blobs, family, lars, lion
 
 
-@parametrize_with_checks({"lion": lion(), "lion-decay": lion(weight_decay=0.1), "logistic": family})
+@parametrize_with_checks({"lion": lion(), "lion-decay": lion(weight_decay=0.1), "logistic": family,
+                          "blobs-mlp": blobs})
 def test_conformance(obj, check):
     check(obj)
 
@@ -28,7 +30,8 @@ def test_registered_through_the_entry_point():
     assert registry.get("optimizer", "lion").distribution == "l2obench-example"
     assert registry.get("task", "logistic-regression").distribution == "l2obench-example"
     assert registry.get("optimizer", "lars").uses_groups
-    assert set(registered_objects(distribution="l2obench-example")) == {"lion", "lars", "logistic-regression"}
+    assert set(registered_objects(distribution="l2obench-example")) == {"lion", "lars", "logistic-regression",
+                                                                         "blobs-mlp"}
 
 
 def test_lion_steps_by_lr_along_the_sign_of_the_gradient():
@@ -53,6 +56,16 @@ def test_splits_share_the_true_weights_but_not_the_examples():
     # Noise-free labels of both splits are separated by one hyperplane: fit it on train, check test.
     w = torch.linalg.lstsq(x_train, 2 * y_train - 1).solution
     assert ((x_test @ w > 0).float() == y_test).float().mean() > 0.9
+
+
+def test_blobs_mlp_is_the_module_with_its_groups_and_buffers():
+    task = blobs.task(features=4, classes=3, hidden=5)
+    assert task.dim == 4 * 5 + 5 + 2 * 5 + 5 * 3 + 3
+    assert list(task.groups) == ["0", "1", "3"]  # the Sequential's layers that have parameters
+    batch = next(task.batches("train", [0, 1]))
+    assert batch.buffers["1.running_mean"].shape == (2, 5)
+    losses = run(get_registry().optimizer("adam", lr=0.05), task, seeds=[0, 1], steps=30).losses
+    assert losses[:, -5:].mean() < 0.5 * losses[:, 0].mean()
 
 
 def test_lars_steps_each_group_by_its_trust_ratio():

@@ -1,12 +1,13 @@
-"""An example l2obench plugin: two optimizers and one task family, registered
+"""An example l2obench plugin: two optimizers and two task families, registered
 through the ``l2obench`` entry-point group exactly as the built-ins are."""
 from l2obench.api import hookimpl
 
+from .blobs import family as blobs
 from .lars import lars
 from .lion import lion
 from .logistic import family
 
-__all__ = ["lion", "lars", "family"]
+__all__ = ["lion", "lars", "family", "blobs"]
 
 
 @hookimpl
@@ -17,4 +18,5 @@ def register_optimizers(register):
 
 @hookimpl
 def register_task_families(register):
+    register("blobs-mlp", blobs)
     register("logistic-regression", family)
