@@ -32,6 +32,16 @@ The rules, which are the Task contract's applied to a module:
   ``torch.nn.functional.cross_entropy``); the Task's loss is its value per seed,
   ``(S,)``.
 
+- **Held-out metrics** (optional): given ``eval_examples``, the Task declares
+  ``metrics = ("loss", *extra)`` and ``evaluate(params, split)`` gives, per seed,
+  the loss (and each function of ``metrics``, ``fn(module(x), *targets)``, a mean
+  over examples like the loss) averaged over the first ``eval_examples`` examples
+  of ``eval_data[split]`` (default: ``data``), read ``batch_size`` at a time in
+  training mode, as minibatches are.  Evaluation uses the buffers of seed 0's
+  construction for every seed (batch norm's running statistics are not read in
+  training mode; a module whose other buffers differ by seed should not declare
+  held-out metrics).
+
 The module's forward must be deterministic (no dropout: it would draw one
 random stream for all seeds) and made of operations ``vmap`` can batch;
 ``nn.LSTM`` is not one of them (write the recurrence with ``nn.Linear``, as the
@@ -40,6 +50,7 @@ random stream for all seeds) and made of operations ``vmap`` can batch;
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -110,7 +121,9 @@ class ModuleTask:
     """A Task whose optimizee is a module built by ``factory`` (see :func:`module_task`)."""
 
     def __init__(self, factory: Callable[[], nn.Module], data: Data, loss: Callable[..., Tensor], *,
-                 batch_size: int | None = None, group_of: Callable[[str], str] = first_name_part):
+                 batch_size: int | None = None, group_of: Callable[[str], str] = first_name_part,
+                 eval_examples: int | None = None, metrics: Mapping[str, Callable[..., Tensor]] | None = None,
+                 eval_data: Mapping[str, Sequence[Tensor]] | None = None):
         self.factory, self.data, self.loss_fn, self.batch_size = factory, data, loss, batch_size
         self.module = _seeded_module(factory, 0).train()
         self.names, self.groups = _layout(self.module, group_of)
@@ -127,6 +140,51 @@ class ModuleTask:
         else:
             self._check_arrays(data, batch_size)
         self._batched_loss = vmap(self._one_seed_loss)
+        self._heldout(eval_examples, dict(metrics or {}), eval_data)
+
+    def _heldout(self, eval_examples: int | None, metrics: dict[str, Callable[..., Tensor]],
+                 eval_data: Mapping[str, Sequence[Tensor]] | None) -> None:
+        """Set up the optional held-out metrics (see the module's docstring)."""
+        if eval_examples is None:
+            if metrics or eval_data is not None:
+                raise ConfigError("module_task: metrics and eval_data need eval_examples, the size of the "
+                                  "held-out evaluation set")
+            return
+        if isinstance(eval_examples, bool) or not isinstance(eval_examples, int) or eval_examples < 1:
+            raise ConfigError(f"module_task: eval_examples={eval_examples!r}; give a number of examples >= 1")
+        if "loss" in metrics:
+            raise ConfigError("module_task: metrics must not name 'loss'; the task's loss is its held-out loss")
+        source = self.data if eval_data is None else eval_data
+        if callable(source):
+            raise ConfigError("module_task: held-out metrics need fixed arrays; with a batches function as data, "
+                              "give eval_data = {split: (inputs, *targets)}")
+        self._check_arrays(source, self.batch_size or 1)
+        self.eval_arrays = {split: tuple(t[:eval_examples] for t in source[split]) for split in SPLITS}
+        self.metric_fns = {"loss": self.loss_fn, **metrics}
+        self.metrics = tuple(self.metric_fns)
+        self._eval_buffers = {n: b.detach() for n, b in self.module.named_buffers()}
+
+    def evaluate(self, params: Tensor, split: Split) -> dict[str, Tensor]:
+        """Each held-out metric per seed, ``(S,)``, on ``split``'s fixed evaluation set."""
+        arrays = tuple(t.to(params.device) for t in self.eval_arrays[split])
+        S, n = params.shape[0], len(arrays[0])
+        chunk = self.batch_size or n
+        named = self.unflatten(params)
+        buffers = {k: b.to(params.device).expand(S, *b.shape) for k, b in self._eval_buffers.items()}
+        totals = {name: torch.zeros(S, dtype=torch.float64, device=params.device) for name in self.metric_fns}
+        for start in range(0, n, chunk):
+            part = tuple(a[start:start + chunk] for a in arrays)
+            b = len(part[0])
+            batched = tuple(a.unsqueeze(0).expand(S, *a.shape) for a in part)
+            for name, fn in self.metric_fns.items():
+                value = vmap(functools.partial(self._one_seed_metric, fn))(named, buffers, *batched)
+                totals[name] += value.double() * b
+        return {name: (total / n).to(params.dtype) for name, total in totals.items()}
+
+    def _one_seed_metric(self, fn: Callable[..., Tensor], params: dict[str, Tensor], buffers: dict[str, Tensor],
+                         inputs: Tensor, *targets: Tensor) -> Tensor:
+        state = {**params, **{n: b.clone() for n, b in buffers.items()}}
+        return fn(functional_call(self.module, state, (inputs,)), *targets)
 
     @staticmethod
     def _check_arrays(data: Mapping[str, Sequence[Tensor]], batch_size: int | None) -> None:
@@ -212,7 +270,9 @@ class ModuleTask:
 
 
 def module_task(factory: Callable[[], nn.Module], data: Data, loss: Callable[..., Tensor], *,
-                batch_size: int | None = None, group_of: Callable[[str], str] = first_name_part) -> ModuleTask:
+                batch_size: int | None = None, group_of: Callable[[str], str] = first_name_part,
+                eval_examples: int | None = None, metrics: Mapping[str, Callable[..., Tensor]] | None = None,
+                eval_data: Mapping[str, Sequence[Tensor]] | None = None) -> ModuleTask:
     """A seed-batched Task from a module: ``factory()`` builds the optimizee (called
     once per seed, with torch's generator seeded for that seed), ``loss(module(x),
     *targets)`` is one seed's scalar loss on a minibatch ``(x, *targets)``.
@@ -222,8 +282,10 @@ def module_task(factory: Callable[[], nn.Module], data: Data, loss: Callable[...
     from which each seed draws ``batch_size`` examples per step; or a function
     ``(split, seeds, device) -> iterator of (inputs, *targets)``, each ``(S, B,
     ...)`` with row ``i`` drawn for ``seeds[i]`` alone.  ``group_of`` maps a
-    parameter's name to its group (default: the first part of the name).  The
-    rules (buffers, training mode, what vmap must batch) are in this module's
-    docstring.
+    parameter's name to its group (default: the first part of the name).
+    ``eval_examples`` (with optional extra ``metrics`` and ``eval_data``) gives the
+    Task held-out metrics.  The rules (buffers, training mode, held-out metrics,
+    what vmap must batch) are in this module's docstring.
     """
-    return ModuleTask(factory, data, loss, batch_size=batch_size, group_of=group_of)
+    return ModuleTask(factory, data, loss, batch_size=batch_size, group_of=group_of, eval_examples=eval_examples,
+                      metrics=metrics, eval_data=eval_data)

@@ -47,6 +47,9 @@ class CharLMConfig(TaskConfig):
     heads: int = pydantic.Field(2, gt=0, description="attention heads (transformer only)")
     context: int = pydantic.Field(32, gt=0, description="characters per input window")
     batch_size: int = pydantic.Field(16, gt=0, description="windows per minibatch")
+    eval_windows: int = pydantic.Field(
+        64, gt=0, description="non-overlapping windows of the held-out split (its first ones) on which held-out "
+                              "loss and accuracy are measured")
     text_file: Optional[str] = pydantic.Field(
         None, description="a UTF-8 text file to model; none: Shakespeare's plays (pip install 'l2obench[text]')")
 
@@ -124,6 +127,11 @@ def next_character_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
 
 
+def next_character_accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    """The fraction of positions whose most likely next character is the right one: ``() ``."""
+    return (logits.argmax(-1) == targets).to(logits.dtype).mean()
+
+
 def windows(codes: Tensor, context: int) -> tuple[Tensor, Tensor]:
     """Every window of the text as (inputs, targets), ``(N - context, context)`` views each."""
     spans = codes.unfold(0, context + 1, 1)
@@ -140,7 +148,11 @@ def build(config: CharLMConfig):
         def factory():
             return TransformerLanguageModel(V, config.hidden, config.layers, config.heads, config.context)
     data = {split: windows(codes, config.context) for split, codes in text.splits.items()}
-    task = module_task(factory, data, next_character_loss, batch_size=config.batch_size)
+    # the held-out evaluation set: the split's first eval_windows windows that do not overlap
+    held_out = {split: tuple(t[::config.context] for t in pair) for split, pair in data.items()}
+    task = module_task(factory, data, next_character_loss, batch_size=config.batch_size,
+                       eval_examples=config.eval_windows, metrics={"accuracy": next_character_accuracy},
+                       eval_data=held_out)
     task.vocabulary = text.vocabulary
     return task
 

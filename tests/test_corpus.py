@@ -8,7 +8,6 @@ checkpoints.  Commands run in-process through ``l2obench.cli.main``; a few throu
 real subprocess, as a user runs them."""
 from __future__ import annotations
 
-import copy
 import json
 import re
 import subprocess

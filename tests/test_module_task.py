@@ -159,3 +159,39 @@ def test_an_operation_vmap_cannot_batch_is_named_in_one_line():
     with pytest.raises(ConfigError, match="vmap.*lstm") as info:
         task.loss(task.init([0]), next(task.batches("train", [0])))
     assert "\n" not in str(info.value)
+
+
+def _accuracy(logits, y):
+    return (logits.argmax(-1) == y).float().mean()
+
+
+def test_heldout_metrics_equal_a_direct_computation_on_the_module():
+    data = arrays()
+    task = module_task(two_layer_bn, data, F.cross_entropy, batch_size=8, eval_examples=20,
+                       metrics={"accuracy": _accuracy})
+    assert task.metrics == ("loss", "accuracy")
+    params = task.init([5, 6]) + 0.1
+    got = task.evaluate(params, "test")
+    x, y = data["test"][0][:20], data["test"][1][:20]
+    for row in range(2):
+        module = two_layer_bn().train()
+        torch.nn.utils.vector_to_parameters(params[row], module.parameters())
+        with torch.no_grad():  # chunks of the minibatch size, batch norm on each chunk's statistics
+            parts = [(module(x[i:i + 8]), y[i:i + 8]) for i in range(0, 20, 8)]
+        loss = sum(F.cross_entropy(o, t) * len(t) for o, t in parts) / 20
+        acc = sum(_accuracy(o, t) * len(t) for o, t in parts) / 20
+        assert torch.allclose(got["loss"][row], loss, atol=1e-6)
+        assert torch.allclose(got["accuracy"][row], acc, atol=1e-6)
+    one = task.evaluate(params[1:], "test")
+    assert torch.allclose(one["loss"], got["loss"][1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"metrics": {"accuracy": _accuracy}}, "need eval_examples"),
+    ({"eval_examples": 0}, "eval_examples=0"),
+    ({"eval_examples": 5, "metrics": {"loss": _accuracy}}, "must not name 'loss'"),
+])
+def test_heldout_mistakes_are_one_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        module_task(two_layer_bn, arrays(), F.cross_entropy, batch_size=8, **kwargs)
+    assert "\n" not in str(info.value)

@@ -5,7 +5,6 @@ cell keys change with a plugin's source and the kernel mode, which ``--dry-run``
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -16,7 +15,7 @@ import pytest
 
 import l2obench
 from l2obench import provenance, store
-from l2obench.cells import CellKind, cell_key
+from l2obench.cells import cell_key
 from l2obench.cli import main
 from l2obench.errors import L2OWarning
 from l2obench.runner import Runner
