@@ -41,6 +41,7 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel
 
+from .config import KEYLESS_DEFAULTS
 from .errors import ConfigError, L2OError, did_you_mean
 from .registry import unknown_name_message
 from .suite_format import (Baselines, CheckpointEntry, MetaTrainEntry, Name, Reference, Seeds, SuiteFile,
@@ -175,23 +176,20 @@ class _Validator:
         table = self.reg.entries[kind]
         if name in table:
             return table[name]
-        noun = {"optimizer": "optimizer", "learned": "learned optimizer", "task": "task family"}[kind]
+        noun = {"optimizer": "optimizer", "learned": "learned optimizer", "task": "task family",
+                "estimator": "estimator"}[kind]
         self.fail(where, unknown_name_message(noun, name, list(table) + list(extra)))
 
-    def task(self, table: TaskTable, where: str, grid: bool) -> list[TaskVariant]:
+    def task(self, table: TaskTable, where: str) -> list[TaskVariant]:
+        """The variants of a task table: a list is a grid axis, in [[test]] and [[meta_train]] alike
+        (there, a distribution that meta-training draws one variant from per episode)."""
         entry = self.entry("task", table.family, f"{where}.family")
         family = entry.obj
         written = table.config
-        if not grid:
-            for k, v in written.items():
-                if isinstance(v, list) and not self._list_field(family, k):
-                    self.fail(f"{where}.{k}", f"a list ({v!r}) is a grid, and grids are only allowed in [[test]]; "
-                                              f"give one value")
-        combos = expand_grid(written) if grid else [written]
-        if grid:
-            for k, v in written.items():
-                if isinstance(v, list) and not v:
-                    self.fail(f"{where}.{k}", "an empty grid axis; give at least one value")
+        combos = expand_grid(written)
+        for k, v in written.items():
+            if isinstance(v, list) and not v:
+                self.fail(f"{where}.{k}", "an empty grid axis; give at least one value")
         variants = []
         for combo in combos:
             try:
@@ -211,13 +209,16 @@ class _Validator:
             variants.append(TaskVariant(table.family, combo, plain(config.model_dump()), entry.origin))
         return variants
 
-    @staticmethod
-    def _list_field(family, key: str) -> bool:
-        info = family.config.model_fields.get(key)
-        if info is None:
-            return False
-        origin = typing.get_origin(_strip_annotated(info.annotation))
-        return origin in (list, tuple)
+    def estimator(self, e, where: str) -> None:
+        """The entry's estimator: a registered name, valid settings, and fit for its objective and horizon."""
+        from .estimator import check_estimator
+
+        entry = self.entry("estimator", e.estimator, f"{where}.estimator")
+        self.params(entry, e.estimator_params, f"{where}.estimator_params")
+        try:
+            check_estimator(entry.create(**e.estimator_params), e.estimator, e.objective, e.horizon, where)
+        except L2OError as exc:
+            self.fail(f"{where}.estimator_params", str(exc).removeprefix(f"{where}: "))
 
     def params(self, entry, params: dict[str, Any], where: str) -> None:
         """Each hyperparameter against the factory's signature, the key named in the path."""
@@ -247,10 +248,13 @@ class _Validator:
             claim(e.name, f"{where}.name")
             entry = self.entry("learned", e.optimizer, f"{where}.optimizer")
             self.params(entry, e.params, f"{where}.params")
-            (task,) = self.task(e.task, f"{where}.task", grid=False)
-            train = {k: getattr(e, k) for k in _meta_train_keys()}
+            variants = self.task(e.task, f"{where}.task")
+            train = {k: getattr(e, k) for k in _meta_train_keys()
+                     if not (k in KEYLESS_DEFAULTS and getattr(e, k) == KEYLESS_DEFAULTS[k])}
+            self.estimator(e, where)
             learned[e.name] = LearnedSpec(e.name, e.optimizer, {**entry.parameters(), **e.params}, entry.origin,
-                                          task=task, train=plain(train))
+                                          task=variants[0], train=plain(train),
+                                          distribution=tuple(variants) if len(variants) > 1 else ())
         for i, c in enumerate(m.checkpoint):
             where = f"checkpoint[{i}]"
             claim(c.name, f"{where}.name")
@@ -314,7 +318,7 @@ class _Validator:
             if not chosen:
                 self.fail(f"{where}.optimizers", "no optimizer to test; add [[meta_train]], [[checkpoint]] or "
                                                  "[baselines]")
-            for variant in self.task(t.task, f"{where}.task", grid=True):
+            for variant in self.task(t.task, f"{where}.task"):
                 tests.append(TestVariant(variant, tuple(dict.fromkeys(t.horizons)), chosen, i))
         references = []
         variants = {(tv.task.id, h) for tv in tests for h in tv.horizons}
@@ -335,16 +339,6 @@ def _not_in_suite(name: str, names: list[str]) -> str:
     hint = did_you_mean(str(name), names)
     return (f"{name!r} is not an optimizer of this suite; {hint}its optimizers (from meta_train, checkpoint "
             f"and baselines): {', '.join(names) or 'none'}")
-
-
-def _strip_annotated(annotation: Any) -> Any:
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return _strip_annotated(args[0])
-    return annotation
 
 
 def _meta_train_keys() -> list[str]:

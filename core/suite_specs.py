@@ -76,6 +76,8 @@ class LearnedSpec:
     train: Optional[dict[str, Any]] = None
     checkpoint: Optional[Path] = None
     checkpoint_hash: Optional[str] = None
+    #: the variants of a ``[[meta_train]]`` task grid, one drawn per episode (empty: ``task`` alone)
+    distribution: tuple[TaskVariant, ...] = ()
 
     @property
     def id(self) -> str:
