@@ -15,6 +15,8 @@ _API = (
     "Capabilities", "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "Dataset", "DATA_ENV",
     "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir", "images_to_float",
     "select_classes", "Executor", "env_switch", "cpu_model",
+    "Estimator", "Estimate", "MetaProblem", "HeldOutTask", "truncated_unroll", "Unroll", "Particles", "PopulationState",
+    "start_population", "run_truncation", "restart_from", "antithetic", "flat_meta_params", "split_flat",
 )
 
 

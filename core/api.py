@@ -30,7 +30,7 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
 - **executors**: :class:`Executor`.
 - **meta-gradient estimators**: :class:`Estimator` (``episode(problem)`` yielding one
   :class:`Estimate` per truncation) and the :class:`MetaProblem` it is given; the truncated
-  unroll of Eq. 3 (:func:`unroll`, :class:`Unroll`) truncated BPTT is built from; the
+  unroll of Eq. 3 (:func:`truncated_unroll`, :class:`Unroll`) truncated BPTT is built from; the
   population machinery evolution strategies share (:class:`Particles`, :class:`PopulationState`,
   :func:`start_population`, :func:`run_truncation`, :func:`restart_from`, :func:`antithetic`,
   :func:`flat_meta_params`, :func:`split_flat`); :class:`HeldOutTask`, a task whose
@@ -54,7 +54,7 @@ from .population import (Particles, PopulationState, antithetic, flat_meta_param
 from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
 from .registry import get_registry
 from .task import SPLITS, Split, Task, TaskConfig, TaskFamily, seed_generator
-from .unroll import Unroll, unroll
+from .unroll import Unroll, unroll as truncated_unroll  # l2obench.unroll is the module
 from .transforms import (add_decayed_weights, decoupled_weight_decay, scale_by_adagrad, scale_by_adam,
                          scale_by_rms, trace)
 
@@ -69,7 +69,7 @@ __all__ = [
     "Dataset", "DATA_ENV", "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir",
     "images_to_float", "select_classes",
     "Executor",
-    "Estimator", "Estimate", "MetaProblem", "HeldOutTask", "unroll", "Unroll", "Particles", "PopulationState",
+    "Estimator", "Estimate", "MetaProblem", "HeldOutTask", "truncated_unroll", "Unroll", "Particles", "PopulationState",
     "start_population", "run_truncation", "restart_from", "antithetic", "flat_meta_params", "split_flat",
     "L2OError", "ConfigError", "PluginError", "CheckpointError", "DataError", "L2OWarning", "env_switch", "cpu_model",
     "get_registry",

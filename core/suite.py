@@ -180,12 +180,15 @@ class _Validator:
                 "estimator": "estimator"}[kind]
         self.fail(where, unknown_name_message(noun, name, list(table) + list(extra)))
 
-    def task(self, table: TaskTable, where: str) -> list[TaskVariant]:
+    def task(self, table: TaskTable, where: str, meta_train: bool = False) -> list[TaskVariant]:
         """The variants of a task table: a list is a grid axis, in [[test]] and [[meta_train]] alike
-        (there, a distribution that meta-training draws one variant from per episode)."""
+        (there, a distribution that meta-training draws one variant from per episode), except that
+        in [[meta_train]] a list given to a list-valued parameter (``channels = [4, 4]``) is its value."""
         entry = self.entry("task", table.family, f"{where}.family")
         family = entry.obj
         written = table.config
+        if meta_train:
+            written = {k: [v] if isinstance(v, list) and self._list_field(family, k) else v for k, v in written.items()}
         combos = expand_grid(written)
         for k, v in written.items():
             if isinstance(v, list) and not v:
@@ -208,6 +211,14 @@ class _Validator:
                 self.fail(where, str(exc))
             variants.append(TaskVariant(table.family, combo, plain(config.model_dump()), entry.origin))
         return variants
+
+    @staticmethod
+    def _list_field(family, key: str) -> bool:
+        info = family.config.model_fields.get(key)
+        if info is None:
+            return False
+        origin = typing.get_origin(_strip_annotated(info.annotation))
+        return origin in (list, tuple)
 
     def estimator(self, e, where: str) -> None:
         """The entry's estimator: a registered name, valid settings, and fit for its objective and horizon."""
@@ -248,7 +259,7 @@ class _Validator:
             claim(e.name, f"{where}.name")
             entry = self.entry("learned", e.optimizer, f"{where}.optimizer")
             self.params(entry, e.params, f"{where}.params")
-            variants = self.task(e.task, f"{where}.task")
+            variants = self.task(e.task, f"{where}.task", meta_train=True)
             train = {k: getattr(e, k) for k in _meta_train_keys()
                      if not (k in KEYLESS_DEFAULTS and getattr(e, k) == KEYLESS_DEFAULTS[k])}
             self.estimator(e, where)
@@ -339,6 +350,16 @@ def _not_in_suite(name: str, names: list[str]) -> str:
     hint = did_you_mean(str(name), names)
     return (f"{name!r} is not an optimizer of this suite; {hint}its optimizers (from meta_train, checkpoint "
             f"and baselines): {', '.join(names) or 'none'}")
+
+
+def _strip_annotated(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _strip_annotated(args[0])
+    return annotation
 
 
 def _meta_train_keys() -> list[str]:

@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"errors", "env", "atomic", "hookspecs", "config", "stats", "hyperparameters", "optimizer",
      "report_figures", "report_render", "testing.strategies", "cellfile"},
     {"transforms", "learned", "task", "datasets", "devices", "memory", "evaluate", "from_torch", "metatrain_progress"},
-    {"registry", "executor", "metatrain", "unroll", "suite_format", "suite_specs"},
+    {"registry", "executor", "metatrain", "unroll", "suite_format", "suite_specs", "estimator", "population"},
     {"checkpoint", "api", "report_tables", "provenance"},
     {"suite", "resolve", "cells"},
     {"tuning", "plan", "store", "manifest", "work"},

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from l2obench.api import Estimate, MetaProblem, PositiveInt, unroll
+from l2obench.api import Estimate, MetaProblem, PositiveInt, truncated_unroll
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class TruncatedBPTT:
         for start, stop in problem.spans(self.truncation):
             w = problem.weights[start:stop]
             with torch.set_grad_enabled(any(w)):
-                out = unroll(opt, task, params, state, stream, w, second_order=problem.second_order)
+                out = truncated_unroll(opt, task, params, state, stream, w, second_order=problem.second_order)
             steps = (stop - start) * len(seeds)
             logged = out.logged
             finite = bool(torch.isfinite(out.logged))
