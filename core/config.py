@@ -61,6 +61,11 @@ class MetaTrainConfig(pydantic.BaseModel):
     ``validation_seeds = 0`` turns validation and early stopping off (the final
     meta-parameters are kept).  ``time_limit_s`` stops training after that many
     seconds (then the run is no longer reproducible by seed alone).
+    ``estimator`` names a registered meta-gradient estimator (``tbptt``, the paper's, by
+    default; ``es``, ``pes``) and ``estimator_params`` its settings; ``objective`` is what it
+    follows, the training loss (``loss``) or a held-out metric (``heldout_loss``,
+    ``heldout_accuracy``: ES and PES only).  Early stopping validates the summed training
+    loss whatever the objective.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
