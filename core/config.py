@@ -64,8 +64,8 @@ class MetaTrainConfig(pydantic.BaseModel):
     ``estimator`` names a registered meta-gradient estimator (``tbptt``, the paper's, by
     default; ``es``, ``pes``) and ``estimator_params`` its settings; ``objective`` is what it
     follows, the training loss (``loss``) or a held-out metric (``heldout_loss``,
-    ``heldout_accuracy``: ES and PES only).  Early stopping validates the summed training
-    loss whatever the objective.
+    ``heldout_accuracy``: ES and PES only); early stopping validates the same objective
+    (a held-out one summed over the ends of the truncations).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)

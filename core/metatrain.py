@@ -34,9 +34,10 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
-from .config import VALIDATION_SEED_BASE, WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
+from .config import TRAIN_LOSS, VALIDATION_SEED_BASE, WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
 from .errors import ConfigError
-from .estimator import MetaProblem, check_estimator, check_objective
+from .estimator import MetaProblem, check_estimator, check_objective, heldout_meta_loss
+from .evaluate import loss_and_grad
 from .evaluate import run as evaluate_run
 from .learned import LearnedOptimizer
 from .task import Task, seed_generator
@@ -128,15 +129,21 @@ def _task_source(task: TaskSource) -> Callable[[torch.Generator], Task]:
 
 
 def validation_loss(lopt: LearnedOptimizer, tasks: Sequence[tuple[Task, Sequence[int]]], steps: int,
-                    device: torch.device | str = "cpu") -> float:
+                    device: torch.device | str = "cpu", objective: str = TRAIN_LOSS, every: int = 1) -> float:
     """Mean summed loss over ``steps`` on the validation split, meta-parameters frozen;
-    ``inf`` if any optimizee diverged, so a diverging optimizer is never kept."""
+    ``inf`` if any optimizee diverged, so a diverging optimizer is never kept.  For a held-out
+    ``objective``, the objective summed over the ends of every ``every`` steps instead, as
+    meta-training reads it."""
     totals: list[Tensor] = []
     was_training = lopt.training
     lopt.eval()
     try:
         with torch.no_grad():
             for task, seeds in tasks:
+                if objective != TRAIN_LOSS:
+                    totals.append(_heldout_validation(lopt.opt_fn(task.groups), task, seeds, steps, device,
+                                                      objective, every))
+                    continue
                 traj = evaluate_run(lopt.opt_fn(task.groups), task, seeds, steps, "validation", device)
                 totals.append(traj.summed)
     finally:
@@ -145,6 +152,22 @@ def validation_loss(lopt: LearnedOptimizer, tasks: Sequence[tuple[Task, Sequence
     if not torch.isfinite(summed).all():
         return math.inf
     return float(summed.mean())
+
+
+def _heldout_validation(opt, task: Task, seeds: Sequence[int], steps: int, device, objective: str,
+                        every: int) -> Tensor:
+    """Each validation optimizee's held-out objective summed over the ends of every ``every`` steps."""
+    params = task.init(seeds, device=device)
+    state = opt.init(params)
+    stream = task.batches("validation", seeds, device=device)
+    total = torch.zeros(len(seeds), dtype=torch.float64, device=params.device)
+    for t in range(steps):
+        _, grad = loss_and_grad(task, params, next(stream))
+        updates, state = opt.update(grad, state, params)
+        params = params + updates
+        if (t + 1) % every == 0 or t == steps - 1:
+            total += heldout_meta_loss(task, params, objective, 1)
+    return total
 
 
 def _validation_tasks(task: TaskSource, validation_task, config: MetaTrainConfig):
@@ -220,6 +243,8 @@ def meta_train(
 
     validate = config.validation_seeds > 0
     val_tasks = _validation_tasks(task, validation_task, config) if validate else []
+    for val_task, _ in val_tasks:
+        check_objective(config.objective, val_task)
     validation: dict[int, float] = {}
     best_state: dict[str, Tensor] | None = None
     best_epoch: int | None = None
@@ -229,7 +254,8 @@ def meta_train(
     def run_validation(epoch: int) -> float:
         nonlocal best_state, best_epoch, best_val, val_s
         t0 = time.perf_counter()
-        val = validation_loss(lopt, val_tasks, config.horizon, device)
+        val = validation_loss(lopt, val_tasks, config.horizon, device, config.objective,
+                              estimator.truncation or config.unroll)
         val_s += time.perf_counter() - t0
         validation[epoch] = val
         if best_val is None or val < best_val:

@@ -15,7 +15,7 @@ from torch import nn
 from l2obench import ConfigError, LearnedOptimizer, Optimizer
 from l2obench.api import HeldOutTask, MetaProblem, get_registry, seed_generator
 from l2obench.evaluate import loss_and_grad
-from l2obench.metatrain import MetaTrainConfig, build_estimator, horizon_weights, meta_train
+from l2obench.metatrain import MetaTrainConfig, build_estimator, horizon_weights, meta_train, validation_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -200,11 +200,15 @@ def test_es_and_pes_follow_a_held_out_metric(name, objective):
 
     before = heldout(lopt)
     config = dict(horizon=HORIZON, unroll=4, epochs=3, episodes_per_epoch=5, meta_batch=2, lr=0.05,
-                  validation_seeds=0, estimator=name, objective=objective,
+                  validation_seeds=2, estimator=name, objective=objective,
                   estimator_params={"population": 4, "sigma": 0.01})
     result = meta_train(lopt, task, config, progress=False)
     assert result.skipped == 0
     assert heldout(lopt) < 0.9 * before
+    # early stopping validated the objective itself: the held-out metric over the truncations' ends
+    measured = validation_loss(lopt, [(task, [1_000_000, 1_000_001])], HORIZON, objective=objective, every=4)
+    assert measured == pytest.approx(result.best_val)
+    assert (measured < 0) == (objective == "heldout_accuracy")
 
 
 def test_heldout_needs_a_task_with_evaluate_and_tbptt_refuses_it():
