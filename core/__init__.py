@@ -18,6 +18,8 @@ _API = (
     "select_classes", "Executor", "env_switch", "cpu_model",
     "seed_scores", "performance_profile", "rank_summary", "robust_summary", "meta_seed_spread", "higher_is_better",
     "bootstrap_interval", "paired_log_ratio_interval", "two_level_interval", "Interval",
+    "Estimator", "Estimate", "MetaProblem", "HeldOutTask", "truncated_unroll", "Unroll", "Particles", "PopulationState",
+    "start_population", "run_truncation", "restart_from", "antithetic", "flat_meta_params", "split_flat",
 )
 
 

@@ -9,7 +9,8 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
 
 - **hooks**: :data:`hookimpl`, the marker of hook implementations
   (``register_optimizers``, ``register_learned_optimizers``,
-  ``register_task_families``, ``register_datasets``, ``register_executors``).
+  ``register_task_families``, ``register_datasets``, ``register_executors``,
+  ``register_estimators``).
 - **optimizers**: :class:`Optimizer` (``init`` / ``update``, capability flags),
   :data:`State`, the combinators :func:`chain`, :func:`scale`, :func:`stateless`,
   the state helpers :func:`step_count`, :func:`zeros_like_state`, :func:`prefixed`,
@@ -34,6 +35,13 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
   :func:`meta_seed_spread`, :func:`higher_is_better`; the seeded bootstrap intervals
   :func:`bootstrap_interval`, :func:`paired_log_ratio_interval`, :func:`two_level_interval`
   and their :class:`Interval`.
+- **meta-gradient estimators**: :class:`Estimator` (``episode(problem)`` yielding one
+  :class:`Estimate` per truncation) and the :class:`MetaProblem` it is given; the truncated
+  unroll of Eq. 3 (:func:`truncated_unroll`, :class:`Unroll`) truncated BPTT is built from; the
+  population machinery evolution strategies share (:class:`Particles`, :class:`PopulationState`,
+  :func:`start_population`, :func:`run_truncation`, :func:`restart_from`, :func:`antithetic`,
+  :func:`flat_meta_params`, :func:`split_flat`); :class:`HeldOutTask`, a task whose
+  ``evaluate(params, split)`` a held-out objective reads.
 - **errors and switches**: :class:`L2OError` and its kinds, :class:`L2OWarning`,
   :func:`env_switch`; :func:`get_registry`, to look up what other plugins registered.
 """
@@ -44,15 +52,19 @@ from .datasets import (DATA_ENV, DataFile, Dataset, IDXDataset, data_cache_dir, 
                        read_data_file, select_classes)
 from .env import env_switch
 from .errors import CheckpointError, ConfigError, DataError, L2OError, L2OWarning, PluginError
+from .estimator import Estimate, Estimator, HeldOutTask, MetaProblem
 from .executor import Executor
 from .from_torch import from_torch_optimizer
 from .hookspecs import hookimpl
 from .hyperparameters import Beta, LearningRate, NonNegative, Positive, PositiveInt
 from .learned import Capabilities, LearnedOptimizer
 from .from_module import ModuleBatch, ModuleTask, module_task
+from .population import (Particles, PopulationState, antithetic, flat_meta_params, restart_from,
+                         run_truncation, split_flat, start_population)
 from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
 from .registry import get_registry
 from .task import SPLITS, Split, Task, TaskConfig, TaskFamily, heldout_metric, seed_generator, task_metrics
+from .unroll import Unroll, unroll as truncated_unroll  # l2obench.unroll is the module
 from .transforms import (add_decayed_weights, decoupled_weight_decay, scale_by_adagrad, scale_by_adam,
                          scale_by_rms, trace)
 
@@ -68,6 +80,8 @@ __all__ = [
     "Dataset", "DATA_ENV", "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir",
     "images_to_float", "select_classes",
     "Executor",
+    "Estimator", "Estimate", "MetaProblem", "HeldOutTask", "truncated_unroll", "Unroll", "Particles", "PopulationState",
+    "start_population", "run_truncation", "restart_from", "antithetic", "flat_meta_params", "split_flat",
     "L2OError", "ConfigError", "PluginError", "CheckpointError", "DataError", "L2OWarning", "env_switch", "cpu_model",
     "get_registry",
     "seed_scores", "performance_profile", "rank_summary", "robust_summary", "meta_seed_spread", "higher_is_better",

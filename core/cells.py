@@ -131,6 +131,21 @@ def task_spec(task: TaskVariant) -> dict[str, Any]:
     return {"id": task.id, "family": task.family, "config": task.config, "version": task.version}
 
 
+def distribution_spec(variants: tuple[TaskVariant, ...]) -> dict[str, Any]:
+    """A meta-training task distribution: its variants' configs (``grid``), one drawn per episode;
+    the id is the grid as the suite writes it (``mnist-mlp[activation=["sigmoid","relu"]]``) and
+    ``config`` the first variant's with each grid axis as its list of values (the table's columns)."""
+    from .suite_specs import make_id
+
+    first, written = variants[0], {}
+    for key in first.written:
+        values = {json.dumps(v.written[key], sort_keys=True): v.written[key] for v in variants}
+        written[key] = list(values.values()) if len(values) > 1 else first.written[key]
+    axes = {k: v for k, v in written.items() if isinstance(v, list) and v != first.written[k]}
+    return {"id": make_id(first.family, written), "family": first.family, "version": first.version,
+            "config": {**first.config, **axes}, "grid": [v.config for v in variants]}
+
+
 def baseline_spec(opt: OptimizerSpec) -> dict[str, Any]:
     return {"name": opt.name, "id": opt.id, "kind": OptimizerKind.BASELINE.value, "plugin": opt.name,
             "params": opt.params, "version": opt.version}
@@ -159,8 +174,9 @@ def evaluation_cell(kind: CellKind | str, optimizer: dict[str, Any], task: TaskV
 
 
 def meta_train_cell(spec: LearnedSpec, device: str, provenance: Optional[dict[str, Any]] = None) -> Cell:
+    task = task_spec(spec.task) if not spec.distribution else distribution_spec(spec.distribution)
     body = {"name": spec.name, "plugin": spec.plugin, "params": spec.params, "version": spec.version,
-            "task": task_spec(spec.task), "train": spec.train, "device": device}
+            "task": task, "train": spec.train, "device": device}
     if spec.id != spec.name:  # one of several meta-training seeds (one seed: the key as it always was)
         body["id"] = spec.id
     return with_provenance(Cell(CellKind.META_TRAIN, f"meta-train {spec.id}", body), provenance)

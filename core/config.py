@@ -36,6 +36,15 @@ def describe_validation_error(exc: pydantic.ValidationError, model: type[pydanti
     return f"{where}: invalid {key}={value!r}: {msg}"
 
 
+#: the default meta-objective (the training loss of Eq. 3) and the prefix of one read from
+#: ``Task.evaluate`` (``heldout_loss``, ``heldout_accuracy``)
+TRAIN_LOSS = "loss"
+HELDOUT_PREFIX = "heldout_"
+
+#: Settings left out of a meta-train cell's key while at these defaults, so the keys (and the
+#: results) of suites written before the settings existed stay what they were.
+KEYLESS_DEFAULTS: dict[str, Any] = {"estimator": "tbptt", "estimator_params": {}, "objective": "loss"}
+
 WEIGHTINGS = ("ones", "final", "unroll-final", "linear")
 WeightFn = Callable[[int, int], float]
 
@@ -52,6 +61,11 @@ class MetaTrainConfig(pydantic.BaseModel):
     ``validation_seeds = 0`` turns validation and early stopping off (the final
     meta-parameters are kept).  ``time_limit_s`` stops training after that many
     seconds (then the run is no longer reproducible by seed alone).
+    ``estimator`` names a registered meta-gradient estimator (``tbptt``, the paper's, by
+    default; ``es``, ``pes``) and ``estimator_params`` its settings; ``objective`` is what it
+    follows, the training loss (``loss``) or a held-out metric (``heldout_loss``,
+    ``heldout_accuracy``: ES and PES only); early stopping validates the same objective
+    (a held-out one summed over the ends of the truncations).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -71,12 +85,26 @@ class MetaTrainConfig(pydantic.BaseModel):
                                                               "0 turns it off")
     seed: int = pydantic.Field(0, ge=0, description="seed of the initial meta-parameters and of the optimizees drawn")
     time_limit_s: float | None = pydantic.Field(None, gt=0, description="stop training after this many seconds")
+    estimator: str = pydantic.Field("tbptt", description="meta-gradient estimator (l2obench list --kind estimator): "
+                                                         "tbptt, es or pes")
+    estimator_params: dict[str, Any] = pydantic.Field(default_factory=dict, description="the estimator's settings, "
+                                                      "e.g. {population = 8, sigma = 0.01, truncation = 20}")
+    objective: str = pydantic.Field("loss", description="meta-objective: loss (training loss, Eq. 3) or "
+                                                        "heldout_<metric> (e.g. heldout_loss, heldout_accuracy)")
 
     @pydantic.field_validator("weights")
     @classmethod
     def _known_weights(cls, value):
         if isinstance(value, str) and value not in WEIGHTINGS:
             raise ValueError(f"expected one of {', '.join(WEIGHTINGS)} (or a function w(t, horizon) from Python)")
+        return value
+
+    @pydantic.field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value):
+        if value != TRAIN_LOSS and not (value.startswith(HELDOUT_PREFIX) and len(value) > len(HELDOUT_PREFIX)):
+            raise ValueError("expected loss (the training loss) or heldout_<metric> (e.g. heldout_loss, "
+                             "heldout_accuracy)")
         return value
 
     @classmethod

@@ -45,6 +45,15 @@ def register_datasets(register):
 
 
 @hookspec
+def register_estimators(register):
+    """Register meta-gradient estimators: ``register(name, factory)``.
+
+    ``factory(**settings) -> Estimator`` (:class:`l2obench.api.Estimator`); its keyword
+    arguments with their defaults are the settings a suite gives as ``estimator_params``.
+    """
+
+
+@hookspec
 def register_executors(register):
     """Register executors that run suite cells: ``register(name, factory)``.
 

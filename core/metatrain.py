@@ -34,8 +34,10 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
-from .config import VALIDATION_SEED_BASE, WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
+from .config import TRAIN_LOSS, VALIDATION_SEED_BASE, WEIGHTINGS, MetaTrainConfig, WeightFn  # noqa: F401  (public here too)
 from .errors import ConfigError
+from .estimator import MetaProblem, check_estimator, check_objective, heldout_meta_loss
+from .evaluate import loss_and_grad
 from .evaluate import run as evaluate_run
 from .learned import LearnedOptimizer
 from .task import Task, seed_generator
@@ -128,15 +130,21 @@ def _task_source(task: TaskSource) -> Callable[[torch.Generator], Task]:
 
 
 def validation_loss(lopt: LearnedOptimizer, tasks: Sequence[tuple[Task, Sequence[int]]], steps: int,
-                    device: torch.device | str = "cpu") -> float:
+                    device: torch.device | str = "cpu", objective: str = TRAIN_LOSS, every: int = 1) -> float:
     """Mean summed loss over ``steps`` on the validation split, meta-parameters frozen;
-    ``inf`` if any optimizee diverged, so a diverging optimizer is never kept."""
+    ``inf`` if any optimizee diverged, so a diverging optimizer is never kept.  For a held-out
+    ``objective``, the objective summed over the ends of every ``every`` steps instead, as
+    meta-training reads it."""
     totals: list[Tensor] = []
     was_training = lopt.training
     lopt.eval()
     try:
         with torch.no_grad():
             for task, seeds in tasks:
+                if objective != TRAIN_LOSS:
+                    totals.append(_heldout_validation(lopt.opt_fn(task.groups), task, seeds, steps, device,
+                                                      objective, every))
+                    continue
                 traj = evaluate_run(lopt.opt_fn(task.groups), task, seeds, steps, "validation", device)
                 totals.append(traj.summed)
     finally:
@@ -145,6 +153,22 @@ def validation_loss(lopt: LearnedOptimizer, tasks: Sequence[tuple[Task, Sequence
     if not torch.isfinite(summed).all():
         return math.inf
     return float(summed.mean())
+
+
+def _heldout_validation(opt, task: Task, seeds: Sequence[int], steps: int, device, objective: str,
+                        every: int) -> Tensor:
+    """Each validation optimizee's held-out objective summed over the ends of every ``every`` steps."""
+    params = task.init(seeds, device=device)
+    state = opt.init(params)
+    stream = task.batches("validation", seeds, device=device)
+    total = torch.zeros(len(seeds), dtype=torch.float64, device=params.device)
+    for t in range(steps):
+        _, grad = loss_and_grad(task, params, next(stream))
+        updates, state = opt.update(grad, state, params)
+        params = params + updates
+        if (t + 1) % every == 0 or t == steps - 1:
+            total += heldout_meta_loss(task, params, objective, 1)
+    return total
 
 
 def _validation_tasks(task: TaskSource, validation_task, config: MetaTrainConfig):
@@ -158,9 +182,14 @@ def _validation_tasks(task: TaskSource, validation_task, config: MetaTrainConfig
         return [(t, seeds) for t in tasks]
     if isinstance(task, Task):
         return [(task, seeds)]
-    # A family generator: fixed draws, one validation task per validation seed.
+    # A family generator: fixed draws, one validation task per validation seed (the seeds
+    # of a task drawn more than once run together).
     g = seed_generator(config.seed, "validation-tasks")
-    return [(task(g), [s]) for s in seeds]
+    drawn: dict[int, tuple[Task, list[int]]] = {}
+    for s in seeds:
+        t = task(g)
+        drawn.setdefault(id(t), (t, []))[1].append(s)
+    return list(drawn.values())
 
 
 def meta_train(
@@ -199,6 +228,7 @@ def meta_train(
         raise ConfigError(f"meta-train config: second_order=true, but learned optimizer "
                           f"{lopt.name or type(lopt).__name__!r} has no second derivatives "
                           f"(capabilities.second_derivatives=False); set second_order = false")
+    estimator = build_estimator(config)
     device = torch.device(device)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -211,10 +241,11 @@ def meta_train(
     rng = torch.Generator().manual_seed(config.seed)
     draw_task = _task_source(task)
     weights = horizon_weights(config)
-    spans = [(s, min(s + config.unroll, config.horizon)) for s in range(0, config.horizon, config.unroll)]
 
     validate = config.validation_seeds > 0
     val_tasks = _validation_tasks(task, validation_task, config) if validate else []
+    for val_task, _ in val_tasks:
+        check_objective(config.objective, val_task)
     validation: dict[int, float] = {}
     best_state: dict[str, Tensor] | None = None
     best_epoch: int | None = None
@@ -224,7 +255,8 @@ def meta_train(
     def run_validation(epoch: int) -> float:
         nonlocal best_state, best_epoch, best_val, val_s
         t0 = time.perf_counter()
-        val = validation_loss(lopt, val_tasks, config.horizon, device)
+        val = validation_loss(lopt, val_tasks, config.horizon, device, config.objective,
+                              estimator.truncation or config.unroll)
         val_s += time.perf_counter() - t0
         validation[epoch] = val
         if best_val is None or val < best_val:
@@ -276,10 +308,12 @@ def meta_train(
             for episode in range(config.episodes_per_epoch):
                 seeds = torch.randint(TRAIN_SEED_LOW, _SEED_HIGH, (config.meta_batch,), generator=rng).tolist()
                 episode_task = lopt.task_transform(draw_task(rng), rng)
-                meta_loss, skipped, steps = _episode(lopt, episode_task, seeds, spans, weights, meta_opt,
-                                                     meta_params, config, device)
+                check_objective(config.objective, episode_task)
+                problem = MetaProblem(lopt, episode_task, seeds, weights, config.unroll, config.objective, rng,
+                                      device, config.second_order)
+                meta_loss, skipped, steps = _episode(estimator, problem, meta_opt, meta_params, config)
                 skipped_total += skipped
-                optimizee_steps += steps * config.meta_batch
+                optimizee_steps += steps
                 row = {"epoch": epoch, "episode": (epoch - 1) * config.episodes_per_epoch + episode,
                        "meta_loss": meta_loss, "val_loss": None, "skipped": skipped}
                 history.append(row)
@@ -310,36 +344,38 @@ def meta_train(
                            wall - val_s, optimizee_steps, config, stopped)
 
 
-def _episode(lopt, task: Task, seeds: list[int], spans, weights, meta_opt, meta_params,
-             config: MetaTrainConfig, device) -> tuple[float, int, int]:
-    """One fresh optimizee batch through the horizon; returns (meta-loss, skipped, steps run)."""
-    opt = lopt.opt_fn(task.groups)
-    params = task.init(seeds, device=device)
-    state = opt.init(params)
-    stream = task.batches("train", seeds, device=device)
-    logged_total = torch.zeros((), dtype=params.dtype, device=params.device)
-    steps = 0
-    for start, stop in spans:
-        w = weights[start:stop]
-        with torch.set_grad_enabled(any(w)):
-            out = unroll(opt, task, params, state, stream, w, second_order=config.second_order)
-        steps += stop - start
-        logged_total = logged_total + out.logged
-        if out.meta_loss is not None:
+def _episode(estimator, problem: MetaProblem, meta_opt, meta_params, config: MetaTrainConfig) -> tuple[float, int, int]:
+    """One fresh optimizee batch through the horizon, the meta-parameters stepped after each of the
+    estimator's truncations; returns (meta-loss, skipped, optimizee steps run)."""
+    logged_total, steps = 0.0, 0
+    for est in estimator.episode(problem):
+        steps += est.steps
+        if not est.finite:
             meta_opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(out.logged) or not torch.isfinite(out.meta_loss):
-                return math.nan, 1, steps
-            out.meta_loss.backward()
-            grads = [p.grad for p in meta_params if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
-            if not torch.isfinite(norm):
-                meta_opt.zero_grad(set_to_none=True)
-                return math.nan, 1, steps
-            if config.clip is not None and grads:
-                torch.nn.utils.clip_grads_with_norm_(meta_params, config.clip, norm, foreach=True)
-            meta_opt.step()
-        elif not torch.isfinite(out.logged):
             return math.nan, 1, steps
-        params = out.params.detach()
-        state = {k: v.detach() for k, v in out.state.items()}
+        logged_total += est.logged
+        if est.grads is None:
+            continue
+        meta_opt.zero_grad(set_to_none=True)
+        for p, g in zip(meta_params, est.grads):
+            p.grad = g
+        grads = [g for g in est.grads if g is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+        if not torch.isfinite(norm):
+            meta_opt.zero_grad(set_to_none=True)
+            return math.nan, 1, steps
+        if config.clip is not None and grads:
+            torch.nn.utils.clip_grads_with_norm_(meta_params, config.clip, norm, foreach=True)
+        meta_opt.step()
     return float(logged_total), 0, steps
+
+
+def build_estimator(config: MetaTrainConfig, registry=None, where: str = "meta-train config"):
+    """The estimator ``config`` names, built with its settings and checked against the
+    objective and the horizon (one-line errors)."""
+    from .registry import get_registry
+
+    reg = registry if registry is not None else get_registry()
+    estimator = reg.estimator(config.estimator, **config.estimator_params)
+    check_estimator(estimator, config.estimator, config.objective, config.horizon, where)
+    return estimator

@@ -1,4 +1,5 @@
-"""The one registry of optimizers, learned optimizers, task families and executors.
+"""The one registry of optimizers, learned optimizers, task families, data sets, executors
+and meta-gradient estimators.
 
 Plugins are found through the ``l2obench`` entry-point group, the built-in ones
 included.  The registry owns the name rules and every error a plugin can cause,
@@ -43,6 +44,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "task": ("register_task_families", "task family"),
     "dataset": ("register_datasets", "dataset"),
     "executor": ("register_executors", "executor"),
+    "estimator": ("register_estimators", "estimator"),
 }
 
 #: kinds whose names must not clash with each other: suites name either optimizer kind alike
@@ -52,6 +54,7 @@ _NAMESPACES: dict[str, tuple[str, ...]] = {
     "task": ("task",),
     "dataset": ("dataset",),
     "executor": ("executor",),
+    "estimator": ("estimator",),
 }
 
 #: the keyword a factory takes to receive the task's parameter groups (not a hyperparameter)
@@ -108,7 +111,7 @@ class Entry:
                     f"{noun} {self.name!r}: unknown parameter {key!r} (value {value!r}); "
                     f"{did_you_mean(key, known)}allowed: {', '.join(known) or 'none'}"
                 )
-        if self.kind in ("optimizer", "learned"):
+        if self.kind in ("optimizer", "learned", "estimator"):
             from . import hyperparameters
 
             skip = (GROUPS_KEYWORD,) if self.kind == "optimizer" else ()
@@ -369,6 +372,10 @@ class Registry:
     def learned(self, name: str, **hyperparameters):
         """A fresh learned optimizer (meta-parameters initialised by the plugin)."""
         return self.get("learned", name).create(**hyperparameters)
+
+    def estimator(self, name: str, **settings):
+        """The meta-gradient estimator ``name`` built with validated ``settings``."""
+        return self.get("estimator", name).create(**settings)
 
     def family(self, name: str):
         return self.get("task", name).obj

@@ -41,6 +41,7 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel
 
+from .config import KEYLESS_DEFAULTS
 from .errors import ConfigError, L2OError, did_you_mean
 from .registry import unknown_name_message
 from .suite_format import (Baselines, CheckpointEntry, MetaTrainEntry, Name, Reference, Seeds, SuiteFile,
@@ -175,23 +176,23 @@ class _Validator:
         table = self.reg.entries[kind]
         if name in table:
             return table[name]
-        noun = {"optimizer": "optimizer", "learned": "learned optimizer", "task": "task family"}[kind]
+        noun = {"optimizer": "optimizer", "learned": "learned optimizer", "task": "task family",
+                "estimator": "estimator"}[kind]
         self.fail(where, unknown_name_message(noun, name, list(table) + list(extra)))
 
-    def task(self, table: TaskTable, where: str, grid: bool) -> list[TaskVariant]:
+    def task(self, table: TaskTable, where: str, meta_train: bool = False) -> list[TaskVariant]:
+        """The variants of a task table: a list is a grid axis, in [[test]] and [[meta_train]] alike
+        (there, a distribution that meta-training draws one variant from per episode), except that
+        in [[meta_train]] a list given to a list-valued parameter (``channels = [4, 4]``) is its value."""
         entry = self.entry("task", table.family, f"{where}.family")
         family = entry.obj
         written = table.config
-        if not grid:
-            for k, v in written.items():
-                if isinstance(v, list) and not self._list_field(family, k):
-                    self.fail(f"{where}.{k}", f"a list ({v!r}) is a grid, and grids are only allowed in [[test]]; "
-                                              f"give one value")
-        combos = expand_grid(written) if grid else [written]
-        if grid:
-            for k, v in written.items():
-                if isinstance(v, list) and not v:
-                    self.fail(f"{where}.{k}", "an empty grid axis; give at least one value")
+        if meta_train:
+            written = {k: [v] if isinstance(v, list) and self._list_field(family, k) else v for k, v in written.items()}
+        combos = expand_grid(written)
+        for k, v in written.items():
+            if isinstance(v, list) and not v:
+                self.fail(f"{where}.{k}", "an empty grid axis; give at least one value")
         variants = []
         for combo in combos:
             try:
@@ -218,6 +219,17 @@ class _Validator:
             return False
         origin = typing.get_origin(_strip_annotated(info.annotation))
         return origin in (list, tuple)
+
+    def estimator(self, e, where: str) -> None:
+        """The entry's estimator: a registered name, valid settings, and fit for its objective and horizon."""
+        from .estimator import check_estimator
+
+        entry = self.entry("estimator", e.estimator, f"{where}.estimator")
+        self.params(entry, e.estimator_params, f"{where}.estimator_params")
+        try:
+            check_estimator(entry.create(**e.estimator_params), e.estimator, e.objective, e.horizon, where)
+        except L2OError as exc:
+            self.fail(f"{where}.estimator_params", str(exc).removeprefix(f"{where}: "))
 
     def params(self, entry, params: dict[str, Any], where: str) -> None:
         """Each hyperparameter against the factory's signature, the key named in the path."""
@@ -251,16 +263,20 @@ class _Validator:
                 entry.create(**e.params)
             except L2OError as exc:
                 self.fail(f"{where}.params", str(exc))
-            (task,) = self.task(e.task, f"{where}.task", grid=False)
-            train = {k: getattr(e, k) for k in _meta_train_keys()}
+            variants = self.task(e.task, f"{where}.task", meta_train=True)
+            train = {k: getattr(e, k) for k in _meta_train_keys()
+                     if not (k in KEYLESS_DEFAULTS and getattr(e, k) == KEYLESS_DEFAULTS[k])}
+            self.estimator(e, where)
             params = {**entry.parameters(), **e.params}
+            distribution = tuple(variants) if len(variants) > 1 else ()
             if isinstance(e.seed, list):  # one meta-training run per seed
                 for s in e.seed:
-                    spec = LearnedSpec(e.name, e.optimizer, params, entry.origin, task=task,
-                                       train=plain({**train, "seed": s}), meta_seed=s)
+                    spec = LearnedSpec(e.name, e.optimizer, params, entry.origin, task=variants[0],
+                                       train=plain({**train, "seed": s}), meta_seed=s, distribution=distribution)
                     learned[spec.id] = spec
             else:
-                learned[e.name] = LearnedSpec(e.name, e.optimizer, params, entry.origin, task=task, train=plain(train))
+                learned[e.name] = LearnedSpec(e.name, e.optimizer, params, entry.origin, task=variants[0],
+                                              train=plain(train), distribution=distribution)
         for i, c in enumerate(m.checkpoint):
             where = f"checkpoint[{i}]"
             claim(c.name, f"{where}.name")
@@ -333,7 +349,7 @@ class _Validator:
             if not chosen:
                 self.fail(f"{where}.optimizers", "no optimizer to test; add [[meta_train]], [[checkpoint]] or "
                                                  "[baselines]")
-            for variant in self.task(t.task, f"{where}.task", grid=True):
+            for variant in self.task(t.task, f"{where}.task"):
                 tests.append(TestVariant(variant, tuple(dict.fromkeys(t.horizons)), chosen, i))
         references = []
         variants = {(tv.task.id, h) for tv in tests for h in tv.horizons}

@@ -147,7 +147,8 @@ def _meta_train_model() -> type[BaseModel]:
         "optimizer": (str, Field(description="a registered learned optimizer, e.g. lstm or rnnprop")),
         "params": (dict[str, Any], Field(default_factory=dict, description="the learned optimizer's "
                                          "hyperparameters (its plugin's factory keywords)")),
-        "task": (TaskTable, Field(description="the task to meta-train on: family and config (no grids)")),
+        "task": (TaskTable, Field(description="the task to meta-train on: family and config; a list is a grid axis, "
+                                        "and meta-training draws one variant of the grid per episode")),
     }
     for key, info in MetaTrainConfig.model_fields.items():
         copy = pydantic.fields.FieldInfo.merge_field_infos(info)

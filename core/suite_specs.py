@@ -81,6 +81,8 @@ class LearnedSpec:
     checkpoint: Optional[Path] = None
     checkpoint_hash: Optional[str] = None
     meta_seed: Optional[int] = None
+    #: the variants of a ``[[meta_train]]`` task grid, one drawn per episode (empty: ``task`` alone)
+    distribution: tuple[TaskVariant, ...] = ()
 
     @property
     def id(self) -> str:

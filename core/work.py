@@ -102,6 +102,22 @@ def meta_seed_of(training: dict[str, Any]) -> int:
     return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else -1
 
 
+def meta_training_task(task: dict[str, Any], registry):
+    """The Task of a meta-train cell's ``task``, or for a distribution (``grid``) a function
+    ``generator -> Task`` drawing one of its variants uniformly (the same draws for the same
+    generator state; each variant built once)."""
+    if "grid" not in task:
+        return registry.task(task["family"], **task["config"])
+    import torch
+
+    variants = [registry.task(task["family"], **config) for config in task["grid"]]
+
+    def draw(generator: torch.Generator):
+        return variants[int(torch.randint(len(variants), (), generator=generator))]
+
+    return draw
+
+
 def run_meta_training(spec: dict[str, Any], progress_file: str | os.PathLike | None = None) -> dict[str, Any]:
     """A meta-train cell: the learned optimizer meta-trained from the config's seed, returned
     as checkpoint bytes with its meta-loss history and validation losses.
@@ -120,7 +136,7 @@ def run_meta_training(spec: dict[str, Any], progress_file: str | os.PathLike | N
     config = MetaTrainConfig.from_params(**spec["train"])
     # the initial meta-parameters too: the same seed, the same optimizer
     lopt = learned_optimizer(spec["plugin"], spec["params"], seed=config.seed, registry=reg)
-    task = reg.task(spec["task"]["family"], **spec["task"]["config"])
+    task = meta_training_task(spec["task"], reg)
     if progress_file is not None:  # what a write killed halfway left behind
         progress_file = Path(progress_file)
         for leftover in progress_file.parent.glob(f".{progress_file.name}.tmp-*"):

@@ -36,6 +36,14 @@ def test_bench_metatrain_json(capsys):
     assert out["lstm_backend"] in ("kernel", "torch") and out["lstm_backend_reason"]
 
 
+@pytest.mark.parametrize("estimator", ["es", "pes"])
+def test_bench_metatrain_counts_every_particle_of_an_es_population(capsys, estimator):
+    out = run_json(capsys, "metatrain", "--episodes", "1", "--horizon", "4", "--unroll", "2", "--threads", "1",
+                   "--estimator", estimator, "--estimator-param", "population=4", "--estimator-param", "truncation=2")
+    assert out["estimator"] == estimator and out["estimator_params"] == {"population": 4, "truncation": 2}
+    assert out["steps_per_s"] == pytest.approx(4 * 4 / out["seconds"])  # 4 steps x 4 particles, one episode
+
+
 def test_bench_metatrain_says_which_lstm_ran_and_why(capsys, monkeypatch):
     monkeypatch.setenv("L2OBENCH_NATIVE", "0")
     assert main(["bench", "metatrain", "--episodes", "1", "--horizon", "2", "--unroll", "2", "--threads", "1"]) == 0

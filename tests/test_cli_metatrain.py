@@ -10,7 +10,7 @@ import l2obench.registry
 from l2obench import Registry
 from l2obench.checkpoint import load_checkpoint
 from l2obench.cli import main
-from l2obench.plugins import baselines, quadratic
+from l2obench.plugins import baselines, estimators, quadratic
 
 from test_metatrain import TinyPlugin
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(autouse=True)
 def registry(monkeypatch):
-    reg = Registry([TinyPlugin(), baselines, quadratic], entry_points=False)
+    reg = Registry([TinyPlugin(), baselines, quadratic, estimators], entry_points=False)
     monkeypatch.setattr(l2obench.registry, "_default", reg)
     return reg
 
@@ -123,11 +123,16 @@ def test_argparse_refuses_bad_choices(capsys):
 def test_meta_train_options_are_the_config_fields_with_its_defaults():
     """Every MetaTrainConfig setting is an option, its default the config's (written once)."""
     from l2obench.cli import build_parser
+    from l2obench.commands.metatrain import config_from_args
     from l2obench.config import MetaTrainConfig
 
     args = build_parser().parse_args(["meta-train", "--optimizer", "tiny", "--task", "quadratic", "--out", "x"])
-    assert MetaTrainConfig.from_params(**{k: getattr(args, k) for k in MetaTrainConfig.model_fields}) \
-        == MetaTrainConfig()
+    assert config_from_args(args) == MetaTrainConfig()
+    args = build_parser().parse_args(["meta-train", "--optimizer", "tiny", "--task", "quadratic", "--out", "x",
+                                      "--estimator", "pes", "--estimator-param", "population=4",
+                                      "--estimator-param", "sigma=0.1", "--objective", "heldout_loss"])
+    assert config_from_args(args) == MetaTrainConfig(estimator="pes", estimator_params={"population": 4, "sigma": 0.1},
+                                                     objective="heldout_loss")
     args = build_parser().parse_args(TRAIN + ["--clip", "none", "--time-limit", "30", "--second-order",
                                               "--weights", "final", "--out", "x"])
     assert (args.clip, args.time_limit_s, args.second_order, args.weights) == (None, 30.0, True, "final")

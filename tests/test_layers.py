@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
      "criteria", "targets"},
     {"transforms", "learned", "task", "datasets", "devices", "memory", "evaluate", "from_torch", "metatrain_progress",
      "from_module"},
-    {"registry", "executor", "metatrain", "unroll", "suite_format", "suite_specs"},
+    {"registry", "executor", "metatrain", "unroll", "suite_format", "suite_specs", "estimator", "population"},
     {"checkpoint", "api", "report_tables", "provenance"},
     {"suite", "resolve", "cells"},
     {"tuning", "plan", "store", "manifest", "work"},

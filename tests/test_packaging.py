@@ -103,10 +103,12 @@ def test_wheel_holds_only_the_l2obench_package(wheel):
                    "l2obench/plugins/lstm/__init__.py", "l2obench/plugins/lstm/variants.py",
                    "l2obench/plugins/lstm/backend.py", "l2obench/plugins/lstm_kernel.py",
                    "l2obench/plugins/lstm_kernel.cpp", "l2obench/plugins/lopts/__init__.py",
-                   "l2obench/plugins/lopts/mlp_lopt.py", "l2obench/plugins/lopts/hrnn.py"):
+                   "l2obench/plugins/lopts/mlp_lopt.py", "l2obench/plugins/lopts/hrnn.py",
+                   "l2obench/plugins/estimators/__init__.py", "l2obench/plugins/estimators/pes.py"):
         assert module in names
     assert "[l2obench]" in entry_points and "baselines = l2obench.plugins.baselines" in entry_points
     assert "lopts = l2obench.plugins.lopts" in entry_points
+    assert "estimators = l2obench.plugins.estimators" in entry_points
     assert "l2obench = l2obench.cli:main" in entry_points
 
 

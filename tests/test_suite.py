@@ -96,7 +96,14 @@ def test_meta_train_mistakes_are_named(tmp_path):
         (('optimizer = "lstm"', 'optimizer = "lstn"'), "did you mean 'lstm'"),
         (("unroll = 5", "unroll = -5"), "meta_train[0].unroll"),
         (("hidden = 4", "hiden = 4"), "meta_train[0].params"),
-        (("dim = 5", "dim = [5, 6]"), "meta_train[0].task.dim"),
+        (("dim = 5", "dim = [5, 0]"), "meta_train[0].task.dim"),
+        (("dim = 5", "dim = []"), "meta_train[0].task.dim: an empty grid axis"),
+        (("epochs = 1", 'epochs = 1\nestimator = "pse"'), "meta_train[0].estimator: unknown estimator 'pse': did you mean 'pes'"),
+        (("epochs = 1", 'epochs = 1\nestimator = "es"\nestimator_params = { population = 3 }'),
+         "meta_train[0].estimator_params: estimator 'es': population=3 must be an even number"),
+        (("epochs = 1", 'epochs = 1\nestimator = "pes"\nestimator_params = { truncation = 20 }'),
+         "truncation=20 is longer than the horizon=10"),
+        (("epochs = 1", 'epochs = 1\nobjective = "heldout_accuracy"'), "estimator 'tbptt' backpropagates"),
         (("epochs = 1", "epochz = 1"), "did you mean 'epochs'"),
     ]:
         with pytest.raises(ConfigError) as info:

@@ -16,6 +16,10 @@ def add_parser(sub) -> None:
     m.add_argument("--episodes", type=int, default=5, help="timed episodes (default 5)")
     m.add_argument("--horizon", type=int, default=100, help="steps per episode (default 100, the workload's)")
     m.add_argument("--unroll", type=int, default=20, help="steps per unroll (default 20, the workload's)")
+    m.add_argument("--estimator", default="tbptt", metavar="NAME",
+                   help="meta-gradient estimator (default tbptt; l2obench list --kind estimator)")
+    m.add_argument("--estimator-param", action="append", metavar="KEY=VALUE",
+                   help="a setting of the estimator (repeat), e.g. population=8")
     m.add_argument("--reference", metavar="PATH",
                    help="also run this naive_reference.py, interleaved with ours, and print the ratio")
     m.add_argument("--rounds", type=int, default=1,
@@ -90,12 +94,18 @@ def cmd_metatrain(args) -> int:
         out = bench.compare_metatrain(args.episodes, args.rounds, args.reference,
                                       threads=_threads(), device=device)
     else:
-        out = bench.metatrain_throughput(args.episodes, horizon=args.horizon, unroll=args.unroll, device=device)
+        from ..cli import parse_params
+
+        out = bench.metatrain_throughput(args.episodes, horizon=args.horizon, unroll=args.unroll, device=device,
+                                         estimator=args.estimator,
+                                         estimator_params=parse_params(args.estimator_param, "--estimator-param"))
     out.update(device=str(device), machine=bench.machine())
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"meta-training: {out['steps_per_s']:.1f} optimizee steps/s ({args.episodes} episodes, "
+    settings = ", ".join(f"{k}={v}" for k, v in out.get("estimator_params", {}).items())
+    print(f"meta-training ({out.get('estimator', 'tbptt')}{f' {settings}' if settings else ''}): "
+          f"{out['steps_per_s']:.1f} optimizee steps/s ({args.episodes} episodes, "
           f"{device}, {out['machine']['threads']} threads, {out['machine']['cpu']})")
     print(f"  the LSTM ran on {'the fused kernel' if out['lstm_backend'] == 'kernel' else 'torch ops'}: "
           f"{out['lstm_backend_reason']}")

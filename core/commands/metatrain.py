@@ -40,6 +40,10 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         default = info.get_default(call_default_factory=True)
         text = info.description or ""
         kind = _plain_type(info.annotation)
+        if typing.get_origin(info.annotation) is dict:  # estimator_params: one --estimator-param KEY=VALUE each
+            parser.add_argument(flag.removesuffix("s"), dest=name, action="append", metavar="KEY=VALUE",
+                                help=f"{text}: one setting each (repeat)")
+            continue
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=text)
             continue
@@ -52,6 +56,18 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         else:
             options["type"] = kind
         parser.add_argument(flag, **options)
+
+
+def config_from_args(args) -> "MetaTrainConfig":  # noqa: F821
+    """The :class:`MetaTrainConfig` the options of :func:`add_config_options` give."""
+    from ..cli import parse_params
+    from ..config import MetaTrainConfig
+
+    values = {name: getattr(args, name) for name in MetaTrainConfig.model_fields}
+    for name, info in MetaTrainConfig.model_fields.items():
+        if typing.get_origin(info.annotation) is dict:
+            values[name] = parse_params(values[name], "--" + name.replace("_", "-").removesuffix("s"))
+    return MetaTrainConfig.from_params(**values)
 
 
 def _plain_type(annotation) -> type:
@@ -100,7 +116,7 @@ def cmd_meta_train(args) -> int:
     entry.check_parameters(hyper)
     family = reg.family(args.task)
     task_config = family.validate(**parse_params(args.task_param, "--task-param"))
-    config = MetaTrainConfig.from_params(**{name: getattr(args, name) for name in MetaTrainConfig.model_fields})
+    config = config_from_args(args)
     device = resolve_device(args.device)
     check_writable(args.out)
 
