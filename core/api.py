@@ -19,7 +19,8 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
   :data:`Beta`, :data:`Positive`, :data:`NonNegative`, :data:`PositiveInt`), checked for the
   command line, suites and checkpoints alike before a factory runs.
 - **learned optimizers**: :class:`LearnedOptimizer` and its :class:`Capabilities`.
-- **tasks**: :class:`Task`, :class:`TaskFamily`, :class:`TaskConfig`,
+- **tasks**: :class:`Task`, :class:`Renderable` (a task whose test cells leave images),
+  :class:`TaskFamily`, :class:`TaskConfig`,
   :func:`seed_generator`, :data:`SPLITS`.
 - **data sets**: :class:`Dataset`, and what a data-set plugin is built from:
   :class:`DataFile` and :func:`read_data_file` (``L2OBENCH_DATA_DIR`` or a checksummed
@@ -42,7 +43,7 @@ from .hyperparameters import Beta, LearningRate, NonNegative, Positive, Positive
 from .learned import Capabilities, LearnedOptimizer
 from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
 from .registry import get_registry
-from .task import SPLITS, Split, Task, TaskConfig, TaskFamily, seed_generator
+from .task import SPLITS, Renderable, Split, Task, TaskConfig, TaskFamily, seed_generator
 from .transforms import (add_decayed_weights, decoupled_weight_decay, scale_by_adagrad, scale_by_adam,
                          scale_by_rms, trace)
 
@@ -53,7 +54,7 @@ __all__ = [
     "scale_by_rms", "trace", "from_torch_optimizer",
     "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt",
     "LearnedOptimizer", "Capabilities",
-    "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator",
+    "Task", "Renderable", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator",
     "Dataset", "DATA_ENV", "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir",
     "images_to_float", "select_classes",
     "Executor",

@@ -185,9 +185,9 @@ def share_prefixes(cells: list[Cell], done: set[str]) -> dict[str, list[Cell]]:
 
 def prefix_result(result: dict[str, Any], horizon: int) -> dict[str, Any]:
     """A finished evaluation's raw results cut to its first ``horizon`` steps (timings, those
-    of the run they come from)."""
+    of the run they come from; no artifacts: those are of the longest run's last step)."""
     import numpy as np
 
     diverged = np.asarray(result["diverged_at"])
-    return {**result, "losses": np.array(result["losses"][:, :horizon]),
+    return {**{k: v for k, v in result.items() if k != "artifacts"}, "losses": np.array(result["losses"][:, :horizon]),
             "diverged_at": np.where(diverged < horizon, diverged, -1)}

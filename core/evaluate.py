@@ -36,10 +36,12 @@ def optimizer_name(optimizer: Optimizer) -> str:
 
 @dataclass
 class Trajectory:
-    """Per-seed losses ``(S, steps)`` and the first non-finite step per seed (-1: none)."""
+    """Per-seed losses ``(S, steps)``, the first non-finite step per seed (-1: none) and
+    the parameters after the last step, ``(S, D)``."""
 
     losses: Tensor
     diverged_at: Tensor
+    params: Tensor | None = None
 
     @property
     def final(self) -> Tensor:
@@ -82,4 +84,4 @@ def run(
     bad = ~torch.isfinite(losses)
     never = torch.full((len(seeds),), -1, dtype=torch.long, device=losses.device)
     first = torch.where(bad.any(dim=1), bad.float().argmax(dim=1), never) if steps else never
-    return Trajectory(losses.cpu(), first.cpu())
+    return Trajectory(losses.cpu(), first.cpu(), params)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from . import store
-from .report_figures import curves_figure, heatmap_figure, meta_train_figure, palette_for, plotting
+from .artifacts import read_artifacts
+from .report_figures import curves_figure, heatmap_figure, image_grid_figure, meta_train_figure, palette_for, plotting
 from .report_render import (Block, ci_text, fmt, loss_text, paired_text, render_html, render_markdown, seeds_text,
                             slug)
 from .report_tables import failed_meta_training, missing_cells, per_seed, summarize
@@ -111,6 +112,7 @@ def write_report(directory: str | Path) -> dict[str, Path]:
             fig = figures / f"curves-{slug(label)}.png"
             curves_figure(test, task, horizon, palette, fig)
             blocks.append(Block("img", f"figures/{fig.name}", f"test loss, {label}"))
+            blocks += _image_blocks(directory, test, task, horizon, optimizers, figures / f"images-{slug(label)}.png")
         blocks += _diverged_words(part)
         blocks.append(Block("table", _variant_table(part, gone)))
 
@@ -175,6 +177,30 @@ def write_report(directory: str | Path) -> dict[str, Path]:
     store.atomic_write_bytes(paths["markdown"], render_markdown(blocks).encode())
     store.atomic_write_bytes(paths["html"], render_html(blocks, f"{name}: l2obench report").encode())
     return paths
+
+
+#: the test seeds whose final images a variant's grid shows
+GRID_SEEDS = 4
+
+
+def _image_blocks(directory: Path, test, task: str, horizon: int, optimizers: list[str], path: Path) -> list[Block]:
+    """The grid of the images the variant's test cells left (:mod:`l2obench.artifacts`): the
+    references on top, then a row per optimizer with its final images of the first seeds."""
+    cells = test[(test["task"] == task) & (test["horizon"] == horizon)].drop_duplicates("cell_key")
+    order = {o: i for i, o in enumerate(optimizers)}
+    found = [(r["optimizer_id"], read_artifacts(directory, r["cell_key"]))
+             for r in sorted(cells.to_dict("records"), key=lambda r: order.get(r["optimizer"], len(order)))]
+    found = [(opt, a) for opt, a in found if a is not None and a["seeds"]]
+    if not found:
+        return []
+    refs = next((a["references"] for _, a in found if a["references"]), {})
+    rows = [("targets", list(refs.items()))] if refs else []
+    rows += [(opt, [(f"seed {s}", a["seeds"][s]) for s in sorted(a["seeds"])[:GRID_SEEDS]]) for opt, a in found]
+    image_grid_figure(rows, path, f"{task} @ T={horizon}")
+    captions = list(dict.fromkeys(a["caption"] for _, a in found if a["caption"]))
+    text = (f"final images of the first {min(GRID_SEEDS, max(len(a['seeds']) for _, a in found))} test seeds per "
+            f"optimizer, {task} @ T={horizon}" + ("; " + "; ".join(captions) if captions else ""))
+    return [Block("img", f"figures/{path.name}", text)]
 
 
 def _variant_table(part, gone):

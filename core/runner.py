@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from . import store
+from .artifacts import write_artifacts
 from .atomic import atomic_write_bytes
 from .cells import (Cell, CellKind, cell_key, evaluation_cell, key_ingredients, meta_train_cell,  # noqa: F401
                     with_provenance)
@@ -221,6 +222,8 @@ class Runner:
         returns the cells it unlocked."""
         if cell.kind is CellKind.META_TRAIN:
             atomic_write_bytes(self.checkpoint_path(cell.spec["name"]), result.pop("checkpoint_bytes"))
+        if result.get("artifacts"):
+            write_artifacts(self.out, cell.key, result.pop("artifacts"))
         store.write_cell(self.out, cell.key, store.cell_frame(cell, result))
         self.done.add(cell.key)
         if cell.kind is CellKind.META_TRAIN:

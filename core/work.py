@@ -49,7 +49,7 @@ def run_cell(kind: CellKind, spec: dict[str, Any], runtime: dict[str, Any]) -> d
         run_dir = runtime.get("run_dir")
         out = run_meta_training(spec, progress_path(run_dir, cell_key(kind, spec)) if run_dir else None)
     else:
-        out = run_evaluation(spec, runtime)
+        out = run_evaluation(spec, runtime, render=CellKind(kind) is CellKind.TEST)
     out["wall_time"] = time.time() - started
     return out
 
@@ -64,13 +64,17 @@ def progress_path(run_dir: str | os.PathLike, key: str) -> Path:
     return Path(run_dir) / PROGRESS / f"{key}.pt"
 
 
-def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
-    """A tune or test cell: every seed in one batched :func:`l2obench.evaluate.run`."""
+def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any], render: bool = False) -> dict[str, Any]:
+    """A tune or test cell: every seed in one batched :func:`l2obench.evaluate.run`.  With
+    ``render``, a :class:`~l2obench.task.Renderable` task's final images come back as
+    ``artifacts`` (file name -> bytes, :mod:`l2obench.artifacts`)."""
     import numpy as np
 
+    from .artifacts import render_artifacts
     from .evaluate import run
     from .registry import get_registry
     from .resolve import resolve_optimizer
+    from .task import Renderable
 
     reg = get_registry()
     device = spec["device"]
@@ -83,8 +87,12 @@ def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, A
     t0 = time.time()
     traj = run(resolved.optimizer, task, spec["seeds"], spec["horizon"], spec["split"], device)
     t1 = time.time()
-    return {"losses": traj.losses.double().numpy(), "diverged_at": traj.diverged_at.numpy().astype(np.int64),
-            "compute": (t0, t1), "checkpoint": resolved.checkpoint.content_hash if resolved.checkpoint else ""}
+    out = {"losses": traj.losses.double().numpy(), "diverged_at": traj.diverged_at.numpy().astype(np.int64),
+           "compute": (t0, t1), "checkpoint": resolved.checkpoint.content_hash if resolved.checkpoint else ""}
+    if render and isinstance(task, Renderable):
+        out["artifacts"] = render_artifacts(task, traj.params, spec["seeds"],
+                                            f"{opt['id']} @ {spec['task']['id']} @ T={spec['horizon']}")
+    return out
 
 
 def run_meta_training(spec: dict[str, Any], progress_file: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -15,7 +15,8 @@ CORE = Path(__file__).resolve().parents[1] / "core"
 LAYERS: list[set[str]] = [
     {"errors", "env", "atomic", "hookspecs", "config", "stats", "hyperparameters", "optimizer",
      "report_figures", "report_render", "testing.strategies", "cellfile"},
-    {"transforms", "learned", "task", "datasets", "devices", "memory", "evaluate", "from_torch", "metatrain_progress"},
+    {"transforms", "learned", "task", "datasets", "devices", "memory", "evaluate", "from_torch", "metatrain_progress",
+     "artifacts"},
     {"registry", "executor", "metatrain", "unroll", "suite_format", "suite_specs"},
     {"checkpoint", "api", "report_tables", "provenance"},
     {"suite", "resolve", "cells"},
