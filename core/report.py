@@ -200,7 +200,7 @@ def _image_blocks(directory: Path, test, task: str, horizon: int, optimizers: li
     captions = list(dict.fromkeys(a["caption"] for _, a in found if a["caption"]))
     text = (f"final images of the first {min(GRID_SEEDS, max(len(a['seeds']) for _, a in found))} test seeds per "
             f"optimizer, {task} @ T={horizon}" + ("; " + "; ".join(captions) if captions else ""))
-    return [Block("img", f"figures/{path.name}", text)]
+    return [Block("p", text + "."), Block("img", f"figures/{path.name}", f"final images, {task} @ T={horizon}")]
 
 
 def _variant_table(part, gone):
