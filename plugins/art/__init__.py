@@ -113,7 +113,7 @@ class NeuralArt:
     def loss(self, params: Tensor, batch) -> Tensor:
         net, content, style = batch
         c = self.config
-        images = params.view(-1, 3, c.size, c.size)
+        images = params.reshape(-1, 3, c.size, c.size)
         feats = net.features(images, (*c.content_layers, *c.style_layers))
         content_loss = torch.stack([(feats[l] - content[l]).pow(2).flatten(1).mean(1) for l in c.content_layers])
         style_loss = torch.stack([(gram(feats[l]) - style[l]).pow(2).flatten(1).mean(1) for l in c.style_layers])
