@@ -10,7 +10,9 @@ any run directory, also a copied or partial one, can be reported on:
   over the best tuned baseline's (negative: better than every baseline);
 - a table per variant of mean final and summed losses with 95% t-intervals
   over seeds, and their ranks; the settings tuning chose; meta-training curves;
-- the runs that diverged, and any reference numbers the suite quotes, next to ours.
+- the runs that diverged, and any reference numbers the suite quotes, next to ours;
+- for a task whose test cells left images (:mod:`l2obench.artifacts`), a grid per
+  variant of the references and each optimizer's final images, after its curves.
 
 The numbers are :mod:`l2obench.report_tables`, the figures :mod:`l2obench.report_figures`,
 and the Markdown and HTML writers :mod:`l2obench.report_render`; this module puts them together.
