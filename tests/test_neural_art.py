@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
+import pydantic
 import pytest
 import torch
 
-from l2obench import ConfigError, Renderable, get_registry
+from l2obench import ConfigError, Renderable, TaskConfig, TaskFamily, get_registry, seed_generator
 from l2obench.evaluate import run
 from l2obench.plugins.art import images, neural_art
 from l2obench.plugins.art.features import LAYERS, VGG19_WIDTHS, _shapes, torchvision_index
@@ -161,3 +162,56 @@ def test_a_missing_extra_is_one_line(monkeypatch):
     monkeypatch.undo()
     images._raw.cache_clear()
     assert neural_art.task(**TINY).dim == 3 * 8 * 8
+
+
+# -- the kit's check of renderable tasks -----------------------------------------------
+
+class SquareConfig(TaskConfig):
+    side: int = pydantic.Field(2, ge=1, le=3)
+
+
+class Square:
+    """A renderable toy: each seed's parameters are a grey ``side x side`` image."""
+
+    def __init__(self, config):
+        self.side, self.dim = config.side, config.side ** 2
+        self.groups = {"pixels": slice(0, self.dim)}
+
+    def init(self, seeds, device="cpu"):
+        return torch.stack([torch.rand(self.dim, generator=seed_generator(s, "init")) for s in seeds]).to(device)
+
+    def batches(self, split, seeds, device="cpu"):
+        while True:
+            yield None
+
+    def loss(self, params, batch):
+        return (params ** 2).sum(1)
+
+    def render(self, params):
+        return params.reshape(-1, self.side, self.side, 1).clamp(0, 1)
+
+    def references(self):
+        return {"zero": torch.zeros(self.side, self.side, 1)}
+
+    def caption(self):
+        return "grey squares"
+
+
+def test_the_kit_checks_what_a_renderable_task_renders():
+    from l2obench.testing import check_task_render
+
+    check_task_render(TaskFamily(SquareConfig, Square, name="square"))
+
+    def broken(method, body):
+        return TaskFamily(SquareConfig, lambda c: type("Broken", (Square,), {method: body})(c), name="broken")
+
+    def fails(family, phrase):
+        with pytest.raises(AssertionError, match=phrase):
+            check_task_render(family)
+
+    fails(broken("render", lambda self, p: p.reshape(-1, self.side, self.side, 1) * 300), "images in \\[0, 1\\]")
+    fails(broken("render", lambda self, p: p.reshape(-1, self.side, self.side, 1)[:1]), "expected [23] finite")
+    fails(broken("render", lambda self, p: (p.reshape(-1, self.side, self.side, 1).clamp(0, 1) * 0
+                                            + p.mean().clamp(0, 1))), "row 0 alone differs")
+    fails(broken("references", lambda self: {"x": torch.ones(2, 2, 2)}), "reference 'x'")
+    fails(broken("caption", lambda self: "two\nlines"), "one line")
