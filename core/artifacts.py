@@ -20,12 +20,13 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .atomic import atomic_write_bytes
 from .errors import PluginError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 ARTIFACTS = "artifacts"
 INDEX = "index.json"
