@@ -49,7 +49,7 @@ def run_cell(kind: CellKind, spec: dict[str, Any], runtime: dict[str, Any]) -> d
         run_dir = runtime.get("run_dir")
         out = run_meta_training(spec, progress_path(run_dir, cell_key(kind, spec)) if run_dir else None)
     else:
-        out = run_evaluation(spec, runtime, render=CellKind(kind) is CellKind.TEST)
+        out = run_evaluation(spec, {**runtime, "render": CellKind(kind) is CellKind.TEST})
     out["wall_time"] = time.time() - started
     return out
 
@@ -64,10 +64,10 @@ def progress_path(run_dir: str | os.PathLike, key: str) -> Path:
     return Path(run_dir) / PROGRESS / f"{key}.pt"
 
 
-def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any], render: bool = False) -> dict[str, Any]:
+def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
     """A tune or test cell: every seed in one batched :func:`l2obench.evaluate.run`.  With
-    ``render``, a :class:`~l2obench.task.Renderable` task's final images come back as
-    ``artifacts`` (file name -> bytes, :mod:`l2obench.artifacts`)."""
+    ``runtime["render"]`` (a test cell), a :class:`~l2obench.task.Renderable` task's final
+    images come back as ``artifacts`` (file name -> bytes, :mod:`l2obench.artifacts`)."""
     import numpy as np
 
     from .artifacts import render_artifacts
@@ -89,7 +89,7 @@ def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any], render: bool =
     t1 = time.time()
     out = {"losses": traj.losses.double().numpy(), "diverged_at": traj.diverged_at.numpy().astype(np.int64),
            "compute": (t0, t1), "checkpoint": resolved.checkpoint.content_hash if resolved.checkpoint else ""}
-    if render and isinstance(task, Renderable):
+    if runtime.get("render") and isinstance(task, Renderable):
         out["artifacts"] = render_artifacts(task, traj.params, spec["seeds"],
                                             f"{opt['id']} @ {spec['task']['id']} @ T={spec['horizon']}")
     return out
