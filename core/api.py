@@ -20,7 +20,8 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
   :data:`Beta`, :data:`Positive`, :data:`NonNegative`, :data:`PositiveInt`), checked for the
   command line, suites and checkpoints alike before a factory runs.
 - **learned optimizers**: :class:`LearnedOptimizer` and its :class:`Capabilities`.
-- **tasks**: :class:`Task`, :class:`TaskFamily`, :class:`TaskConfig`,
+- **tasks**: :class:`Task`, :class:`Renderable` (a task whose test cells leave images),
+  :class:`TaskFamily`, :class:`TaskConfig`,
   :func:`seed_generator`, :data:`SPLITS`; :func:`task_metrics` (the held-out metrics a
   task declares) and :func:`heldout_metric` (their name in the results table); :func:`module_task`, a Task from an
   ordinary ``torch.nn.Module`` (its :class:`ModuleTask` and :class:`ModuleBatch`).
@@ -63,7 +64,7 @@ from .population import (Particles, PopulationState, antithetic, flat_meta_param
                          run_truncation, split_flat, start_population)
 from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
 from .registry import get_registry
-from .task import SPLITS, Split, Task, TaskConfig, TaskFamily, heldout_metric, seed_generator, task_metrics
+from .task import SPLITS, Renderable, Split, Task, TaskConfig, TaskFamily, heldout_metric, seed_generator, task_metrics
 from .unroll import Unroll, unroll as truncated_unroll  # l2obench.unroll is the module
 from .transforms import (add_decayed_weights, decoupled_weight_decay, scale_by_adagrad, scale_by_adam,
                          scale_by_rms, trace)
@@ -75,7 +76,7 @@ __all__ = [
     "scale_by_rms", "trace", "from_torch_optimizer",
     "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt",
     "LearnedOptimizer", "Capabilities",
-    "Task", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "task_metrics", "heldout_metric",
+    "Task", "Renderable", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "task_metrics", "heldout_metric",
     "module_task", "ModuleTask", "ModuleBatch",
     "Dataset", "DATA_ENV", "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir",
     "images_to_float", "select_classes",

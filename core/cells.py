@@ -216,13 +216,13 @@ def heldout_schedule(spec: dict[str, Any]) -> list[int]:
 
 def prefix_result(result: dict[str, Any], horizon: int) -> dict[str, Any]:
     """A finished evaluation's raw results cut to its first ``horizon`` steps (timings, those
-    of the run they come from)."""
+    of the run they come from; no artifacts: those are of the longest run's last step)."""
     import numpy as np
 
     diverged = np.asarray(result["diverged_at"])
     steps = np.asarray(result.get("heldout_steps", []), dtype=np.int64)
     keep = steps < horizon
-    return {**result, "losses": np.array(result["losses"][:, :horizon]),
+    return {**{k: v for k, v in result.items() if k != "artifacts"}, "losses": np.array(result["losses"][:, :horizon]),
             "diverged_at": np.where(diverged < horizon, diverged, -1),
             "elapsed": np.array(result["elapsed"][:horizon]) if "elapsed" in result else None,
             "heldout_steps": steps[keep],

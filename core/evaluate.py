@@ -55,13 +55,15 @@ class Trajectory:
     """Per-seed losses ``(S, steps)`` and the first non-finite step per seed (-1: none);
     ``heldout``: per held-out metric (``heldout_loss``, ...) its ``(S, len(heldout_steps))``
     values at ``heldout_steps``; ``elapsed``: ``(steps,)`` seconds spent in optimizer steps
-    before each step (held-out evaluation left out)."""
+    before each step (held-out evaluation left out); ``params``: the parameters after the
+    last step, ``(S, D)``."""
 
     losses: Tensor
     diverged_at: Tensor
     heldout: dict[str, Tensor] = field(default_factory=dict)
     heldout_steps: list[int] = field(default_factory=list)
     elapsed: Optional[Tensor] = None
+    params: Tensor | None = None
 
     @property
     def final(self) -> Tensor:
@@ -120,7 +122,7 @@ def run(
     first = torch.where(bad.any(dim=1), bad.float().argmax(dim=1), never) if steps else never
     heldout_values = {k: torch.stack(v, dim=1) if v else torch.empty(len(seeds), 0, dtype=losses.dtype)
                       for k, v in evaluated.items()}
-    return Trajectory(losses.cpu(), first.cpu(), heldout_values, at, elapsed)
+    return Trajectory(losses.cpu(), first.cpu(), heldout_values, at, elapsed, params)
 
 
 def _record_heldout(task: Task, params: Tensor, split: Split, metrics: tuple[str, ...],

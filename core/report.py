@@ -17,6 +17,8 @@ any run directory, also a copied or partial one, can be reported on:
 - across variants (:mod:`l2obench.report_across`): a performance profile, a rank summary,
   medians and log-ratios to the best baseline with bootstrap intervals, log-loss
   quartiles, and each learned optimizer's spread over its meta-training seeds.
+- for a task whose test cells left images (:mod:`l2obench.artifacts`), a grid per
+  variant of the references and each optimizer's final images, after its curves.
 
 The numbers are :mod:`l2obench.report_tables`, the figures :mod:`l2obench.report_figures`,
 and the Markdown and HTML writers :mod:`l2obench.report_render`; this module puts them together.
@@ -28,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from . import store
+from .artifacts import read_artifacts
 from .criteria import CRITERIA
 from .report_across import across_blocks
-from .report_figures import curves_figure, heatmap_figure, heldout_figure, meta_train_figure, palette_for, plotting
+from .report_figures import curves_figure, heatmap_figure, heldout_figure, image_grid_figure, meta_train_figure, palette_for, plotting
 from .report_render import (Block, ci_text, fmt, loss_text, paired_text, render_html, render_markdown, seeds_text,
                             slug)
 from .report_tables import failed_meta_training, heldout_per_seed, missing_cells, per_seed, summarize
@@ -137,6 +140,7 @@ def write_report(directory: str | Path) -> dict[str, Path]:
                 heldout_figure(here, task, horizon, palette, fig)
                 blocks.append(Block("img", f"figures/{fig.name}", f"held-out loss and accuracy on the test "
                                                                    f"split's evaluation set, {label}"))
+            blocks += _image_blocks(directory, test, task, horizon, optimizers, figures / f"images-{slug(label)}.png")
         blocks += _diverged_words(part)
         blocks.append(Block("table", _variant_table(part, gone)))
 
@@ -251,6 +255,30 @@ def _target_blocks(df, manifest: dict[str, Any], order) -> list[Block]:
                        f"test seeds reaches {goal}; a run that never does, or whose seeds diverge first, takes "
                        f"infinitely long (AlgoPerf)."),
             Block("table", rows)]
+
+
+#: the test seeds whose final images a variant's grid shows
+GRID_SEEDS = 4
+
+
+def _image_blocks(directory: Path, test, task: str, horizon: int, optimizers: list[str], path: Path) -> list[Block]:
+    """The grid of the images the variant's test cells left (:mod:`l2obench.artifacts`): the
+    references on top, then a row per optimizer with its final images of the first seeds."""
+    cells = test[(test["task"] == task) & (test["horizon"] == horizon)].drop_duplicates("cell_key")
+    order = {o: i for i, o in enumerate(optimizers)}
+    found = [(r["optimizer_id"], read_artifacts(directory, r["cell_key"]))
+             for r in sorted(cells.to_dict("records"), key=lambda r: order.get(r["optimizer"], len(order)))]
+    found = [(opt, a) for opt, a in found if a is not None and a["seeds"]]
+    if not found:
+        return []
+    refs = next((a["references"] for _, a in found if a["references"]), {})
+    rows = [("targets", list(refs.items()))] if refs else []
+    rows += [(opt, [(f"seed {s}", a["seeds"][s]) for s in sorted(a["seeds"])[:GRID_SEEDS]]) for opt, a in found]
+    image_grid_figure(rows, path, f"{task} @ T={horizon}")
+    captions = list(dict.fromkeys(a["caption"] for _, a in found if a["caption"]))
+    text = (f"final images of the first {min(GRID_SEEDS, max(len(a['seeds']) for _, a in found))} test seeds per "
+            f"optimizer, {task} @ T={horizon}" + ("; " + "; ".join(captions) if captions else ""))
+    return [Block("p", text + "."), Block("img", f"figures/{path.name}", f"final images, {task} @ T={horizon}")]
 
 
 def _variant_table(part, gone):

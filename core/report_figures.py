@@ -1,5 +1,6 @@
 """The figures of the report: loss curves per test variant, the generalization
-heatmap and the meta-training curves (matplotlib's Agg backend and seaborn)."""
+heatmap, the meta-training curves and grids of the images renderable tasks leave
+(matplotlib's Agg backend and seaborn)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any
 from .analysis import run_labels
 
 __all__ = ["plotting", "palette_for", "curves_figure", "heldout_figure", "heatmap_figure", "meta_train_figure",
-           "profile_figure", "meta_seed_figure"]
+           "profile_figure", "meta_seed_figure", "image_grid_figure"]
 
 
 def plotting():
@@ -243,5 +244,33 @@ def meta_seed_figure(runs, spread, path: Path, palette) -> None:
     ax.set_title("meta-training runs (dots) and the two-level 95% interval of their mean (bar)", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
+
+
+def image_grid_figure(rows: list[tuple[str, list[tuple[str, Any]]]], path: Path, title: str = "") -> None:
+    """A grid of image files: ``rows`` of (row label, [(column label, image path), ...]),
+    e.g. the references, then each optimizer's final images, one per seed."""
+    import matplotlib.image as mpimg
+
+    plt, _ = plotting()
+    columns = max(len(cells) for _, cells in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns + 1.4, 1.75 * len(rows)), squeeze=False)
+    fig.subplots_adjust(left=1.3 / (1.6 * columns + 1.4), right=0.99, bottom=0.02, top=0.9 if title else 0.96,
+                        wspace=0.05, hspace=0.3)
+    for r, (label, cells) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if c >= len(cells):
+                ax.axis("off")
+                continue
+            name, file = cells[c]
+            image = mpimg.imread(file)
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(name, fontsize=6)
+        axes[r][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

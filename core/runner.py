@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from . import store
+from .artifacts import write_artifacts
 from .atomic import atomic_write_bytes
 from .cells import (Cell, CellKind, cell_key, evaluation_cell, key_ingredients, meta_train_cell,  # noqa: F401
                     with_provenance)
@@ -222,6 +223,8 @@ class Runner:
         returns the cells it unlocked."""
         if cell.kind is CellKind.META_TRAIN:
             atomic_write_bytes(self.checkpoint_path(self.plan.learned_id(cell)), result.pop("checkpoint_bytes"))
+        if result.get("artifacts"):
+            write_artifacts(self.out, cell.key, result.pop("artifacts"))
         frame = store.cell_frame(cell, result)
         store.write_cell(self.out, cell.key, frame)
         self.done.add(cell.key)

@@ -5,6 +5,7 @@ Layout of a run directory ``DIR``::
     DIR/manifest.json        what ran: suite text and hash, versions, device, times, the cells
     DIR/cells/<key>.parquet  one file per finished cell, written atomically
     DIR/checkpoints/         meta-trained optimizers (safetensors)
+    DIR/artifacts/<key>/     images a renderable task's test cell left (l2obench.artifacts)
     DIR/results.parquet      every cell of the suite in one file, written at the end
     DIR/.lock                held by the ``l2obench run`` writing into DIR (its pid)
 

@@ -81,6 +81,22 @@ def task_metrics(task: Task) -> tuple[str, ...]:
     return metrics
 
 
+@runtime_checkable
+class Renderable(Protocol):
+    """A task whose parameters can be shown as images (neural art's pixels).  A test cell
+    of such a task saves each seed's final image, the references and the caption into the
+    run directory (:mod:`l2obench.artifacts`), and the report shows them in a grid."""
+
+    def render(self, params: Tensor) -> Tensor:
+        """One image per seed, ``(S, H, W, C)`` with ``C`` 1 or 3, values in [0, 1]."""
+
+    def references(self) -> Mapping[str, Tensor]:
+        """Images shown beside the results, by name (``{"content: astronaut": ...}``), ``(H, W, C)``."""
+
+    def caption(self) -> str:
+        """One line said under the images: what made them (e.g. which feature net ran)."""
+
+
 def seed_generator(seed: int, *salt: int | str) -> torch.Generator:
     """A CPU generator for one seed, salted (by split, purpose) so streams never collide."""
     import zlib

@@ -51,7 +51,7 @@ def run_cell(kind: CellKind, spec: dict[str, Any], runtime: dict[str, Any]) -> d
         run_dir = runtime.get("run_dir")
         out = run_meta_training(spec, progress_path(run_dir, cell_key(kind, spec)) if run_dir else None)
     else:
-        out = run_evaluation(spec, runtime)
+        out = run_evaluation(spec, {**runtime, "render": CellKind(kind) is CellKind.TEST})
     out["wall_time"] = time.time() - started
     return out
 
@@ -67,12 +67,16 @@ def progress_path(run_dir: str | os.PathLike, key: str) -> Path:
 
 
 def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
-    """A tune or test cell: every seed in one batched :func:`l2obench.evaluate.run`."""
+    """A tune or test cell: every seed in one batched :func:`l2obench.evaluate.run`.  With
+    ``runtime["render"]`` (a test cell), a :class:`~l2obench.task.Renderable` task's final
+    images come back as ``artifacts`` (file name -> bytes, :mod:`l2obench.artifacts`)."""
     import numpy as np
 
+    from .artifacts import render_artifacts
     from .evaluate import run
     from .registry import get_registry
     from .resolve import resolve_optimizer
+    from .task import Renderable
 
     reg = get_registry()
     device = spec["device"]
@@ -89,11 +93,15 @@ def run_evaluation(spec: dict[str, Any], runtime: dict[str, Any]) -> dict[str, A
     traj = run(resolved.optimizer, task, spec["seeds"], spec["horizon"], spec["split"], device, heldout=steps)
     t1 = time.time()
     info = resolved.checkpoint
-    return {"losses": traj.losses.double().numpy(), "diverged_at": traj.diverged_at.numpy().astype(np.int64),
-            "compute": (t0, t1), "checkpoint": info.content_hash if info else "",
-            "meta_seed": meta_seed_of(info.training) if info else -1,
-            "elapsed": traj.elapsed.numpy(), "heldout_steps": np.asarray(traj.heldout_steps, dtype=np.int64),
-            "heldout": {k: v.double().numpy() for k, v in traj.heldout.items()}}
+    out = {"losses": traj.losses.double().numpy(), "diverged_at": traj.diverged_at.numpy().astype(np.int64),
+           "compute": (t0, t1), "checkpoint": info.content_hash if info else "",
+           "meta_seed": meta_seed_of(info.training) if info else -1,
+           "elapsed": traj.elapsed.numpy(), "heldout_steps": np.asarray(traj.heldout_steps, dtype=np.int64),
+           "heldout": {k: v.double().numpy() for k, v in traj.heldout.items()}}
+    if runtime.get("render") and isinstance(task, Renderable):
+        out["artifacts"] = render_artifacts(task, traj.params, spec["seeds"],
+                                            f"{opt['id']} @ {spec['task']['id']} @ T={spec['horizon']}")
+    return out
 
 
 def meta_seed_of(training: dict[str, Any]) -> int:

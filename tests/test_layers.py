@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
      "report_figures", "report_render", "testing.strategies", "cellfile", "bootstrap", "analysis", "report_across",
      "criteria", "targets"},
     {"transforms", "learned", "task", "datasets", "devices", "memory", "evaluate", "from_torch", "metatrain_progress",
-     "from_module"},
+     "from_module", "artifacts"},
     {"registry", "executor", "metatrain", "unroll", "suite_format", "suite_specs", "estimator", "population"},
     {"checkpoint", "api", "report_tables", "provenance"},
     {"suite", "resolve", "cells"},

@@ -104,7 +104,6 @@ def _number_or_none(kind: type):
 def cmd_meta_train(args) -> int:
     from ..checkpoint import save_checkpoint
     from ..cli import parse_params
-    from ..config import MetaTrainConfig
     from ..errors import MetaTrainingError
     from ..metatrain import meta_train
     from ..registry import get_registry

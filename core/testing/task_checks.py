@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..task import SPLITS, TaskFamily, task_metrics
+from ..task import SPLITS, Renderable, TaskFamily, task_metrics
 from . import strategies as lst
 from .properties import close, fail, identical, kit_check, kit_property
 
 __all__ = ["check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_task_heldout",
-           "check_config_errors", "TASK_FAMILY_CHECKS"]
+           "check_config_errors", "check_task_render", "TASK_FAMILY_CHECKS"]
 
 
 def _seed_lists(min_size: int = 1, max_size: int = 3):
@@ -219,8 +219,47 @@ def check_config_errors(family: TaskFamily) -> None:
                 break
 
 
+def _is_image(image, ndim: int) -> bool:
+    return (isinstance(image, Tensor) and image.is_floating_point() and image.ndim == ndim
+            and image.shape[-1] in (1, 3) and bool(torch.isfinite(image).all())
+            and bool(((image >= 0) & (image <= 1)).all()))
+
+
+@kit_check
+def check_task_render(family: TaskFamily) -> None:
+    """For a :class:`~l2obench.task.Renderable` task (others pass): ``render`` gives one
+    finite ``(H, W, C)`` image in [0, 1] per seed, C 1 or 3, row ``i`` from ``params[i]``
+    alone; ``references`` are such images by name; ``caption`` is one line of text."""
+    name = "check_task_render"
+
+    @kit_property(3)
+    @given(lst.task_configs(family), _seed_lists(1, 3))
+    def prop(config, seeds):
+        task = family.task(**config)
+        if not isinstance(task, Renderable):
+            return
+        params = task.init(seeds)
+        images = task.render(params)
+        if len(images) != len(seeds) or not _is_image(images, 4):
+            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            fail(name, f"render() gave {got}; expected {len(seeds)} finite (H, W, 1 or 3) images in [0, 1]",
+                 config=config, seeds=seeds)
+        for i in range(len(seeds)):
+            if not close(task.render(params[i:i + 1]), images[i:i + 1]):
+                fail(name, f"render() of row {i} alone differs from row {i} of the batched render()",
+                     config=config, seeds=seeds)
+        for label, image in task.references().items():
+            if not (isinstance(label, str) and _is_image(image, 3)):
+                fail(name, f"reference {label!r} is not a finite (H, W, 1 or 3) image in [0, 1]", config=config)
+        caption = task.caption()
+        if not isinstance(caption, str) or "\n" in caption:
+            fail(name, f"caption() gave {caption!r}; expected one line of text", config=config)
+
+    prop()
+
+
 TASK_FAMILY_CHECKS: tuple[Callable, ...] = (
     check_task_finite_at_init, check_task_batching, check_task_deterministic, check_task_heldout,
-    check_config_errors,
+    check_config_errors, check_task_render,
 )
 
