@@ -214,6 +214,7 @@ def meta_seed_figure(runs, spread, path: Path, palette) -> None:
     import numpy as np
 
     plt, _ = plotting()
+
     def labelled(frame):
         return frame.assign(variant=[f"{t} @ T={h}" for t, h in zip(frame["task"], frame["horizon"])])
 
@@ -244,6 +245,8 @@ def meta_seed_figure(runs, spread, path: Path, palette) -> None:
     ax.set_title("meta-training runs (dots) and the two-level 95% interval of their mean (bar)", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def image_grid_figure(rows: list[tuple[str, list[tuple[str, Any]]]], path: Path, title: str = "") -> None:

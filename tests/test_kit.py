@@ -402,8 +402,8 @@ def test_the_usage_of_a_plugin_package_and_the_pytest_plugin_work_end_to_end(tmp
          "-k", "test_mine or sgd-check_zero_grad or quadratic-check_config_errors", str(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     out = result.stdout
-    # 12 sgd + 12 ascent (1 xfail) + 5 quadratic checks + the fixture; the option adds 2 (1 strict XPASS)
-    assert re.search(r"\b1 failed, 30 passed, (\d+ deselected, )?1 xfailed\b", out), out
+    # 12 sgd + 12 ascent (1 xfail) + 6 quadratic checks + the fixture; the option adds 2 (1 strict XPASS)
+    assert re.search(r"\b1 failed, 31 passed, (\d+ deselected, )?1 xfailed\b", out), out
     assert "test_conformance[ascent-check_descent_on_quadratic]" not in out, out
     assert "l2obench[l2obench]::sgd-check_zero_grad" in out and "XPASS(strict)" in out, out
 
