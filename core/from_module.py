@@ -163,8 +163,10 @@ class ModuleTask:
         self.metric_fns = {"loss": self.loss_fn, **metrics}
         self.metrics = tuple(self.metric_fns)
         self._eval_buffers = {n: b.detach() for n, b in self.module.named_buffers()}
+        # only a task with held-out data has ``evaluate`` (the Task protocol's optional method)
+        self.evaluate = self._evaluate
 
-    def evaluate(self, params: Tensor, split: Split) -> dict[str, Tensor]:
+    def _evaluate(self, params: Tensor, split: Split) -> dict[str, Tensor]:
         """Each held-out metric per seed, ``(S,)``, on ``split``'s fixed evaluation set."""
         arrays = tuple(t.to(params.device) for t in self.eval_arrays[split])
         S, n = params.shape[0], len(arrays[0])
