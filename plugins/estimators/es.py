@@ -38,26 +38,38 @@ class AntitheticES:
     differentiable: bool = False
 
     def episode(self, problem: MetaProblem) -> Iterator[Estimate]:
-        pairs, rows = self.population // 2, len(problem.seeds)
-        particles = Particles(problem, self.population)
-        state = start_population(particles, problem.seeds)
-        for begin, stop in problem.spans(self.truncation):
-            theta = flat_meta_params(problem)
-            v = antithetic(problem.generator, pairs, theta.numel(), self.sigma, theta)
-            particles.load(torch.cat([theta + v, theta - v]))
-            losses, state = run_truncation(particles, state, problem.weights[begin:stop], problem.objective)
-            finite = bool(torch.isfinite(losses).all())
-            steps = (stop - begin) * rows * self.population
-            logged = float(losses.mean())
-            grads = None
-            if finite and (any(problem.weights[begin:stop]) or problem.objective != "loss"):
-                delta = (losses[:pairs] - losses[pairs:]).to(v.dtype)
-                flat = (delta[:, None] * v).mean(0) / (2 * self.sigma ** 2)
-                grads = split_flat(flat, problem.meta_params)
-            yield Estimate(grads, logged, steps, finite)
-            if not finite:
-                return
-            state = restart_from(state, 0, self.population, rows)
+        return antithetic_episode(problem, self.population, self.sigma, self.truncation, persistent=False)
+
+
+def antithetic_episode(problem: MetaProblem, population: int, sigma: float, truncation: int | None, *,
+                       persistent: bool) -> Iterator[Estimate]:
+    """One estimate per truncation from antithetic pairs of perturbed meta-parameters, the whole
+    population one batch of seeds.  ES restarts every particle from the first one's state after
+    each truncation (fresh perturbations, the bias of truncation); PES (``persistent``) lets each
+    particle keep its own trajectory and weights its loss differences by the sum of the
+    perturbations it has had (Vicol et al. 2021), which makes it unbiased across truncations."""
+    pairs, rows = population // 2, len(problem.seeds)
+    particles = Particles(problem, population)
+    state = start_population(particles, problem.seeds)
+    accumulated = None
+    for begin, stop in problem.spans(truncation):
+        theta = flat_meta_params(problem)
+        v = antithetic(problem.generator, pairs, theta.numel(), sigma, theta)
+        accumulated = v if accumulated is None or not persistent else accumulated + v
+        particles.load(torch.cat([theta + v, theta - v]))
+        losses, state = run_truncation(particles, state, problem.weights[begin:stop], problem.objective)
+        finite = bool(torch.isfinite(losses).all())
+        steps = (stop - begin) * rows * population
+        grads = None
+        if finite and (any(problem.weights[begin:stop]) or problem.objective != "loss"):
+            delta = (losses[:pairs] - losses[pairs:]).to(v.dtype)
+            flat = (delta[:, None] * accumulated).mean(0) / (2 * sigma ** 2)
+            grads = split_flat(flat, problem.meta_params)
+        yield Estimate(grads, float(losses.mean()), steps, finite)
+        if not finite:
+            return
+        if not persistent:
+            state = restart_from(state, 0, population, rows)
 
 
 def es(population: PositiveInt = 8, sigma: Positive = 0.01, truncation: PositiveInt | None = None) -> AntitheticES:

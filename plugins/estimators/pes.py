@@ -14,12 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-import torch
+from l2obench.api import Estimate, MetaProblem, Positive, PositiveInt
 
-from l2obench.api import (Estimate, MetaProblem, Particles, Positive, PositiveInt, antithetic, flat_meta_params,
-                          run_truncation, split_flat, start_population)
-
-from .es import check_population
+from .es import antithetic_episode, check_population
 
 
 @dataclass(frozen=True)
@@ -30,26 +27,7 @@ class PersistentES:
     differentiable: bool = False
 
     def episode(self, problem: MetaProblem) -> Iterator[Estimate]:
-        pairs, rows = self.population // 2, len(problem.seeds)
-        particles = Particles(problem, self.population)
-        state = start_population(particles, problem.seeds)
-        accumulated = None
-        for begin, stop in problem.spans(self.truncation):
-            theta = flat_meta_params(problem)
-            v = antithetic(problem.generator, pairs, theta.numel(), self.sigma, theta)
-            accumulated = v if accumulated is None else accumulated + v
-            particles.load(torch.cat([theta + v, theta - v]))
-            losses, state = run_truncation(particles, state, problem.weights[begin:stop], problem.objective)
-            finite = bool(torch.isfinite(losses).all())
-            steps = (stop - begin) * rows * self.population
-            grads = None
-            if finite and (any(problem.weights[begin:stop]) or problem.objective != "loss"):
-                delta = (losses[:pairs] - losses[pairs:]).to(v.dtype)
-                flat = (delta[:, None] * accumulated).mean(0) / (2 * self.sigma ** 2)
-                grads = split_flat(flat, problem.meta_params)
-            yield Estimate(grads, float(losses.mean()), steps, finite)
-            if not finite:
-                return
+        return antithetic_episode(problem, self.population, self.sigma, self.truncation, persistent=True)
 
 
 def pes(population: PositiveInt = 8, sigma: Positive = 0.01, truncation: PositiveInt | None = None) -> PersistentES:
