@@ -29,7 +29,9 @@ def describe_validation_error(exc: pydantic.ValidationError, model: type[pydanti
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(model.model_fields)
         return f"{where}: unknown key {key!r} (value {value!r}); allowed keys: {allowed}"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a check across settings says what and where itself
+        return f"{where}: {msg}"
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
         msg = f"expected {ctx['expected']}"
@@ -43,7 +45,11 @@ HELDOUT_PREFIX = "heldout_"
 
 #: Settings left out of a meta-train cell's key while at these defaults, so the keys (and the
 #: results) of suites written before the settings existed stay what they were.
-KEYLESS_DEFAULTS: dict[str, Any] = {"estimator": "tbptt", "estimator_params": {}, "objective": "loss"}
+KEYLESS_DEFAULTS: dict[str, Any] = {"estimator": "tbptt", "estimator_params": {}, "objective": "loss",
+                                     "truncation_schedule": "constant", "min_horizon": None}
+
+#: how each episode's horizon is drawn (learned_optimization's ``truncation_schedule.py``)
+TRUNCATION_SCHEDULES = ("constant", "log-uniform")
 
 WEIGHTINGS = ("ones", "final", "unroll-final", "linear")
 WeightFn = Callable[[int, int], float]
@@ -66,6 +72,11 @@ class MetaTrainConfig(pydantic.BaseModel):
     follows, the training loss (``loss``) or a held-out metric (``heldout_loss``,
     ``heldout_accuracy``: ES and PES only); early stopping validates the same objective
     (a held-out one summed over the ends of the truncations).
+    ``truncation_schedule`` draws each episode's horizon, as learned_optimization's truncation
+    schedules do: ``"constant"`` (every episode ``horizon`` steps, the paper's) or
+    ``"log-uniform"`` (log-uniformly between ``min_horizon``, default the unroll, and
+    ``horizon``, from the meta-training seed's generator); the weights ``w_t`` are those of the
+    episode's own horizon, and validation always runs the whole ``horizon``.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -91,6 +102,10 @@ class MetaTrainConfig(pydantic.BaseModel):
                                                       "e.g. {population = 8, sigma = 0.01, truncation = 20}")
     objective: str = pydantic.Field("loss", description="meta-objective: loss (training loss, Eq. 3) or "
                                                         "heldout_<metric> (e.g. heldout_loss, heldout_accuracy)")
+    truncation_schedule: str = pydantic.Field("constant", description="each episode's horizon: constant (horizon) "
+                                                                      "or log-uniform (min_horizon to horizon)")
+    min_horizon: int | None = pydantic.Field(None, gt=0, description="the shortest episode of a log-uniform "
+                                                                     "truncation_schedule (None: the unroll)")
 
     @pydantic.field_validator("weights")
     @classmethod
@@ -106,6 +121,24 @@ class MetaTrainConfig(pydantic.BaseModel):
             raise ValueError("expected loss (the training loss) or heldout_<metric> (e.g. heldout_loss, "
                              "heldout_accuracy)")
         return value
+
+    @pydantic.field_validator("truncation_schedule")
+    @classmethod
+    def _known_schedule(cls, value):
+        if value not in TRUNCATION_SCHEDULES:
+            raise ValueError(f"expected one of {', '.join(TRUNCATION_SCHEDULES)}")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _min_horizon_fits(self):
+        if self.min_horizon is not None:
+            if self.truncation_schedule == "constant":
+                raise ValueError(f"min_horizon={self.min_horizon} is for truncation_schedule = \"log-uniform\"; "
+                                 f"with \"constant\" every episode is horizon={self.horizon} steps")
+            if self.min_horizon > self.horizon:
+                raise ValueError(f"min_horizon={self.min_horizon} is longer than horizon={self.horizon}; give at "
+                                 f"most {self.horizon}")
+        return self
 
     @classmethod
     def from_params(cls, **params) -> "MetaTrainConfig":

@@ -53,9 +53,9 @@ _SEED_HIGH = 2**31 - 1
 TaskSource = Union[Task, Callable[[torch.Generator], Task]]
 
 
-def horizon_weights(config: MetaTrainConfig) -> list[float]:
-    """The ``w_t`` of Eq. 3 for ``t = 0 .. horizon-1``."""
-    T, K, w = config.horizon, config.unroll, config.weights
+def horizon_weights(config: MetaTrainConfig, horizon: int | None = None) -> list[float]:
+    """The ``w_t`` of Eq. 3 for ``t = 0 .. T-1``, ``T`` the config's horizon or the one given."""
+    T, K, w = horizon or config.horizon, config.unroll, config.weights
     if w == "ones":
         return [1.0] * T
     if w == "final":
@@ -68,6 +68,19 @@ def horizon_weights(config: MetaTrainConfig) -> list[float]:
     if not all(math.isfinite(v) for v in values):
         raise ConfigError("meta-train config: the weight function returned a non-finite w_t")
     return values
+
+
+def episode_horizon(config: MetaTrainConfig, generator: torch.Generator) -> int:
+    """One episode's horizon under ``config.truncation_schedule``: the horizon itself
+    (``"constant"``, drawing nothing, so the seeds drawn are those of a config without a
+    schedule), or ``exp(U(log lo, log horizon))`` rounded down, ``lo`` the ``min_horizon`` (default
+    the unroll), drawn from ``generator`` (``"log-uniform"``, learned_optimization's
+    ``LogUniformLengthSchedule``)."""
+    if config.truncation_schedule == "constant":
+        return config.horizon
+    lo = min(config.min_horizon or config.unroll, config.horizon)
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return max(lo, min(config.horizon, int(math.exp(math.log(lo) + u * math.log(config.horizon / lo)))))
 
 
 @dataclass
@@ -309,7 +322,9 @@ def meta_train(
                 seeds = torch.randint(TRAIN_SEED_LOW, _SEED_HIGH, (config.meta_batch,), generator=rng).tolist()
                 episode_task = lopt.task_transform(draw_task(rng), rng)
                 check_objective(config.objective, episode_task)
-                problem = MetaProblem(lopt, episode_task, seeds, weights, config.unroll, config.objective, rng,
+                T = episode_horizon(config, rng)
+                problem = MetaProblem(lopt, episode_task, seeds, weights if T == config.horizon else
+                                      horizon_weights(config, T), config.unroll, config.objective, rng,
                                       device, config.second_order)
                 meta_loss, skipped, steps = _episode(estimator, problem, meta_opt, meta_params, config)
                 skipped_total += skipped

@@ -231,6 +231,15 @@ class _Validator:
         except L2OError as exc:
             self.fail(f"{where}.estimator_params", str(exc).removeprefix(f"{where}: "))
 
+    def across_settings(self, e, where: str) -> None:
+        """The meta-training settings' checks across keys (``min_horizon`` against ``horizon``)."""
+        from .config import MetaTrainConfig
+
+        try:
+            MetaTrainConfig.from_params(**{k: getattr(e, k) for k in _meta_train_keys() if k != "seed"})
+        except L2OError as exc:
+            self.fail(where, str(exc).removeprefix("meta-train config: "))
+
     def params(self, entry, params: dict[str, Any], where: str) -> None:
         """Each hyperparameter against the factory's signature, the key named in the path."""
         known = entry.parameters()
@@ -267,6 +276,7 @@ class _Validator:
             train = {k: getattr(e, k) for k in _meta_train_keys()
                      if not (k in KEYLESS_DEFAULTS and getattr(e, k) == KEYLESS_DEFAULTS[k])}
             self.estimator(e, where)
+            self.across_settings(e, where)
             params = {**entry.parameters(), **e.params}
             distribution = tuple(variants) if len(variants) > 1 else ()
             if isinstance(e.seed, list):  # one meta-training run per seed

@@ -15,7 +15,8 @@ from torch import nn
 from l2obench import ConfigError, LearnedOptimizer, Optimizer
 from l2obench.api import HeldOutTask, MetaProblem, get_registry, seed_generator
 from l2obench.evaluate import loss_and_grad
-from l2obench.metatrain import MetaTrainConfig, build_estimator, horizon_weights, meta_train, validation_loss
+from l2obench.metatrain import (MetaTrainConfig, build_estimator, episode_horizon, horizon_weights, meta_train,
+                                validation_loss)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -242,3 +243,51 @@ def test_the_estimators_are_listed_with_their_settings():
     entries = get_registry().entries["estimator"]
     assert {"tbptt", "es", "pes"} <= set(entries)
     assert entries["pes"].parameters() == {"population": 8, "sigma": 0.01, "truncation": None}
+
+
+def test_a_log_uniform_truncation_schedule_is_deterministic_per_seed_and_within_its_bounds():
+    config = MetaTrainConfig.from_params(horizon=1000, unroll=20, truncation_schedule="log-uniform", min_horizon=10)
+    draws = [[episode_horizon(config, g) for _ in range(400)] for g in
+             (torch.Generator().manual_seed(5), torch.Generator().manual_seed(5))]
+    assert draws[0] == draws[1]
+    assert min(draws[0]) >= 10 and max(draws[0]) <= 1000
+    logs = torch.tensor(draws[0], dtype=torch.float64).log()
+    # log-uniform: the median of the log-lengths near the middle of [log 10, log 1000]
+    assert abs(float(logs.median()) - math.log(100)) < 0.5
+    assert sum(d < 100 for d in draws[0]) == pytest.approx(200, abs=50)
+    # the constant schedule draws nothing, so the optimizees drawn stay those of a config without one
+    g = torch.Generator().manual_seed(5)
+    before = g.get_state().clone()
+    assert episode_horizon(MetaTrainConfig(horizon=30), g) == 30
+    assert torch.equal(g.get_state(), before)
+    # the weights are the episode's own horizon's: "final" weighs the last of its steps
+    final = MetaTrainConfig(horizon=30, weights="final")
+    assert horizon_weights(final, 7) == [0.0] * 6 + [1.0]
+
+
+@pytest.mark.parametrize("name,settings", [("tbptt", {}), ("pes", {"population": 4, "sigma": 0.01})])
+def test_meta_training_under_a_log_uniform_schedule_runs_the_drawn_horizons(name, settings):
+    def run():
+        config = dict(horizon=HORIZON, unroll=4, epochs=2, episodes_per_epoch=6, meta_batch=2, lr=0.05,
+                      validation_seeds=2, estimator=name, estimator_params=settings,
+                      truncation_schedule="log-uniform", min_horizon=2)
+        return meta_train(StepAndMomentum(log_lr=-4.0), Quadratic64(), config, progress=False)
+
+    first, second = run(), run()
+    assert [r["meta_loss"] for r in first.history] == [r["meta_loss"] for r in second.history]
+    per_step = 2 if name == "tbptt" else 2 * settings["population"]
+    # 12 episodes of 2 to 12 steps each, not all of them 12 long
+    assert 12 * 2 * per_step <= first.optimizee_steps < 12 * HORIZON * per_step
+    assert first.optimizee_steps % per_step == 0
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"truncation_schedule": "cosine"}, r"truncation_schedule='cosine': expected one of constant, log-uniform"),
+    ({"min_horizon": 10}, r"min_horizon=10 is for truncation_schedule = \"log-uniform\""),
+    ({"truncation_schedule": "log-uniform", "min_horizon": 200}, r"min_horizon=200 is longer than horizon=100"),
+    ({"truncation_schedule": "log-uniform", "min_horizon": 0}, r"min_horizon=0"),
+])
+def test_bad_truncation_schedules_are_one_line(settings, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        MetaTrainConfig.from_params(**settings)
+    assert "\n" not in str(info.value) and str(info.value).startswith("meta-train config: ")

@@ -104,6 +104,10 @@ def test_meta_train_mistakes_are_named(tmp_path):
         (("epochs = 1", 'epochs = 1\nestimator = "pes"\nestimator_params = { truncation = 20 }'),
          "truncation=20 is longer than the horizon=10"),
         (("epochs = 1", 'epochs = 1\nobjective = "heldout_accuracy"'), "estimator 'tbptt' backpropagates"),
+        (("epochs = 1", 'epochs = 1\ntruncation_schedule = "log-uniform"\nmin_horizon = 50'),
+         "meta_train[0]: min_horizon=50 is longer than horizon=10"),
+        (("epochs = 1", 'epochs = 1\ntruncation_schedule = "linear"'),
+         "meta_train[0]: invalid truncation_schedule='linear': expected one of constant, log-uniform"),
         (("epochs = 1", "epochz = 1"), "did you mean 'epochs'"),
     ]:
         with pytest.raises(ConfigError) as info:

@@ -8,8 +8,8 @@ import sys
 def add_parser(sub) -> None:
     from ..registry import KINDS
 
-    p = sub.add_parser("list", help="list registered optimizers, learned optimizers, task families, datasets "
-                                    "and executors",
+    p = sub.add_parser("list", help="list registered optimizers, learned optimizers, task families, datasets, "
+                                    "executors and estimators",
                        description="List what the installed plugins register: name, kind, distribution "
                                    "and version, parameters with their defaults, and what a learned optimizer "
                                    "built with them can do (replay, per-group networks, second derivatives).")

@@ -18,7 +18,7 @@ _FLAGS = {"time_limit_s": "--time-limit"}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("meta-train", help="meta-train a learned optimizer (truncated BPTT, paper Eq. 3)",
+    p = sub.add_parser("meta-train", help="meta-train a learned optimizer (truncated BPTT, ES or PES)",
                        description="Meta-train a learned optimizer on a task and save it as a checkpoint.")
     p.add_argument("--optimizer", required=True, metavar="NAME", help="learned optimizer (l2obench list)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a hyperparameter of the learned optimizer")
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per :class:`MetaTrainConfig` field, its default and bounds those of the field."""
-    from ..config import WEIGHTINGS, MetaTrainConfig
+    from ..config import TRUNCATION_SCHEDULES, WEIGHTINGS, MetaTrainConfig
 
     for name, info in MetaTrainConfig.model_fields.items():
         flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
@@ -51,6 +51,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                                           "help": f"{text} (default {_shown(default)})".lstrip()}
         if name == "weights":
             options["choices"] = WEIGHTINGS
+        elif name == "truncation_schedule":
+            options["choices"] = TRUNCATION_SCHEDULES
         elif _optional(info.annotation):
             options.update(type=_number_or_none(kind), metavar="NUMBER|none")
         else:
