@@ -25,7 +25,7 @@ from torch import Tensor
 from .config import HELDOUT_PREFIX, TRAIN_LOSS
 from .errors import ConfigError
 from .learned import LearnedOptimizer
-from .task import Split, Task
+from .task import Split, Task, task_metrics
 
 #: metrics that are better higher; the meta-loss is their negative
 MAXIMISED = ("accuracy",)
@@ -33,7 +33,10 @@ MAXIMISED = ("accuracy",)
 
 @runtime_checkable
 class HeldOutTask(Protocol):
-    """A task that also measures its optimizees on a fixed held-out evaluation set."""
+    """A task that also measures its optimizees on a fixed held-out evaluation set: the
+    :class:`~l2obench.task.Task` protocol's optional ``metrics`` and ``evaluate``, given."""
+
+    metrics: tuple[str, ...]
 
     def evaluate(self, params: Tensor, split: Split) -> Mapping[str, Tensor]:
         """``{name: (S,) tensor}`` for the ``(S, dim)`` params, e.g. ``loss`` and ``accuracy``."""
@@ -45,12 +48,19 @@ def differentiable_objective(objective: str) -> bool:
 
 
 def check_objective(objective: str, task: Task, where: str = "meta-train config") -> None:
-    """Refuse a held-out objective on a task without :class:`HeldOutTask`'s ``evaluate``, in one line
-    (:class:`~l2obench.config.MetaTrainConfig` has checked the objective's form)."""
-    if objective != TRAIN_LOSS and not isinstance(task, HeldOutTask):
+    """Refuse a held-out objective whose metric ``task`` does not declare (:func:`task_metrics`), in
+    one line (:class:`~l2obench.config.MetaTrainConfig` has checked the objective's form)."""
+    if objective == TRAIN_LOSS:
+        return
+    name, metrics = objective.removeprefix(HELDOUT_PREFIX), task_metrics(task)
+    if not metrics:
         raise ConfigError(f"{where}: objective={objective!r} needs a task with held-out data "
-                          f"(evaluate(params, split)), and {type(task).__name__} has none; use objective = "
-                          f"{TRAIN_LOSS!r}")
+                          f"(metrics and evaluate(params, split)), and {type(task).__name__} has none; use "
+                          f"objective = {TRAIN_LOSS!r}")
+    if name not in metrics:
+        raise ConfigError(f"{where}: objective={objective!r}: {type(task).__name__} has the held-out metrics "
+                          f"{', '.join(metrics)}, not {name!r}; use one of "
+                          f"{', '.join(HELDOUT_PREFIX + m for m in metrics)}")
 
 
 def heldout_meta_loss(task: Task, params: Tensor, objective: str, rows: int) -> Tensor:

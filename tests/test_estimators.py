@@ -30,6 +30,7 @@ class Quadratic64:
     a score in (0, 1], higher better, as accuracy is)."""
 
     dim: int = DIM
+    metrics = ("loss", "accuracy")
 
     @property
     def groups(self):
@@ -65,6 +66,7 @@ class Quadratic64:
 @dataclass(frozen=True)
 class NoHeldOut(Quadratic64):
     evaluate = None  # type: ignore[assignment]
+    metrics = ()
 
 
 class StepAndMomentum(LearnedOptimizer):
@@ -219,6 +221,11 @@ def test_heldout_needs_a_task_with_evaluate_and_tbptt_refuses_it():
                                                        validation_seeds=0, estimator="es", objective="heldout_loss"),
                    progress=False)
     assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"objective='heldout_acc': Quadratic64 has the held-out metrics loss, "
+                                          r"accuracy, not 'acc'; use one of heldout_loss, heldout_accuracy"):
+        meta_train(StepAndMomentum(), Quadratic64(), dict(horizon=4, unroll=2, epochs=1, episodes_per_epoch=1,
+                                                         validation_seeds=0, estimator="es",
+                                                         objective="heldout_acc"), progress=False)
     with pytest.raises(ConfigError, match=r"estimator 'tbptt' backpropagates .* objective='heldout_accuracy' is not "
                                           r"differentiable.*\"es\" or \"pes\""):
         build_estimator(MetaTrainConfig(objective="heldout_accuracy"))
