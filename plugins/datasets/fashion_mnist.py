@@ -10,7 +10,9 @@ files is accepted.
 The split is MNIST's: the first 50,000 training images are ``"train"``, the last
 10,000 ``"validation"``, the 10,000 t10k images ``"test"``.
 """
-from l2obench.api import DataFile, IDXDataset
+from l2obench.api import IDXDataset
+
+from .mnist import SPLITS, gz_file
 
 #: Zalando's S3 bucket (torchvision's source), then the project's repository.
 MIRRORS = (
@@ -19,25 +21,15 @@ MIRRORS = (
 )
 
 
-def _file(name: str, md5_gz: str, sha256: str) -> DataFile:
-    return DataFile(name, f"sha256:{sha256}", gunzip=True, download_hash=f"md5:{md5_gz}")
-
-
 FILES = {
-    "train-images": _file("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-images": gz_file("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
                           "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-    "train-labels": _file("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
+    "train-labels": gz_file("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe",
                           "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-    "test-images": _file("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
+    "test-images": gz_file("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79",
                          "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-    "test-labels": _file("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
+    "test-labels": gz_file("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310",
                          "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
-}
-
-SPLITS = {
-    "train": ("train", slice(0, 50_000)),
-    "validation": ("train", slice(50_000, 60_000)),
-    "test": ("test", slice(0, 10_000)),
 }
 
 FASHION_MNIST = IDXDataset(

@@ -20,18 +20,20 @@ MIRRORS = (
 )
 
 
-def _file(name: str, md5_gz: str, sha256: str) -> DataFile:
+def gz_file(name: str, md5_gz: str, sha256: str) -> DataFile:
+    """An IDX file as the mirrors serve it: gzipped (the download checked by its MD5), the
+    decompressed bytes checked by their SHA-256."""
     return DataFile(name, f"sha256:{sha256}", gunzip=True, download_hash=f"md5:{md5_gz}")
 
 
 FILES = {
-    "train-images": _file("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-images": gz_file("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873",
                           "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    "train-labels": _file("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432",
+    "train-labels": gz_file("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432",
                           "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    "test-images": _file("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3",
+    "test-images": gz_file("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3",
                          "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    "test-labels": _file("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c",
+    "test-labels": gz_file("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c",
                          "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
 }
 
