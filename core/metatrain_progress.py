@@ -27,6 +27,21 @@ def json_config(config: MetaTrainConfig) -> str:
     return json.dumps(config.describe(), sort_keys=True, default=str)
 
 
+def same_config(saved: str, current: str) -> bool:
+    """Whether two :func:`json_config` texts are one config, settings at their
+    :data:`~l2obench.config.KEYLESS_DEFAULTS` left out of both: progress saved before a setting
+    existed resumes under a version that has it, as a cell's key stays what it was."""
+    import json
+
+    from .config import KEYLESS_DEFAULTS
+
+    def meaning(text: str) -> dict[str, Any]:
+        data = json.loads(text)
+        return {k: v for k, v in data.items() if not (k in KEYLESS_DEFAULTS and v == KEYLESS_DEFAULTS[k])}
+
+    return meaning(saved) == meaning(current)
+
+
 def generator_states(rng: torch.Generator, device: torch.device) -> dict[str, Tensor]:
     """Every random stream meta-training draws from: its own generator and torch's global ones."""
     states = {"meta_train": rng.get_state(), "torch": torch.get_rng_state()}
@@ -58,7 +73,7 @@ def read_progress(path: str | os.PathLike, config: MetaTrainConfig) -> dict[str,
         warnings.warn(f"meta-training progress {path} is unreadable ({reason}); starting over", L2OWarning,
                       stacklevel=3)
         return None
-    if saved["config"] != json_config(config):
+    if not same_config(saved["config"], json_config(config)):
         raise ConfigError(f"meta-training progress {path} was saved for another meta-train config; "
                           f"delete it to start over")
     return saved

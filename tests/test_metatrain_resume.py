@@ -235,3 +235,24 @@ def test_sigkill_during_meta_training_resumes_from_the_last_epoch(tmp_path):
     assert again.wait(300) == 0, again.stderr.read().decode()
     assert _checkpoint_hash(out) == _checkpoint_hash(reference)
     assert not saved.exists()
+
+
+def test_progress_saved_before_newer_settings_existed_resumes(tmp_path):
+    """A progress file whose config lacks the settings added since (estimator, objective,
+    truncation_schedule, ... at their defaults) is the same config, as a cell's key is."""
+    import json
+
+    from l2obench.config import KEYLESS_DEFAULTS
+
+    expected, _ = train("tiny")
+    progress = tmp_path / "progress.pt"
+    with pytest.raises(Interrupt):
+        train("tiny", progress, crash_at(4))
+    saved = torch.load(progress, weights_only=True)
+    older = {k: v for k, v in json.loads(saved["config"]).items() if k not in KEYLESS_DEFAULTS}
+    assert len(older) < len(json.loads(saved["config"]))
+    saved["config"] = json.dumps(older, sort_keys=True)
+    torch.save(saved, progress)
+    seen = []
+    again, result = train("tiny", progress, seen.append)
+    assert again == expected and seen and seen[0]["episode"] > 0  # resumed, not started over
