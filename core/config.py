@@ -103,7 +103,8 @@ class MetaTrainConfig(pydantic.BaseModel):
     objective: str = pydantic.Field("loss", description="meta-objective: loss (training loss, Eq. 3) or "
                                                         "heldout_<metric> (e.g. heldout_loss, heldout_accuracy)")
     truncation_schedule: str = pydantic.Field("constant", description="each episode's horizon: constant (horizon) "
-                                                                      "or log-uniform (min_horizon to horizon)")
+                                                                      "or log-uniform (min_horizon to horizon)",
+                                              json_schema_extra={"enum": list(TRUNCATION_SCHEDULES)})
     min_horizon: int | None = pydantic.Field(None, gt=0, description="the shortest episode of a log-uniform "
                                                                      "truncation_schedule (None: the unroll)")
 

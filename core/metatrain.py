@@ -73,14 +73,14 @@ def horizon_weights(config: MetaTrainConfig, horizon: int | None = None) -> list
 def episode_horizon(config: MetaTrainConfig, generator: torch.Generator) -> int:
     """One episode's horizon under ``config.truncation_schedule``: the horizon itself
     (``"constant"``, drawing nothing, so the seeds drawn are those of a config without a
-    schedule), or ``exp(U(log lo, log horizon))`` rounded down, ``lo`` the ``min_horizon`` (default
-    the unroll), drawn from ``generator`` (``"log-uniform"``, learned_optimization's
-    ``LogUniformLengthSchedule``)."""
+    schedule), or ``exp(U(log lo, log (horizon + 1)))`` rounded down, ``lo`` the ``min_horizon``
+    (default the unroll): log-uniform over ``lo .. horizon``, both ends included, drawn from
+    ``generator`` (``"log-uniform"``, learned_optimization's ``LogUniformLengthSchedule``)."""
     if config.truncation_schedule == "constant":
         return config.horizon
     lo = min(config.min_horizon or config.unroll, config.horizon)
     u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    return max(lo, min(config.horizon, int(math.exp(math.log(lo) + u * math.log(config.horizon / lo)))))
+    return max(lo, min(config.horizon, int(math.exp(math.log(lo) + u * math.log((config.horizon + 1) / lo)))))
 
 
 @dataclass
@@ -88,7 +88,9 @@ class MetaTrainResult:
     """The training record: one row per episode (``epoch``, ``episode``,
     ``meta_loss`` = the episode's weighted loss summed over the horizon and
     averaged over optimizees, ``val_loss`` on the last episode of a validated
-    epoch else ``None``, ``skipped`` non-finite unrolls), the validation losses by
+    epoch else ``None``, ``skipped`` non-finite unrolls; ``horizon``, the steps of
+    an episode whose horizon the truncation schedule drew shorter, over which
+    its ``meta_loss`` is summed), the validation losses by
     epoch (0: before training), the epoch whose meta-parameters were kept, and
     timings."""
 
@@ -331,6 +333,8 @@ def meta_train(
                 optimizee_steps += steps
                 row = {"epoch": epoch, "episode": (epoch - 1) * config.episodes_per_epoch + episode,
                        "meta_loss": meta_loss, "val_loss": None, "skipped": skipped}
+                if T != config.horizon:  # a drawn horizon: the meta-loss is summed over T steps
+                    row["horizon"] = T
                 history.append(row)
                 over_time = config.time_limit_s is not None and time.perf_counter() - started > config.time_limit_s
                 last_of_epoch = episode == config.episodes_per_epoch - 1

@@ -231,6 +231,19 @@ class _Validator:
         except L2OError as exc:
             self.fail(f"{where}.estimator_params", str(exc).removeprefix(f"{where}: "))
 
+    def objective(self, e, variants, where: str) -> None:
+        """A held-out objective needs every variant meta-trained on to declare its metric."""
+        from .config import TRAIN_LOSS
+        from .estimator import check_objective
+
+        if e.objective == TRAIN_LOSS:
+            return
+        for v in variants:
+            try:
+                check_objective(e.objective, self.reg.task(v.family, **v.config), where)
+            except L2OError as exc:
+                self.fail(f"{where}.objective", str(exc).removeprefix(f"{where}: "))
+
     def across_settings(self, e, where: str) -> None:
         """The meta-training settings' checks across keys (``min_horizon`` against ``horizon``)."""
         from .config import MetaTrainConfig
@@ -277,6 +290,7 @@ class _Validator:
                      if not (k in KEYLESS_DEFAULTS and getattr(e, k) == KEYLESS_DEFAULTS[k])}
             self.estimator(e, where)
             self.across_settings(e, where)
+            self.objective(e, variants, where)
             params = {**entry.parameters(), **e.params}
             distribution = tuple(variants) if len(variants) > 1 else ()
             if isinstance(e.seed, list):  # one meta-training run per seed

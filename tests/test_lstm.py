@@ -254,6 +254,20 @@ def test_rnnprop_random_scaling_of_training_functions():
     assert not torch.equal(other.scale, c)  # a fresh scaling per episode
     assert make("rnnprop", random_scale=0.0).task_transform(task, torch.Generator()) is task
     assert make("lstm").task_transform(task, torch.Generator()) is task
+    assert scaled.metrics == () and not hasattr(scaled, "evaluate")  # a quadratic has no held-out data
+
+
+def test_rnnprop_random_scaling_keeps_a_tasks_held_out_metrics():
+    """The scaled function's held-out metrics are the task's at ``c * theta``, as its loss is, so a
+    held-out objective can meta-train rnnprop with random scaling."""
+    from l2obench.task import task_metrics
+
+    task = get_registry().task("image-mlp", dataset="mnist", hidden=4, batch_size=8, eval_examples=16)
+    scaled = make("rnnprop", random_scale=1.0).task_transform(task, torch.Generator().manual_seed(0))
+    assert task_metrics(scaled) == task_metrics(task) == ("loss", "accuracy")
+    theta = scaled.init([0, 1])
+    for name, value in scaled.evaluate(theta, "validation").items():
+        torch.testing.assert_close(value, task.evaluate(theta * scaled.scale, "validation")[name])
 
 
 @pytest.mark.parametrize("name, params, match", [

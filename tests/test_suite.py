@@ -104,6 +104,8 @@ def test_meta_train_mistakes_are_named(tmp_path):
         (("epochs = 1", 'epochs = 1\nestimator = "pes"\nestimator_params = { truncation = 20 }'),
          "truncation=20 is longer than the horizon=10"),
         (("epochs = 1", 'epochs = 1\nobjective = "heldout_accuracy"'), "estimator 'tbptt' backpropagates"),
+        (("epochs = 1", 'epochs = 1\nestimator = "es"\nobjective = "heldout_loss"'),
+         "meta_train[0].objective: objective='heldout_loss' needs a task with held-out data"),
         (("epochs = 1", 'epochs = 1\ntruncation_schedule = "log-uniform"\nmin_horizon = 50'),
          "meta_train[0]: min_horizon=50 is longer than horizon=10"),
         (("epochs = 1", 'epochs = 1\ntruncation_schedule = "linear"'),

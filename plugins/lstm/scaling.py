@@ -16,6 +16,9 @@ class RandomlyScaled:
     def __init__(self, task, scale: Tensor):
         self.task, self.scale = task, scale
         self.dim, self.groups = task.dim, task.groups
+        self.metrics = tuple(getattr(task, "metrics", ()) or ())
+        if self.metrics:  # held-out metrics of the scaled function, as the loss is
+            self.evaluate = lambda params, split: task.evaluate(params * self.scale.to(params.device), split)
 
     def init(self, seeds, device="cpu"):
         return self.task.init(seeds, device=device) / self.scale.to(device)
