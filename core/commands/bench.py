@@ -34,8 +34,7 @@ def add_parser(sub) -> None:
                          description="Evaluate optimizers on mnist-mlp for many seeds in one batched run and "
                                      "in one run per seed, and print seed-steps per second and the ratio.")
     e.add_argument("--optimizers", default="adam,lstm", help="comma-separated optimizers (default adam,lstm)")
-    e.add_argument("--seeds", type=int, default=32, help="seeds (default 32)")
-    e.add_argument("--steps", type=int, default=100, help="steps per run (default 100)")
+    _runs(e, seeds=(32, "seeds (default 32)"))
     _common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -44,20 +43,25 @@ def add_parser(sub) -> None:
                                      "a run and the last) against the same runs without, interleaved, on the "
                                      "smoke suite's quadratics, the paper's MNIST net and the small conv net.")
     h.add_argument("--optimizer", default="adam", help="a baseline run with lr=0.01 (default adam)")
-    h.add_argument("--seeds", type=int, default=16, help="seeds (default 16, the smoke suite's)")
-    h.add_argument("--steps", type=int, default=100, help="steps per run (default 100)")
-    h.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians reported (default 3)")
+    _runs(h, seeds=(16, "seeds (default 16, the smoke suite's)"),
+          rounds=(3, "interleaved rounds, medians reported (default 3)"))
     _common(h)
     h.set_defaults(func=cmd_heldout)
     t = which.add_parser("module-task", help="the MNIST MLP written by hand (mnist-mlp) against module_task's",
                          description="Run Adam on mnist-mlp and on the same 784-20-10 sigmoid MLP written as an "
                                      "nn.Module and made a Task by module_task, in alternated rounds, and print "
                                      "seed-steps per second of both and their ratio.")
-    t.add_argument("--seeds", type=int, default=32, help="seeds (default 32)")
-    t.add_argument("--steps", type=int, default=100, help="steps per run (default 100)")
-    t.add_argument("--rounds", type=int, default=3, help="alternated pairs of runs (default 3)")
+    _runs(t, seeds=(32, "seeds (default 32)"), rounds=(3, "alternated pairs of runs (default 3)"))
     _common(t)
     t.set_defaults(func=cmd_module_task)
+
+
+def _runs(p, seeds: tuple[int, str], rounds: tuple[int, str] | None = None) -> None:
+    """``--seeds``, ``--steps`` and (where given) ``--rounds``: (default, help) each."""
+    p.add_argument("--seeds", type=int, default=seeds[0], help=seeds[1])
+    p.add_argument("--steps", type=int, default=100, help="steps per run (default 100)")
+    if rounds is not None:
+        p.add_argument("--rounds", type=int, default=rounds[0], help=rounds[1])
 
 
 def _common(p) -> None:
