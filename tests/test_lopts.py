@@ -21,6 +21,7 @@ from l2obench.metatrain import MetaTrainConfig, meta_train
 from l2obench.plugins.lopts import Segments, second_moment_normalise
 from l2obench.plugins.lopts import mlp_lopt as mlp_module
 from l2obench.plugins.quadratic import family as quadratic
+from optimizer_runs import run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -30,16 +31,6 @@ NAMES = ["mlp-lopt", "hrnn"]
 def make(name, **hp):
     torch.manual_seed(0)
     return get_registry().learned(name, **hp)
-
-
-def run(opt, params, grads):
-    state = opt.init(params)
-    out = []
-    for g in grads:
-        u, state = opt.update(g, state, params)
-        params = params + u
-        out.append(u)
-    return out, state
 
 
 # -- the per-tensor machinery ------------------------------------------------------------

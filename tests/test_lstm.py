@@ -20,6 +20,7 @@ from l2obench import Capabilities, ConfigError, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train
 from l2obench.plugins.lstm import cell as lstm_cell_module
 from l2obench.plugins.lstm import network, preprocess
+from optimizer_runs import run
 
 VARIANTS = ["lstm", "lstm-gac", "rnnprop", "lstm-groups"]
 
@@ -36,16 +37,6 @@ def grads_of(shape, dtype=np.float32, low=-3.0, high=3.0):
     return st.tuples(exponents, signs).map(
         lambda es: torch.from_numpy(np.where(es[1], -1.0, 1.0) * 10.0 ** es[0])
         .to(getattr(torch, np.dtype(dtype).name)))
-
-
-def run(opt, params, grads):
-    state = opt.init(params)
-    out = []
-    for g in grads:
-        u, state = opt.update(g, state, params)
-        params = params + u
-        out.append(u)
-    return out, state
 
 
 # -- every variant ------------------------------------------------------------------
