@@ -37,20 +37,24 @@
 namespace {
 
 // -- The instruction set: vector width and register blocking, decided here only.
-// VL floats per vector is one tile of coordinates; GEMV_BLOCK gate outputs of a
-// matrix-vector product and OUTER_ROWS x OUTER_COLS weight-gradient sums are
-// held in registers (with room left for the operands: 32 zmm, 16 ymm).
+// VL floats per vector; a tile of coordinates is NT vectors (TL = VL * NT lanes), so
+// that each row of a tile fills a 64-byte cache line where it can.  GEMV_BLOCK gate
+// outputs of a matrix-vector product (each NT accumulators) and OUTER_ROWS x
+// OUTER_COLS weight-gradient sums are held in registers, with room left for the
+// operands (32 zmm, 16 ymm or xmm): on AVX2 a broadcast weight then feeds two
+// multiply-adds instead of one.
 #if defined(__AVX512F__)
 #define L2O_ISA "avx512"
-constexpr int VL = 16, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4;
+constexpr int VL = 16, NT = 1, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4;
 #elif defined(__AVX2__) && defined(__FMA__)
 #define L2O_ISA "avx2"
-constexpr int VL = 8, GEMV_BLOCK = 10, OUTER_ROWS = 6, OUTER_COLS = 2;
+constexpr int VL = 8, NT = 2, GEMV_BLOCK = 6, OUTER_ROWS = 6, OUTER_COLS = 2;
 #else
 // Compiler vectors of 128 bits (SSE2, NEON), no streaming stores.
 #define L2O_ISA "generic"
-constexpr int VL = 4, GEMV_BLOCK = 8, OUTER_ROWS = 2, OUTER_COLS = 4;
+constexpr int VL = 4, NT = 2, GEMV_BLOCK = 6, OUTER_ROWS = 2, OUTER_COLS = 4;
 #endif
+constexpr int TL = VL * NT;
 
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
@@ -87,46 +91,88 @@ inline vf clamp(vf x, float lo, float hi) {
 
 // -- Vector arithmetic ----------------------------------------------------------
 
-inline vf splat(float x) { return vf{} + x; }
-
-// exp(x) for x in [-87, 88] (clamped; NaN stays NaN): Cephes' expf, range
-// reduction by ln 2 and a polynomial.  Adding 1.5 * 2^23 + 127 rounds x / ln 2 to
-// the integer k and leaves k + 127, the exponent of 2^k, in the low bits.
-inline vf vexp(vf x) {
-    constexpr float shift = 12582912.0f + 127.0f;
-    x = clamp(x, -87.0f, 88.0f);
-    const vf n = x * 1.44269504088896341f + shift;
-    const vf k = n - shift;
-    vf r = x - k * 0.693359375f;
-    r = r - k * -2.12194440e-4f;
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    return p * (vf)((vi)n << 23);
+// x in every lane, a broadcast (not vf{} + x: adding 0 is an instruction, kept for -0).
+inline vf splat(float x) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_set1_ps(x);
+#elif defined(__AVX2__) && defined(__FMA__)
+    return (vf)_mm256_set1_ps(x);
+#else
+    vf v;
+    for (int k = 0; k < VL; ++k) v[k] = x;
+    return v;
+#endif
 }
 
-// sigmoid(z) from -z: the gate weights are stored negated, so the product gives -z.
-inline vf sigmoid_of_negated(vf minus_z) { return 1.0f / (1.0f + vexp(minus_z)); }
+// 2^x for x in [-125, 127] (clamped; NaN stays NaN): x = k + f with k an integer and
+// |f| <= 1/2, 2^f a degree-6 polynomial (within 2 ulp in float32), 2^k added to its
+// exponent.  Adding 1.5 * 2^23 rounds x to k and leaves k in the low bits of the sum.
+// No multiplication but the polynomial's: the ln 2 of exp is folded into the gate weights.
+inline vf vexp2(vf x) {
+    constexpr float shift = 12582912.0f;
+    x = clamp(x, -125.0f, 127.0f);
+    const vf n = x + shift;
+    const vf f = x - (n - shift);
+    vf p = splat(1.5345810970757157e-4f);
+    p = p * f + 1.3399932067841291e-3f;
+    p = p * f + 9.618489071726799e-3f;
+    p = p * f + 5.550328642129898e-2f;
+    p = p * f + 2.4022646248340607e-1f;
+    p = p * f + 6.931471824645996e-1f;
+    p = p * f + 1.0f;
+    return (vf)((vi)p + ((vi)n << 23));
+}
 
-// out[o] = bias[o] + sum_j A[j * n_out + o] * in[j] for o in [o0, o0 + B): a matrix
-// with n_red rows of n_out weights applied to a tile; B outputs at a time in registers.
+// 1 / d: the hardware's estimate refined by one Newton step (within an ulp or two of the
+// quotient) where there is one, else the division.  d >= 1 here; 1 / d of a d above 2^126
+// (an exponential past the clamp's range) is 0 or below, as the division's rounding gives.
+inline vf reciprocal(vf d) {
+#if defined(__AVX512F__)
+    const vf y = (vf)_mm512_rcp14_ps((__m512)d);
+#elif defined(__AVX2__)
+    const vf y = (vf)_mm256_rcp_ps((__m256)d);
+#else
+    return 1.0f / d;
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+    return y + y * (1.0f - d * y);
+#endif
+}
+
+constexpr float LOG2E = 1.44269504088896341f;
+
+// sigmoid(z) = 1 / (1 + 2^y) from y = -z log2(e): the gate weights are stored times
+// -log2(e), so their product gives y.
+inline vf sigmoid_of_exponent(vf y) { return reciprocal(1.0f + vexp2(y)); }
+
+// Rows of a tile are NT vectors: row r's lanes are in[r * NT .. r * NT + NT).
+
+// out[o] = bias[o] + sum_j A[j * n_out + o] * in[j] for o in [o0, o0 + B), lane by lane: a
+// matrix with n_red rows of n_out weights applied to a tile; B outputs at a time in
+// registers, each broadcast weight multiplied into the NT vectors of its row.
 template <int B>
 inline void gemv_block(const float* A, int n_out, int o0, int n_red, const vf* in, vf* out, const float* bias) {
-    vf acc[B];
+    vf acc[B][NT];
 #pragma GCC unroll 16
-    for (int b = 0; b < B; ++b) acc[b] = splat(bias ? bias[o0 + b] : 0.0f);
+    for (int b = 0; b < B; ++b)
+#pragma GCC unroll 4
+        for (int s = 0; s < NT; ++s) acc[b][s] = splat(bias ? bias[o0 + b] : 0.0f);
     for (int j = 0; j < n_red; ++j) {
-        const vf x = in[j];
+        vf x[NT];
+#pragma GCC unroll 4
+        for (int s = 0; s < NT; ++s) x[s] = in[j * NT + s];
         const float* a = A + (int64_t)j * n_out + o0;
 #pragma GCC unroll 16
-        for (int b = 0; b < B; ++b) acc[b] += a[b] * x;
+        for (int b = 0; b < B; ++b) {
+            const vf w = splat(a[b]);
+#pragma GCC unroll 4
+            for (int s = 0; s < NT; ++s) acc[b][s] += w * x[s];
+        }
     }
 #pragma GCC unroll 16
-    for (int b = 0; b < B; ++b) out[o0 + b] = acc[b];
+    for (int b = 0; b < B; ++b)
+#pragma GCC unroll 4
+        for (int s = 0; s < NT; ++s) out[(o0 + b) * NT + s] = acc[b][s];
 }
 
 // The last n < B outputs from o0, in one block of n.
@@ -155,22 +201,24 @@ inline float hsum(vf v) {
     return s;
 }
 
-// G[r * K + k] += sum_t D[t][r] * X[t][k], lane by lane; D is (T, R) tiles, X (T, K)
-// tiles (row strides ld, lx in tiles).  OUTER_ROWS x OUTER_COLS blocks of accumulators.
-// The lanes are summed once per block of tiles, not per tile: a horizontal sum costs as
-// much as the products of a few steps.
+// G[r * K + k] += sum_t D[t][r] * X[t][k], lane by lane (a tile's NT vectors into one);
+// D is (T, R) rows of tiles, X (T, K) (row strides ld, lx in rows).  OUTER_ROWS x
+// OUTER_COLS blocks of accumulators.  The lanes are summed once per block of tiles, not
+// per tile: a horizontal sum costs as much as the products of a few steps.
 template <int BR, int BK>
 inline void outer_block(const vf* D, int ld, const vf* X, int lx, int T, int r0, int k0, int K, vf* G) {
     vf acc[BR][BK];
     for (int i = 0; i < BR; ++i)
         for (int j = 0; j < BK; ++j) acc[i][j] = G[(int64_t)(r0 + i) * K + k0 + j];
     for (int t = 0; t < T; ++t) {
-        const vf* d = D + (int64_t)t * ld + r0;
-        const vf* x = X + (int64_t)t * lx + k0;
+        const vf* d = D + ((int64_t)t * ld + r0) * NT;
+        const vf* x = X + ((int64_t)t * lx + k0) * NT;
+#pragma GCC unroll 4
+        for (int s = 0; s < NT; ++s)
 #pragma GCC unroll 8
-        for (int i = 0; i < BR; ++i)
+            for (int i = 0; i < BR; ++i)
 #pragma GCC unroll 8
-            for (int j = 0; j < BK; ++j) acc[i][j] += d[i] * x[j];
+                for (int j = 0; j < BK; ++j) acc[i][j] += d[i * NT + s] * x[j * NT + s];
     }
     for (int i = 0; i < BR; ++i)
         for (int j = 0; j < BK; ++j) G[(int64_t)(r0 + i) * K + k0 + j] = acc[i][j];
@@ -191,23 +239,23 @@ inline void outer(const vf* D, int ld, const vf* X, int lx, int T, int R, int K,
 
 // Copy lanes m0 .. m0+n of `rows` rows (row stride M) into tiles, zero-padding the rest.
 inline void gather(const float* src, int rows, int64_t M, int64_t m0, int n, vf* dst) {
-    if (n == VL) {  // whole tiles: one unaligned vector load a row
-        for (int r = 0; r < rows; ++r) std::memcpy(&dst[r], src + (int64_t)r * M + m0, sizeof(vf));
+    if (n == TL) {  // whole tiles: NT unaligned vector loads a row
+        for (int r = 0; r < rows; ++r) std::memcpy(&dst[r * NT], src + (int64_t)r * M + m0, sizeof(vf) * NT);
         return;
     }
     for (int r = 0; r < rows; ++r) {
-        vf v = {};
-        std::memcpy(&v, src + (int64_t)r * M + m0, sizeof(float) * n);
-        dst[r] = v;
+        vf v[NT] = {};
+        std::memcpy(v, src + (int64_t)r * M + m0, sizeof(float) * n);
+        for (int s = 0; s < NT; ++s) dst[r * NT + s] = v[s];
     }
 }
 
 inline void scatter(const vf* src, int rows, int64_t M, int64_t m0, int n, float* dst) {
-    if (n == VL) {
-        for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r], sizeof(vf));
+    if (n == TL) {
+        for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r * NT], sizeof(vf) * NT);
         return;
     }
-    for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r], sizeof(float) * n);
+    for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r * NT], sizeof(float) * n);
 }
 
 // scatter for the step's new states, streamed where stream_tile can (whole tiles on
@@ -216,19 +264,19 @@ inline void scatter(const vf* src, int rows, int64_t M, int64_t m0, int n, float
 inline void scatter_stream(const vf* src, int rows, int64_t M, int64_t m0, int n, float* dst) {
     for (int r = 0; r < rows; ++r) {
         float* row = dst + (int64_t)r * M + m0;
-        if (n < VL)
-            std::memcpy(row, &src[r], sizeof(float) * n);
+        if (n < TL)
+            std::memcpy(row, &src[r * NT], sizeof(float) * n);
         else if (STREAMS && ((uintptr_t)row % sizeof(vf)) == 0)
-            stream_tile(row, src[r]);
+            for (int s = 0; s < NT; ++s) stream_tile(row + s * VL, src[r * NT + s]);
         else
-            std::memcpy(row, &src[r], sizeof(vf));
+            std::memcpy(row, &src[r * NT], sizeof(vf) * NT);
     }
 }
 
 // Ask for the lines of lanes m .. m+VL of `rows` rows, to read or to write: the rows
 // of a tile are H x M apart, too many streams for the hardware prefetchers to follow.
 inline void prefetch(const float* src, int rows, int64_t M, int64_t m) {
-    for (int r = 0; r < rows; ++r) __builtin_prefetch(src + (int64_t)r * M + m, 0, 0);
+    for (int r = 0; r < rows; ++r) __builtin_prefetch(src + (int64_t)r * M + m, 0, 3);
 }
 
 inline void prefetch_write(const float* dst, int rows, int64_t M, int64_t m) {
@@ -253,38 +301,39 @@ struct Net {
 };
 
 // W_l transposed (K x 4H) and then b_l, for the forward's product: the rows of the
-// sigmoid gates (i, f, o) negated and those of g times -2, so that one sigmoid of
-// the negated product serves every gate, tanh(z) = 2 sigmoid(2z) - 1 as plugins/lstm/cell.py
-// computes it.
+// sigmoid gates (i, f, o) times -log2(e) and those of g times -2 log2(e), so that one
+// sigmoid_of_exponent of the product serves every gate, tanh(z) = 2 sigmoid(2z) - 1 as
+// plugins/lstm/cell.py computes it.
 std::vector<float> gate_weights(const Net& net, int l) {
     const int H = net.H, R = 4 * H, K = net.K(l);
     const float* W = net.params + net.w(l);
     const float* b = net.params + net.b(l);
     std::vector<float> out((size_t)(K + 1) * R);
     for (int r = 0; r < R; ++r) {
-        const float factor = r >= 2 * H && r < 3 * H ? -2.0f : -1.0f;
+        const float factor = (r >= 2 * H && r < 3 * H ? -2.0f : -1.0f) * LOG2E;
         for (int k = 0; k < K; ++k) out[(size_t)k * R + r] = factor * W[(size_t)r * K + k];
         out[(size_t)K * R + r] = factor * b[r];
     }
     return out;
 }
 
-// One layer's step for a tile: gates from the stacked input xin (K tiles) with the
+// One layer's step for a tile: gates from the stacked input xin (K rows) with the
 // gate_weights WT, the activations (i, f, g, o) into act, the new cell state into
-// c_new, tanh(c_new) into tanh_c (if given), the new hidden state into h_new.
+// c_new, tanh(c_new) into tanh_c (if given), the new hidden state into h_new.  A
+// gate's rows are H rows of NT vectors, so the elementwise part runs over H * NT vectors.
 inline void cell_forward(const Net& net, int l, const float* WT, const vf* xin, const vf* c, vf* act, vf* c_new,
                          vf* tanh_c, vf* h_new) {
-    const int H = net.H, K = net.K(l);
+    const int H = net.H, K = net.K(l), Hn = H * NT;
     gemv(WT, 4 * H, K, xin, act, WT + (int64_t)K * 4 * H);
-    for (int r = 0; r < 4 * H; ++r) act[r] = sigmoid_of_negated(act[r]);
-    for (int j = 0; j < H; ++j) {
-        const vf i = act[j], f = act[H + j], g = 2.0f * act[2 * H + j] - 1.0f, o = act[3 * H + j];
-        act[2 * H + j] = g;
-        const vf cn = f * c[j] + i * g;
-        const vf tc = 2.0f * sigmoid_of_negated(-2.0f * cn) - 1.0f;
-        c_new[j] = cn;
-        if (tanh_c) tanh_c[j] = tc;
-        h_new[j] = o * tc;
+    for (int r = 0; r < 4 * Hn; ++r) act[r] = sigmoid_of_exponent(act[r]);
+    for (int q = 0; q < Hn; ++q) {
+        const vf i = act[q], f = act[Hn + q], g = 2.0f * act[2 * Hn + q] - 1.0f, o = act[3 * Hn + q];
+        act[2 * Hn + q] = g;
+        const vf cn = f * c[q] + i * g;
+        const vf tc = 2.0f * sigmoid_of_exponent((-2.0f * LOG2E) * cn) - 1.0f;
+        c_new[q] = cn;
+        if (tanh_c) tanh_c[q] = tc;
+        h_new[q] = o * tc;
     }
 }
 
@@ -330,27 +379,28 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
     for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l));
     const float* w_head = params + net.head();
     const float b_head = w_head[H];
-    const int64_t tiles = (M + VL - 1) / VL;
-    constexpr int64_t AHEAD = 64;             // lanes to prefetch ahead: four cache lines of each row
+    const int64_t tiles = (M + TL - 1) / TL;
+    constexpr int64_t AHEAD = 32;             // lanes to prefetch ahead: two cache lines of each row
     constexpr int64_t LINE = 64 / sizeof(float);  // lanes per cache line
     parallel(threads, tiles, [&](int worker, int workers) {
         const int64_t first = tiles * worker / workers, last = tiles * (worker + 1) / workers;
-        std::vector<vf> xin(std::max(F, H) + H), c(H), act(4 * H), c_new(H), h_new(H);
+        const int Hn = H * NT;
+        std::vector<vf> xin((std::max(F, H) + H) * NT), c(Hn), act(4 * Hn), c_new(Hn), h_new(Hn);
         for (int64_t tile = first; tile < last; ++tile) {
-            const int64_t m0 = tile * VL;
-            const int n = (int)std::min<int64_t>(VL, M - m0);
+            const int64_t m0 = tile * TL;
+            const int n = (int)std::min<int64_t>(TL, M - m0);
             // Once per line of each row, spread over a line's tiles where a tile is less than
             // a line: the rows read at its first tile, the rows written at its last.
             const int64_t ahead = m0 + AHEAD;
-            const bool in_range = ahead < last * VL;
-            const bool reads = in_range && m0 % LINE == 0, writes = in_range && !STREAMS && (m0 + VL) % LINE == 0;
+            const bool in_range = ahead < last * TL;
+            const bool reads = in_range && m0 % LINE == 0, writes = in_range && !STREAMS && (m0 + TL) % LINE == 0;
             if (reads) prefetch(x, F, M, ahead);
             gather(x, F, M, m0, n, xin.data());
             for (int l = 0; l < L; ++l) {
                 if (reads) prefetch(h_in[l], H, M, ahead), prefetch(c_in[l], H, M, ahead);
-                if (writes) prefetch_write(h_out[l], H, M, ahead - VL), prefetch_write(c_out[l], H, M, ahead - VL);
+                if (writes) prefetch_write(h_out[l], H, M, ahead - TL), prefetch_write(c_out[l], H, M, ahead - TL);
                 const int in = net.in(l);
-                gather(h_in[l], H, M, m0, n, xin.data() + in);
+                gather(h_in[l], H, M, m0, n, xin.data() + in * NT);
                 gather(c_in[l], H, M, m0, n, c.data());
                 cell_forward(net, l, WT[l].data(), xin.data(), c.data(), act.data(), c_new.data(), nullptr,
                              h_new.data());
@@ -358,10 +408,13 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
                 scatter_stream(c_new.data(), H, M, m0, n, c_out[l]);
                 std::copy(h_new.begin(), h_new.end(), xin.begin());  // the next layer's input
             }
-            vf u = splat(b_head);
-            for (int j = 0; j < H; ++j) u += w_head[j] * h_new[j];
-            u *= scale;
-            scatter(&u, 1, M, m0, n, out);
+            vf u[NT];
+            for (int s = 0; s < NT; ++s) {
+                u[s] = splat(b_head);
+                for (int j = 0; j < H; ++j) u[s] += w_head[j] * h_new[j * NT + s];
+                u[s] *= scale;
+            }
+            scatter(u, 1, M, m0, n, out);
         }
         stream_fence();  // the streamed states are in memory before the step returns
     });
@@ -379,14 +432,14 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
     std::vector<std::vector<float>> WT;
     for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l));
     const float* w_head = params + net.head();
-    const int64_t tiles = (M + VL - 1) / VL;
+    const int64_t tiles = (M + TL - 1) / TL;
     // Fixed blocks of tiles, summed in order: the same result for any thread count.
     const int64_t blocks = std::min<int64_t>(tiles, 64);
     std::vector<float> partial((size_t)(blocks * P), 0.0f);
     std::atomic<int64_t> next{0};
 
-    // Per-tile buffers (tiles of VL lanes): for layer l and step t, the stacked
-    // input [layer input; h_{t}] (T + 1 slots, so the last h has a place), the
+    // Per-tile buffers, in rows of a tile (NT vectors each): for layer l and step t, the
+    // stacked input [layer input; h_{t}] (T + 1 slots, so the last h has a place), the
     // activations (overwritten by the gate gradients), c_t (T + 1), tanh(c_{t+1}).
     std::vector<int64_t> off_in(L), off_act(L), off_c(L), off_tc(L);
     int64_t per_tile = 0;
@@ -398,78 +451,85 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
     }
 
     parallel(threads, blocks, [&](int, int) {
+        const int Hn = H * NT;
         // Gv: the block's gradient lane by lane (the params' layout, one vector per number).
-        std::vector<vf> buf(per_tile), dh((size_t)L * H), dc((size_t)L * H), d_in(std::max(F, H) + H), Gv(P);
+        std::vector<vf> buf(per_tile * NT), dh((size_t)L * Hn), dc((size_t)L * Hn), d_in((std::max(F, H) + H) * NT),
+            Gv(P);
+        // row(offset): the tile buffer's row at that offset (in rows)
+        auto row = [&](int64_t offset) { return buf.data() + offset * NT; };
         vf* d_head = Gv.data() + net.head();
         for (int64_t block; (block = next.fetch_add(1)) < blocks;) {
             const int64_t first = tiles * block / blocks, last = tiles * (block + 1) / blocks;
             std::fill(Gv.begin(), Gv.end(), vf{});
             for (int64_t tile = first; tile < last; ++tile) {
-                const int64_t m0 = tile * VL;
-                const int n = (int)std::min<int64_t>(VL, M - m0);
+                const int64_t m0 = tile * TL;
+                const int n = (int)std::min<int64_t>(TL, M - m0);
                 // The forward, recomputed.
                 for (int l = 0; l < L; ++l) {
-                    gather(h0[l], H, M, m0, n, buf.data() + off_in[l] + net.in(l));
-                    gather(c0[l], H, M, m0, n, buf.data() + off_c[l]);
+                    gather(h0[l], H, M, m0, n, row(off_in[l] + net.in(l)));
+                    gather(c0[l], H, M, m0, n, row(off_c[l]));
                 }
                 for (int t = 0; t < T; ++t) {
-                    gather(x + (int64_t)t * F * M, F, M, m0, n, buf.data() + off_in[0] + (int64_t)t * net.K(0));
+                    gather(x + (int64_t)t * F * M, F, M, m0, n, row(off_in[0] + (int64_t)t * net.K(0)));
                     for (int l = 0; l < L; ++l) {
                         const int K = net.K(l);
-                        vf* xin = buf.data() + off_in[l] + (int64_t)t * K;
-                        vf* h_new = buf.data() + off_in[l] + (int64_t)(t + 1) * K + net.in(l);
-                        cell_forward(net, l, WT[l].data(), xin, buf.data() + off_c[l] + (int64_t)t * H,
-                                     buf.data() + off_act[l] + (int64_t)t * 4 * H,
-                                     buf.data() + off_c[l] + (int64_t)(t + 1) * H,
-                                     buf.data() + off_tc[l] + (int64_t)t * H, h_new);
-                        if (l + 1 < L) std::copy(h_new, h_new + H, buf.data() + off_in[l + 1] + (int64_t)t * net.K(l + 1));
+                        vf* xin = row(off_in[l] + (int64_t)t * K);
+                        vf* h_new = row(off_in[l] + (int64_t)(t + 1) * K + net.in(l));
+                        cell_forward(net, l, WT[l].data(), xin, row(off_c[l] + (int64_t)t * H),
+                                     row(off_act[l] + (int64_t)t * 4 * H), row(off_c[l] + (int64_t)(t + 1) * H),
+                                     row(off_tc[l] + (int64_t)t * H), h_new);
+                        if (l + 1 < L) std::copy(h_new, h_new + Hn, row(off_in[l + 1] + (int64_t)t * net.K(l + 1)));
                     }
                 }
                 // Backpropagation through time.
                 std::fill(dh.begin(), dh.end(), vf{});
                 std::fill(dc.begin(), dc.end(), vf{});
                 for (int t = T - 1; t >= 0; --t) {
-                    vf g_top;
-                    gather(d_out + (int64_t)t * M, 1, M, m0, n, &g_top);
-                    g_top *= scale;
-                    const vf* top = buf.data() + off_in[L - 1] + (int64_t)(t + 1) * net.K(L - 1) + net.in(L - 1);
-                    d_head[H] += g_top;
-                    for (int j = 0; j < H; ++j) {
-                        d_head[j] += g_top * top[j];
-                        dh[(size_t)(L - 1) * H + j] += g_top * w_head[j];
+                    vf g_top[NT];
+                    gather(d_out + (int64_t)t * M, 1, M, m0, n, g_top);
+                    const vf* top = row(off_in[L - 1] + (int64_t)(t + 1) * net.K(L - 1) + net.in(L - 1));
+                    vf* dh_top = dh.data() + (size_t)(L - 1) * Hn;
+                    for (int s = 0; s < NT; ++s) {
+                        g_top[s] *= scale;
+                        d_head[H] += g_top[s];
+                        for (int j = 0; j < H; ++j) {
+                            d_head[j] += g_top[s] * top[j * NT + s];
+                            dh_top[j * NT + s] += g_top[s] * w_head[j];
+                        }
                     }
                     for (int l = L - 1; l >= 0; --l) {
-                        vf* a = buf.data() + off_act[l] + (int64_t)t * 4 * H;
-                        const vf* c_prev = buf.data() + off_c[l] + (int64_t)t * H;
-                        const vf* tc = buf.data() + off_tc[l] + (int64_t)t * H;
-                        vf* dhl = dh.data() + (size_t)l * H;
-                        vf* dcl = dc.data() + (size_t)l * H;
-                        for (int j = 0; j < H; ++j) {
-                            const vf i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
-                            const vf d_c = dcl[j] + dhl[j] * o * (1.0f - tc[j] * tc[j]);
-                            a[j] = d_c * g * i * (1.0f - i);
-                            a[H + j] = d_c * c_prev[j] * f * (1.0f - f);
-                            a[2 * H + j] = d_c * i * (1.0f - g * g);
-                            a[3 * H + j] = dhl[j] * tc[j] * o * (1.0f - o);
-                            dcl[j] = d_c * f;
+                        vf* a = row(off_act[l] + (int64_t)t * 4 * H);
+                        const vf* c_prev = row(off_c[l] + (int64_t)t * H);
+                        const vf* tc = row(off_tc[l] + (int64_t)t * H);
+                        vf* dhl = dh.data() + (size_t)l * Hn;
+                        vf* dcl = dc.data() + (size_t)l * Hn;
+                        for (int q = 0; q < Hn; ++q) {
+                            const vf i = a[q], f = a[Hn + q], g = a[2 * Hn + q], o = a[3 * Hn + q];
+                            const vf d_c = dcl[q] + dhl[q] * o * (1.0f - tc[q] * tc[q]);
+                            a[q] = d_c * g * i * (1.0f - i);
+                            a[Hn + q] = d_c * c_prev[q] * f * (1.0f - f);
+                            a[2 * Hn + q] = d_c * i * (1.0f - g * g);
+                            a[3 * Hn + q] = dhl[q] * tc[q] * o * (1.0f - o);
+                            dcl[q] = d_c * f;
                         }
                         // d[input; h_prev] = W_l^T d_gates; layer 0's input gradient is not needed.
                         const int in = net.in(l), K = net.K(l);
                         const float* W = params + net.w(l);
                         gemv(W, K, 4 * H, a, d_in.data(), nullptr, l == 0 ? in : 0);
                         if (l > 0)
-                            for (int j = 0; j < H; ++j) dh[(size_t)(l - 1) * H + j] += d_in[j];
-                        std::copy(d_in.begin() + in, d_in.begin() + in + H, dhl);
+                            for (int q = 0; q < Hn; ++q) dh[(size_t)(l - 1) * Hn + q] += d_in[q];
+                        std::copy(d_in.begin() + in * NT, d_in.begin() + (in + H) * NT, dhl);
                     }
                 }
                 // Weight and bias gradients: one pass over the tile's T steps.
                 for (int l = 0; l < L; ++l) {
                     const int K = net.K(l);
-                    const vf* D = buf.data() + off_act[l];
-                    outer(D, 4 * H, buf.data() + off_in[l], K, T, 4 * H, K, Gv.data() + net.w(l));
+                    const vf* D = row(off_act[l]);
+                    outer(D, 4 * H, row(off_in[l]), K, T, 4 * H, K, Gv.data() + net.w(l));
                     vf* d_bias = Gv.data() + net.b(l);
                     for (int t = 0; t < T; ++t)
-                        for (int r = 0; r < 4 * H; ++r) d_bias[r] += D[(int64_t)t * 4 * H + r];
+                        for (int r = 0; r < 4 * H; ++r)
+                            for (int s = 0; s < NT; ++s) d_bias[r] += D[((int64_t)t * 4 * H + r) * NT + s];
                 }
             }
             float* G = partial.data() + block * P;
