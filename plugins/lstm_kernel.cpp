@@ -16,10 +16,12 @@
 //     block of tiles and the blocks in order, so the result does not depend
 //     on the number of threads.
 //
-// Parameters are one flat buffer: for each layer l with K_l = in_l + H inputs,
-// W_l (4H x K_l, torch's gate order i, f, g, o; the columns of weight_ih then
-// weight_hh), b_l (4H, bias_ih + bias_hh); then the head's w (H) and b (1).
-// The update is scale * (w . h_top + b).
+// The weights are given as torch's tensors, 4 L + 2 pointers: for each layer l with
+// in_l inputs weight_ih (4H x in_l, torch's gate order i, f, g, o), weight_hh (4H x H),
+// bias_ih, bias_hh (4H); then the head's w (H) and b (1).  The update is
+// scale * (w . h_top + b).  The gradient is one flat buffer: for each layer, with
+// K_l = in_l + H, W_l (4H x K_l: the columns of weight_ih then weight_hh) and b_l (4H,
+// the gradient of bias_ih and of bias_hh alike); then the head's w and b.
 
 #include <algorithm>
 #include <atomic>
@@ -144,6 +146,47 @@ constexpr float LOG2E = 1.44269504088896341f;
 // sigmoid(z) = 1 / (1 + 2^y) from y = -z log2(e): the gate weights are stored times
 // -log2(e), so their product gives y.
 inline vf sigmoid_of_exponent(vf y) { return reciprocal(1.0f + vexp2(y)); }
+
+// ln(x) for normal x > 0 (inf and NaN as they are): Cephes' logf, x = m 2^e with m in
+// [sqrt(1/2), sqrt(2)) and a polynomial in m - 1.
+inline vf vlog(vf x) {
+    const vi bits = (vi)x;
+    vi e = (bits >> 23) - 126;                    // x = m 2^e, m in [1/2, 1)
+    vf m = (vf)((bits & 0x007FFFFF) | 0x3F000000);
+    const vi small = m < 0.707106781186547524f;   // then m 2^e = (2m) 2^(e-1)
+    e = e + small;
+    m = m + (vf)((vi)m & small) - 1.0f;
+    const vf ef = __builtin_convertvector(e, vf);
+    const vf z = m * m;
+    vf y = splat(7.0376836292e-2f);
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    y = y + ef * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    const vf r = m + y + ef * 0.693359375f;
+    return x <= 3.40282347e38f ? r : x;
+}
+
+// The paper's log/sign preprocessing (Appendix A) of a tile of raw gradients g into
+// the two feature rows of x, as plugins/lstm/preprocess.py computes it: (log|g| / p,
+// sign g) where |g| >= threshold = e^-p, else (-1, g e^p).  pre = {p, threshold, e^p}.
+inline void log_sign(const vf* g, const float* pre, vf* x) {
+    for (int s = 0; s < NT; ++s) {
+        const vf magnitude = (vf)((vi)g[s] & 0x7FFFFFFF);
+        const auto big = magnitude >= pre[1];  // false for NaN: the small branch, as torch.where
+        const vf log_part = vlog(magnitude < 1e-30f ? splat(1e-30f) : magnitude) / pre[0];
+        const vf sign = g[s] > 0.0f ? splat(1.0f) : splat(-1.0f);
+        x[s] = big ? log_part : splat(-1.0f);
+        x[NT + s] = big ? sign : g[s] * pre[2];
+    }
+}
 
 // Rows of a tile are NT vectors: row r's lanes are in[r * NT .. r * NT + NT).
 
@@ -273,6 +316,15 @@ inline void scatter_stream(const vf* src, int rows, int64_t M, int64_t m0, int n
     }
 }
 
+// A tile of the LSTM's input features: gathered (pre null), or the log/sign features of
+// the raw gradients x (one row).
+inline void features(const float* x, int F, int64_t M, int64_t m0, int n, const float* pre, vf* dst) {
+    if (!pre) return gather(x, F, M, m0, n, dst);
+    vf g[NT];
+    gather(x, 1, M, m0, n, g);
+    log_sign(g, pre, dst);
+}
+
 // Ask for the lines of lanes m .. m+VL of `rows` rows, to read or to write: the rows
 // of a tile are H x M apart, too many streams for the hardware prefetchers to follow.
 inline void prefetch(const float* src, int rows, int64_t M, int64_t m) {
@@ -285,11 +337,26 @@ inline void prefetch_write(const float* dst, int rows, int64_t M, int64_t m) {
 
 struct Net {
     int L, H, F;
-    const float* params;
+    const float* const* weights;
     float scale;
     int in(int l) const { return l == 0 ? F : H; }
     int K(int l) const { return in(l) + H; }
-    // Offsets of W_l, b_l, the head.
+    const float* weight_ih(int l) const { return weights[4 * l]; }
+    const float* weight_hh(int l) const { return weights[4 * l + 1]; }
+    const float* head_w() const { return weights[4 * L]; }
+    float head_b() const { return weights[4 * L + 1][0]; }
+    // W_l (4H x K_l), the columns of weight_ih then weight_hh.
+    std::vector<float> W(int l) const {
+        const int R = 4 * H, n = in(l), k = K(l);
+        std::vector<float> out((size_t)R * k);
+        for (int r = 0; r < R; ++r) {
+            std::copy(weight_ih(l) + (size_t)r * n, weight_ih(l) + (size_t)(r + 1) * n, out.begin() + (size_t)r * k);
+            std::copy(weight_hh(l) + (size_t)r * H, weight_hh(l) + (size_t)(r + 1) * H,
+                      out.begin() + (size_t)r * k + n);
+        }
+        return out;
+    }
+    // Offsets in the gradient of W_l, b_l, the head.
     int64_t w(int l) const {
         int64_t at = 0;
         for (int k = 0; k < l; ++k) at += (int64_t)4 * H * K(k) + 4 * H;
@@ -306,13 +373,13 @@ struct Net {
 // plugins/lstm/cell.py computes it.
 std::vector<float> gate_weights(const Net& net, int l) {
     const int H = net.H, R = 4 * H, K = net.K(l);
-    const float* W = net.params + net.w(l);
-    const float* b = net.params + net.b(l);
+    const std::vector<float> W = net.W(l);
+    const float *b_ih = net.weights[4 * l + 2], *b_hh = net.weights[4 * l + 3];
     std::vector<float> out((size_t)(K + 1) * R);
     for (int r = 0; r < R; ++r) {
         const float factor = (r >= 2 * H && r < 3 * H ? -2.0f : -1.0f) * LOG2E;
         for (int k = 0; k < K; ++k) out[(size_t)k * R + r] = factor * W[(size_t)r * K + k];
-        out[(size_t)K * R + r] = factor * b[r];
+        out[(size_t)K * R + r] = factor * (b_ih[r] + b_hh[r]);
     }
     return out;
 }
@@ -364,21 +431,23 @@ void parallel(int threads, int64_t n, Fn fn) {
 
 extern "C" {
 
-int l2o_lstm_abi() { return 2; }
+int l2o_lstm_abi() { return 4; }
 
 // The instruction set this library was built for (avx512, avx2, generic).
 const char* l2o_lstm_isa() { return L2O_ISA; }
 
 // One step for all M coordinates: x (F x M) and, per layer, h_in[l], c_in[l] (H x M)
-// give h_out[l], c_out[l] and the update out (M).
-void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float scale, const float* x,
+// give h_out[l], c_out[l] and the update out (M).  With pre (p, e^-p, e^p) x is the raw
+// gradient (1 x M) and its F = 2 features are the log/sign preprocessing's.
+void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, float scale, const float* x,
+                   const float* pre,
                    const float* const* h_in, const float* const* c_in, float* const* h_out, float* const* c_out,
                    float* out, int threads) {
-    const Net net{L, H, F, params, scale};
+    const Net net{L, H, F, weights, scale};
     std::vector<std::vector<float>> WT;
     for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l));
-    const float* w_head = params + net.head();
-    const float b_head = w_head[H];
+    const float* w_head = net.head_w();
+    const float b_head = net.head_b();
     const int64_t tiles = (M + TL - 1) / TL;
     constexpr int64_t AHEAD = 32;             // lanes to prefetch ahead: two cache lines of each row
     constexpr int64_t LINE = 64 / sizeof(float);  // lanes per cache line
@@ -394,8 +463,8 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
             const int64_t ahead = m0 + AHEAD;
             const bool in_range = ahead < last * TL;
             const bool reads = in_range && m0 % LINE == 0, writes = in_range && !STREAMS && (m0 + TL) % LINE == 0;
-            if (reads) prefetch(x, F, M, ahead);
-            gather(x, F, M, m0, n, xin.data());
+            if (reads) prefetch(x, pre ? 1 : F, M, ahead);
+            features(x, F, M, m0, n, pre, xin.data());
             for (int l = 0; l < L; ++l) {
                 if (reads) prefetch(h_in[l], H, M, ahead), prefetch(c_in[l], H, M, ahead);
                 if (writes) prefetch_write(h_out[l], H, M, ahead - TL), prefetch_write(c_out[l], H, M, ahead - TL);
@@ -421,17 +490,18 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* params, float sc
 }
 
 // The meta-gradient of an unroll: x (T x F x M) are the LSTM inputs of steps
-// 0 .. T-1, h0[l], c0[l] (H x M) the state before step 0, d_out (T x M) the
-// gradient of the meta-loss with respect to each step's update.  Adds the
-// gradient with respect to the parameters into grad (the params' layout).
-void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float* params, float scale,
-                              const float* x, const float* const* h0, const float* const* c0, const float* d_out,
+// 0 .. T-1 (with pre as in l2o_lstm_step, the raw gradients, T x 1 x M), h0[l], c0[l]
+// (H x M) the state before step 0, d_out (T x M) the gradient of the meta-loss with
+// respect to each step's update.  Adds the gradient with respect to the parameters into
+// grad (the gradient's flat layout).
+void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float* const* weights, float scale,
+                              const float* x, const float* pre, const float* const* h0, const float* const* c0, const float* d_out,
                               float* grad, int threads) {
-    const Net net{L, H, F, params, scale};
+    const Net net{L, H, F, weights, scale};
     const int64_t P = net.size();
-    std::vector<std::vector<float>> WT;
-    for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l));
-    const float* w_head = params + net.head();
+    std::vector<std::vector<float>> WT, W;
+    for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l)), W.push_back(net.W(l));
+    const float* w_head = net.head_w();
     const int64_t tiles = (M + TL - 1) / TL;
     // Fixed blocks of tiles, summed in order: the same result for any thread count.
     const int64_t blocks = std::min<int64_t>(tiles, 64);
@@ -452,7 +522,7 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
 
     parallel(threads, blocks, [&](int, int) {
         const int Hn = H * NT;
-        // Gv: the block's gradient lane by lane (the params' layout, one vector per number).
+        // Gv: the block's gradient lane by lane (the flat layout, one vector per number).
         std::vector<vf> buf(per_tile * NT), dh((size_t)L * Hn), dc((size_t)L * Hn), d_in((std::max(F, H) + H) * NT),
             Gv(P);
         // row(offset): the tile buffer's row at that offset (in rows)
@@ -470,7 +540,7 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
                     gather(c0[l], H, M, m0, n, row(off_c[l]));
                 }
                 for (int t = 0; t < T; ++t) {
-                    gather(x + (int64_t)t * F * M, F, M, m0, n, row(off_in[0] + (int64_t)t * net.K(0)));
+                    features(x + (int64_t)t * (pre ? 1 : F) * M, F, M, m0, n, pre, row(off_in[0] + (int64_t)t * net.K(0)));
                     for (int l = 0; l < L; ++l) {
                         const int K = net.K(l);
                         vf* xin = row(off_in[l] + (int64_t)t * K);
@@ -514,8 +584,7 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
                         }
                         // d[input; h_prev] = W_l^T d_gates; layer 0's input gradient is not needed.
                         const int in = net.in(l), K = net.K(l);
-                        const float* W = params + net.w(l);
-                        gemv(W, K, 4 * H, a, d_in.data(), nullptr, l == 0 ? in : 0);
+                        gemv(W[l].data(), K, 4 * H, a, d_in.data(), nullptr, l == 0 ? in : 0);
                         if (l > 0)
                             for (int q = 0; q < Hn; ++q) dh[(size_t)(l - 1) * Hn + q] += d_in[q];
                         std::copy(d_in.begin() + in * NT, d_in.begin() + (in + H) * NT, dhl);

@@ -38,6 +38,7 @@ import ctypes
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -56,7 +57,7 @@ FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 #: tried in turn: with OpenMP (threads shared with torch's pool), then with std::thread
 #: for compilers without it (Apple's clang)
 VARIANTS = (("-fopenmp",), ())
-ABI = 2
+ABI = 4
 #: ``-march`` values the ISA benchmark tries on x86-64: AVX-512, AVX2 with FMA, SSE2 only
 X86_MARCHES = ("x86-64-v4", "x86-64-v3", "x86-64")
 #: the self-check's workload: the paper's MNIST optimizee (784-20-10 MLP), an unroll of 10 steps
@@ -186,9 +187,9 @@ def _open(path: Path) -> ctypes.CDLL:
     if lib.l2o_lstm_abi() != ABI:
         raise OSError("the cached library is of another version")
     i, i64, f, fp, vp = ctypes.c_int, ctypes.c_int64, ctypes.c_float, _float_p, _ptrs
-    lib.l2o_lstm_step.argtypes = [i, i, i, i64, fp, f, fp, vp, vp, vp, vp, fp, i]
+    lib.l2o_lstm_step.argtypes = [i, i, i, i64, vp, f, fp, fp, vp, vp, vp, vp, fp, i]
     lib.l2o_lstm_step.restype = None
-    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, fp, f, fp, vp, vp, fp, fp, i]
+    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, vp, f, fp, fp, vp, vp, fp, fp, i]
     lib.l2o_lstm_unroll_backward.restype = None
     lib.l2o_lstm_isa.restype = ctypes.c_char_p
     return lib
@@ -344,38 +345,86 @@ def _array(tensors: Sequence[Tensor]):
     return ctypes.cast((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), _ptrs)
 
 
+def weights_of(flat: Tensor, layers: int, hidden: int, features: int) -> list[Tensor]:
+    """The kernel's weights (torch's tensors, as lstm_kernel.cpp takes them: each layer's
+    ``weight_ih, weight_hh, bias_ih, bias_hh``, the head's ``w, b``) from the flat layout
+    of its gradient (each layer's ``[weight_ih | weight_hh]`` and one bias, the head's):
+    the bias as ``bias_ih`` and a zero ``bias_hh``."""
+    out, at = [], 0
+    for layer in range(layers):
+        n_in = features if layer == 0 else hidden
+        w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
+        at += w.numel()
+        bias = flat[at:at + 4 * hidden]
+        at += 4 * hidden
+        out += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), bias, torch.zeros_like(bias)]
+    if flat.numel() != at + hidden + 1:
+        raise ValueError(f"flat meta-parameters of {flat.numel()} numbers for a network of {at + hidden + 1}")
+    return out + [flat[at:at + hidden], flat[at + hidden:]]
+
+
+def _weights(params: Tensor | Sequence[Tensor], layers: int, hidden: int, features: int) -> list[Tensor]:
+    if isinstance(params, Tensor):
+        params = weights_of(params, layers, hidden, features)
+    if len(params) != 4 * layers + 2:
+        raise ValueError(f"{len(params)} weight tensors for {layers} layers; the kernel takes 4 a layer and 2")
+    return list(params)
+
+
 def _check(*tensors: Tensor) -> None:
     for t in tensors:
         if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
             raise ValueError("the fused LSTM kernel takes contiguous float32 CPU tensors")
 
 
-def step(params: Tensor, scale: float, x: Tensor, h: Sequence[Tensor], c: Sequence[Tensor], hidden: int, *,
-         lib: ctypes.CDLL | None = None):
-    """One step for ``M`` coordinates: features ``x (F, M)``, per layer ``h, c (hidden, M)``
-    -> (update ``(M,)``, new ``h`` list, new ``c`` list).  ``params`` as in lstm_kernel.cpp;
-    ``lib`` a library from :func:`build` other than :func:`library`'s (tests of each ISA)."""
+def _log_sign(p: float | None):
+    """The kernel's ``pre`` argument: ``(p, e^-p, e^p)`` as float32, as torch rounds the
+    Python floats of :func:`~l2obench.plugins.lstm.preprocess.log_sign`, or null."""
+    if p is None:
+        return None
+    return (ctypes.c_float * 3)(p, math.exp(-p), math.exp(p))
+
+
+def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence[Tensor], c: Sequence[Tensor],
+         hidden: int, *, lib: ctypes.CDLL | None = None, log_sign_p: float | None = None):
+    """One step for ``M`` coordinates: features ``x (F, M)`` or, with ``log_sign_p``, the raw
+    gradients ``x (1, M)`` whose two features the kernel computes (the paper's log/sign
+    preprocessing with that ``p``); per layer ``h, c (hidden, M)`` -> (update ``(M,)``, new
+    ``h`` list, new ``c`` list).  ``params``: the network's weights as lstm_kernel.cpp takes
+    them (:func:`~l2obench.plugins.lstm.backend.kernel_weights`), or the flat layout of the
+    gradient (:func:`weights_of`); ``lib`` a library from :func:`build` other than
+    :func:`library`'s (tests of each ISA)."""
     lib = lib or library()
     layers, (features, m) = len(h), x.shape
-    _check(params, x, *h, *c)
+    if log_sign_p is not None:
+        features = 2
+    weights = _weights(params, layers, hidden, features)
+    _check(*weights, x, *h, *c)
     h_new = [torch.empty_like(t) for t in h]
     c_new = [torch.empty_like(t) for t in c]
     out = x.new_empty(m)
-    lib.l2o_lstm_step(layers, hidden, features, m, _fp(params), scale, _fp(x), _array(h), _array(c),
-                      _array(h_new), _array(c_new), _fp(out), torch.get_num_threads())
+    lib.l2o_lstm_step(layers, hidden, features, m, _array(weights), scale, _fp(x), _log_sign(log_sign_p), _array(h),
+                      _array(c), _array(h_new), _array(c_new), _fp(out), torch.get_num_threads())
     return out, h_new, c_new
 
 
-def unroll_backward(params: Tensor, scale: float, x: Tensor, h0: Sequence[Tensor], c0: Sequence[Tensor],
-                    d_out: Tensor, hidden: int, *, lib: ctypes.CDLL | None = None) -> Tensor:
-    """The gradient with respect to ``params`` of ``sum_t <d_out[t], update_t>`` over an unroll
-    whose LSTM inputs are ``x (T, F, M)`` (constants) from the state ``h0, c0``."""
+def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h0: Sequence[Tensor],
+                    c0: Sequence[Tensor], d_out: Tensor, hidden: int, *, lib: ctypes.CDLL | None = None,
+                    log_sign_p: float | None = None) -> Tensor:
+    """The gradient, in the flat layout, of ``sum_t <d_out[t], update_t>`` over an unroll
+    whose LSTM inputs are ``x (T, F, M)`` (constants; with ``log_sign_p`` the raw gradients
+    ``(T, 1, M)``, as in :func:`step`) from the state ``h0, c0``; ``params`` as in :func:`step`."""
     lib = lib or library()
     steps, features, m = x.shape
-    _check(params, x, d_out, *h0, *c0)
-    grad = torch.zeros_like(params)
-    lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, _fp(params), scale, _fp(x), _array(h0),
-                                 _array(c0), _fp(d_out), _fp(grad), torch.get_num_threads())
+    if log_sign_p is not None:
+        features = 2
+    weights = _weights(params, len(h0), hidden, features)
+    _check(*weights, x, d_out, *h0, *c0)
+    size = sum(w.numel() for w in weights) - sum(weights[4 * k + 3].numel() for k in range(len(h0)))
+    grad = x.new_zeros(size)
+    lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, _array(weights), scale, _fp(x),
+                                 _log_sign(log_sign_p), _array(h0), _array(c0), _fp(d_out), _fp(grad),
+                                 torch.get_num_threads())
     return grad
 
 

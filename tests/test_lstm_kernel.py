@@ -7,6 +7,7 @@ otherwise, so they do not depend on this machine's self-check."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -90,6 +91,39 @@ def test_step_on_many_coordinates_matches_the_torch_network(m):
             torch.testing.assert_close(got_h[k], want[f"h{k}"], rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(got_c[k], want[f"c{k}"], rtol=1e-5, atol=1e-6)
         del got_update, got_h, got_c
+
+
+#: raw gradients over the magnitudes the log/sign preprocessing tells apart: below, at and
+#: above e^-p, zero, huge, infinite and NaN
+raw_gradients = st.lists(st.one_of(
+    st.tuples(st.sampled_from([-1.0, 1.0]), st.floats(-45, 30)).map(lambda t: t[0] * 10.0 ** t[1]),
+    st.sampled_from([0.0, -0.0, math.exp(-10.0), -math.exp(-10.0), float("inf"), -float("inf"), float("nan")])),
+    min_size=1, max_size=40)
+
+
+@settings(max_examples=30, deadline=None)
+@given(raw_gradients, st.sampled_from([10.0, 5.0, 30.0]), st.integers(1, 2))
+def test_the_kernels_log_sign_preprocessing_is_the_torch_preprocessors(values, p, steps):
+    """The step and the unroll's backward given raw gradients compute the log/sign features
+    themselves: the same updates and meta-gradient as given the torch preprocessor's features."""
+    net = get_registry().learned("lstm", p=p).networks["default"]
+    g = torch.tensor([values] * steps, dtype=torch.float32).view(steps, 1, -1)
+    m = g.shape[-1]
+    x = torch.stack([net.preprocessor.apply(g[t, 0], {})[0] for t in range(steps)])  # (T, 2, M)
+    h = [torch.rand(20, m) - 0.5 for _ in range(2)]
+    c = [torch.rand(20, m) - 0.5 for _ in range(2)]
+    params = backend.kernel_parameters(net)
+    want = lstm_kernel.step(params, net.head.scale, x[0], h, c, 20)
+    got = lstm_kernel.step(params, net.head.scale, g[0], h, c, 20, log_sign_p=p)
+    for a, b in zip([got[0], *got[1], *got[2]], [want[0], *want[1], *want[2]]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+    # the meta-gradient where every gradient is finite (an infinite one has no derivative)
+    g = torch.where(torch.isfinite(g), g, 1.0)
+    x = torch.stack([net.preprocessor.apply(g[t, 0], {})[0] for t in range(steps)])
+    d_out = torch.randn(steps, m)
+    flat_want = lstm_kernel.unroll_backward(params, net.head.scale, x, h, c, d_out, 20)
+    flat_got = lstm_kernel.unroll_backward(params, net.head.scale, g, h, c, d_out, 20, log_sign_p=p)
+    torch.testing.assert_close(flat_got, flat_want, rtol=1e-4, atol=1e-5 * max(1.0, flat_want.abs().max().item()))
 
 
 @settings(max_examples=20, deadline=None)
@@ -242,7 +276,7 @@ def test_evaluation_with_and_without_the_kernel(monkeypatch, name):
     grads = [torch.randn(params.shape, generator=torch.Generator().manual_seed(k)) for k in range(6)]
     runs, calls = [], []
     real_step = lstm_kernel.step
-    monkeypatch.setattr(lstm_kernel, "step", lambda *args: calls.append(1) or real_step(*args))
+    monkeypatch.setattr(lstm_kernel, "step", lambda *args, **kw: calls.append(1) or real_step(*args, **kw))
     for native in ("1", "0"):
         monkeypatch.setenv("L2OBENCH_NATIVE", native)
         opt = lopt.opt_fn()
@@ -464,6 +498,19 @@ def test_every_instruction_set_gives_the_torch_networks_step_and_meta_gradient(i
                                        lib=isa_library)
     for a, b in zip(backend.kernel_gradients(net, flat), want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+    if features == 2:  # the log/sign preprocessing of raw gradients, in the kernel
+        raw = torch.randn(steps, 1, m, generator=g) * 10.0 ** torch.randint(-8, 2, (steps, 1, m), generator=g)
+        pre = net.preprocessor
+        feats = torch.stack([pre.apply(raw[t, 0], {})[0] for t in range(steps)])
+        params = backend.kernel_parameters(net)
+        fused = lstm_kernel.step(params, net.head.scale, raw[0], h, c, hidden, lib=isa_library,
+                                 log_sign_p=pre.log_sign_p)[0]
+        given = lstm_kernel.step(params, net.head.scale, feats[0], h, c, hidden, lib=isa_library)[0]
+        torch.testing.assert_close(fused, given, rtol=1e-5, atol=1e-6)
+        fused = lstm_kernel.unroll_backward(params, net.head.scale, raw, h, c, d_out, hidden, lib=isa_library,
+                                            log_sign_p=pre.log_sign_p)
+        given = lstm_kernel.unroll_backward(params, net.head.scale, feats, h, c, d_out, hidden, lib=isa_library)
+        torch.testing.assert_close(fused, given, rtol=1e-4, atol=1e-5 * max(1.0, given.abs().max().item()))
 
 
 def test_a_march_this_cpu_cannot_run_is_refused_with_a_warning(monkeypatch):
@@ -561,3 +608,4 @@ def test_the_lstm_is_placed_on_the_device_of_its_tensors():
                 update, state = opt.update(g, opt.init(g), None)
             assert update.device.type == "meta" and update.shape == (2, 5)
             assert {v.device.type for v in state.values()} == {"meta"}
+

@@ -113,15 +113,30 @@ def _states(net: LSTMNetwork, state: State, m: int) -> tuple[list[Tensor], list[
 # -- steps and replays on the kernel ---------------------------------------------------
 
 
-def step(net: LSTMNetwork, x: Tensor, state: State) -> tuple[Tensor, State]:
+def fuses_preprocessing(net: LSTMNetwork) -> bool:
+    """Whether the kernel computes ``net``'s input features from the raw gradients itself
+    (the paper's log/sign preprocessing, straight into the LSTM: no input layer)."""
+    return net.preprocessor.log_sign_p is not None and net.encoder is None
+
+
+def _detached(net: LSTMNetwork) -> list[Tensor]:
+    return [w.detach() for w in kernel_weights(net)]
+
+
+def step(net: LSTMNetwork, x: Tensor, state: State, *, raw: bool = False) -> tuple[Tensor, State]:
     """``net``'s LSTM and head on the features ``x (F, ...)``: the update and the new LSTM
-    state, as ``net.head(net.lstm(x, state))`` gives them (:func:`steps_on_kernel`)."""
+    state, as ``net.head(net.lstm(x, state))`` gives them (:func:`steps_on_kernel`).  With
+    ``raw``, ``x`` is the raw gradients ``(...)`` and the kernel preprocesses them
+    (:func:`fuses_preprocessing`)."""
+    if raw:
+        x = x.unsqueeze(0)
     shape, hidden = x.shape[1:], net.lstm.hidden
     m = shape.numel()
     h, c = _states(net, state, m)
     linear = net.head.squash == "linear"  # else the kernel gives w . h + b, squashed here as Head does
-    out, h, c = lstm_kernel.step(kernel_parameters(net), net.head.scale if linear else 1.0,
-                                 x.reshape(x.shape[0], m).contiguous(), h, c, hidden)
+    out, h, c = lstm_kernel.step(_detached(net), net.head.scale if linear else 1.0,
+                                 x.reshape(x.shape[0], m).contiguous(), h, c, hidden,
+                                 log_sign_p=net.preprocessor.log_sign_p if raw else None)
     if not linear:
         out = torch.tanh(out).mul_(net.head.scale)
     new = {}
@@ -134,19 +149,22 @@ def replay(net: LSTMNetwork, grads: Tensor, state: State, updates: Tensor) -> Te
     """``updates (T, ...)``, made from ``state`` fed ``grads (T, ...)``, as a function of the
     meta-parameters whose backward is one kernel call for the whole unroll (:func:`replays_on_kernel`)."""
     steps, m = grads.shape[0], grads[0].numel()
-    x = net.preprocessor.apply(grads, {})[0]  # (F, T, ...): stateless, so every step at once
-    x = x.reshape(x.shape[0], steps, m).transpose(0, 1).contiguous()
+    if fuses_preprocessing(net):
+        x = grads.reshape(steps, 1, m).contiguous()  # the kernel computes the features
+    else:
+        x = net.preprocessor.apply(grads, {})[0]  # (F, T, ...): stateless, so every step at once
+        x = x.reshape(x.shape[0], steps, m).transpose(0, 1).contiguous()
     h0, c0 = _states(net, state, m)
-    return _Replay.apply(_Unrolled(net, kernel_parameters(net), x, h0, c0, updates.detach()), *kernel_weights(net))
+    return _Replay.apply(_Unrolled(net, x, h0, c0, updates.detach()), *kernel_weights(net))
 
 
 @dataclass
 class _Unrolled:
-    """What the kernel's backward of one unroll needs: the network, its flat meta-parameters,
-    the LSTM inputs ``x (T, F, M)``, the state before the unroll, and the updates made."""
+    """What the kernel's backward of one unroll needs: the network, the LSTM inputs
+    ``x (T, F, M)`` (the raw gradients ``(T, 1, M)`` where :func:`fuses_preprocessing`), the
+    state before the unroll, and the updates made."""
 
     net: LSTMNetwork
-    params: Tensor
     x: Tensor
     h0: list
     c0: list
@@ -160,6 +178,7 @@ class _Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx, unrolled: _Unrolled, *weights):
         ctx.unrolled = unrolled
+        ctx.save_for_backward(*weights)  # a weight changed in place before the backward is an error
         return unrolled.updates
 
     @staticmethod
@@ -168,7 +187,9 @@ class _Replay(torch.autograd.Function):
         u = ctx.unrolled
         net, hidden = u.net, u.net.lstm.hidden
         d_out = d_updates.reshape(u.x.shape[0], -1).contiguous()
-        flat = lstm_kernel.unroll_backward(u.params, net.head.scale, u.x, u.h0, u.c0, d_out, hidden)
+        pre = net.preprocessor.log_sign_p if fuses_preprocessing(net) else None
+        weights = [w.detach() for w in ctx.saved_tensors]
+        flat = lstm_kernel.unroll_backward(weights, net.head.scale, u.x, u.h0, u.c0, d_out, hidden, log_sign_p=pre)
         del ctx.unrolled
         return (None, *kernel_gradients(net, flat))
 

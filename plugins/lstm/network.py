@@ -100,6 +100,8 @@ class LSTMNetwork(nn.Module):
 
     def step(self, grads: Tensor, state: State) -> tuple[Tensor, State]:
         """One update per coordinate of ``grads (S, D)`` and the next state."""
+        if backend.fuses_preprocessing(self) and backend.steps_on_kernel(self, grads):
+            return backend.step(self, grads, state, raw=True)  # a stateless preprocessor: no "pre." state
         x, pre = self.preprocessor.apply(grads, unprefixed("pre.", state))
         if self.encoder is not None:
             x = self.encoder(x)

@@ -21,12 +21,15 @@ from l2obench.api import ConfigError, State, step_count
 class Preprocessor:
     """Gradients ``(S, D)`` to LSTM input features ``(features, S, D)``, with optional
     state (``init(grads_like) -> state``, ``apply(grads, state) -> (features, state)``).
-    A ``stateful`` preprocessor's features depend on earlier gradients too."""
+    A ``stateful`` preprocessor's features depend on earlier gradients too.  ``log_sign_p``
+    is set where the features are :func:`log_sign`'s, which the fused kernel computes from
+    the raw gradients itself."""
 
     features: int
     apply: Callable[[Tensor, State], "tuple[Tensor, State]"]
     init: Callable[[Tensor], State] = lambda params: {}
     stateful: bool = False
+    log_sign_p: float | None = None
 
 
 def identity() -> Preprocessor:
@@ -45,7 +48,7 @@ def log_sign(p: float = 10.0) -> Preprocessor:
         sign_part = torch.where(big, g.sign(), g * scale)
         return torch.stack([log_part, sign_part]), state
 
-    return Preprocessor(2, apply)
+    return Preprocessor(2, apply, log_sign_p=p)
 
 
 def adam_normalised(beta1: float = 0.95, beta2: float = 0.95, eps: float = 1e-8) -> Preprocessor:
