@@ -200,6 +200,7 @@ inline void gemv_block(const float* A, int n_out, int o0, int n_red, const vf* i
     for (int b = 0; b < B; ++b)
 #pragma GCC unroll 4
         for (int s = 0; s < NT; ++s) acc[b][s] = splat(bias ? bias[o0 + b] : 0.0f);
+#pragma GCC unroll 2
     for (int j = 0; j < n_red; ++j) {
         vf x[NT];
 #pragma GCC unroll 4
