@@ -1,0 +1,101 @@
+"""Where meta-training's time goes: the paper's MNIST workload as `l2obench bench metatrain`
+runs it, with the fused kernel's two entry points and the optimizee's loss and gradient
+timed around their calls; per optimizee step, over the timed episodes and the warm-up.
+
+    L2OBENCH_DATA_DIR=<data dir> python results/metatrain_parts.py [--episodes 3] [--rounds 3]
+
+Prints one line per round and the medians, in milliseconds per optimizee step: the kernel's
+step (all coordinates), its unroll backward (one call per unroll of 20 steps, divided by
+20), the optimizee's loss and gradient (autograd through the 784-20-10 MLP), and the rest
+(Python, the unroll's bookkeeping, Adam on the meta-parameters), with steps per second.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import time
+
+from l2obench import bench
+from l2obench import unroll as unroll_module
+from l2obench.plugins import lstm_kernel
+
+ENTRY_POINTS = {"l2o_lstm_step": "kernel step", "l2o_lstm_unroll_backward": "kernel unroll backward"}
+
+
+class _Timed:
+    """A loaded kernel whose entry points add their wall time to ``spent``."""
+
+    def __init__(self, lib, spent):
+        self._lib, self._spent = lib, spent
+
+    def __getattr__(self, name):
+        function = getattr(self._lib, name)
+        if name not in ENTRY_POINTS:
+            return function
+
+        def timed(*args):
+            start = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                self._spent[ENTRY_POINTS[name]] += time.perf_counter() - start
+        return timed
+
+
+def one_round(episodes: int, horizon: int = bench.HORIZON, unroll: int = bench.UNROLL) -> dict:
+    lstm_kernel.backend()  # a self-check, if this build has none yet, before anything is timed
+    spent: collections.Counter = collections.Counter()
+    calls = collections.Counter()
+    library, loss_and_grad = lstm_kernel.library, unroll_module.loss_and_grad
+
+    def timed_loss_and_grad(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return loss_and_grad(*args, **kwargs)
+        finally:
+            spent["loss and gradient"] += time.perf_counter() - start
+            calls["steps"] += 1
+
+    lstm_kernel.library = lambda: None if library() is None else _Timed(library(), spent)
+    unroll_module.loss_and_grad = timed_loss_and_grad
+    start = time.perf_counter()
+    try:
+        result = bench.metatrain_throughput(episodes, horizon=horizon, unroll=unroll)
+    finally:
+        lstm_kernel.library, unroll_module.loss_and_grad = library, loss_and_grad
+    total = time.perf_counter() - start
+    steps = calls["steps"]
+    if result["lstm_backend"] != "kernel":
+        raise SystemExit(f"the LSTM ran on torch ops ({result['lstm_backend_reason']}); set L2OBENCH_NATIVE=1")
+    # the parts are averaged over every step (the warm-up episode's too), the total over the
+    # timed episodes: the rest is the difference
+    per_step = {k: 1e3 * v / steps for k, v in spent.items()}
+    timed_ms = 1e3 / result["steps_per_s"]
+    per_step["rest"] = timed_ms - sum(per_step.values())
+    return {"steps_per_s": result["steps_per_s"], "ms_per_step": timed_ms, **per_step,
+            "kernel_isa": result.get("kernel_isa"), "total_s": total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--episodes", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--horizon", type=int, default=bench.HORIZON, help="episode length (the paper's 100)")
+    ap.add_argument("--unroll", type=int, default=bench.UNROLL, help="truncation (the paper's 20)")
+    args = ap.parse_args()
+    rows = []
+    for k in range(args.rounds):
+        row = one_round(args.episodes, args.horizon, args.unroll)
+        rows.append(row)
+        print(f"round {k + 1}: " + ", ".join(f"{key} {value:.2f}" for key, value in row.items()
+                                             if isinstance(value, float) and key != "total_s"))
+    keys = [k for k in rows[0] if isinstance(rows[0][k], float) and k != "total_s"]
+    print(json.dumps({"median": {k: round(statistics.median(r[k] for r in rows), 3) for k in keys},
+                      "kernel_isa": rows[0]["kernel_isa"], "episodes": args.episodes, "rounds": args.rounds,
+                      "machine": bench.machine()}))
+
+
+if __name__ == "__main__":
+    main()
