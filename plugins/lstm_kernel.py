@@ -345,22 +345,32 @@ def _array(tensors: Sequence[Tensor]):
     return ctypes.cast((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), _ptrs)
 
 
-def weights_of(flat: Tensor, layers: int, hidden: int, features: int) -> list[Tensor]:
-    """The kernel's weights (torch's tensors, as lstm_kernel.cpp takes them: each layer's
-    ``weight_ih, weight_hh, bias_ih, bias_hh``, the head's ``w, b``) from the flat layout
-    of its gradient (each layer's ``[weight_ih | weight_hh]`` and one bias, the head's):
-    the bias as ``bias_ih`` and a zero ``bias_hh``."""
+def split_flat(flat: Tensor, layers: int, hidden: int, features: int) -> list[Tensor]:
+    """The kernel's flat layout (its gradient's: each layer's ``[weight_ih | weight_hh]`` and one
+    bias, then the head's ``w, b``) as ``weight_ih, weight_hh, bias`` per layer (copies of the
+    two weights, a view of the bias) and the head's ``w, b`` (views)."""
     out, at = [], 0
     for layer in range(layers):
         n_in = features if layer == 0 else hidden
         w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
         at += w.numel()
-        bias = flat[at:at + 4 * hidden]
+        out += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), flat[at:at + 4 * hidden]]
         at += 4 * hidden
-        out += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), bias, torch.zeros_like(bias)]
     if flat.numel() != at + hidden + 1:
-        raise ValueError(f"flat meta-parameters of {flat.numel()} numbers for a network of {at + hidden + 1}")
+        raise ValueError(f"a flat layout of {flat.numel()} numbers for a network of {at + hidden + 1}")
     return out + [flat[at:at + hidden], flat[at + hidden:]]
+
+
+def weights_of(flat: Tensor, layers: int, hidden: int, features: int) -> list[Tensor]:
+    """The kernel's weights (torch's tensors, as lstm_kernel.cpp takes them: each layer's
+    ``weight_ih, weight_hh, bias_ih, bias_hh``, the head's ``w, b``) from the flat layout
+    (:func:`split_flat`): the bias as ``bias_ih`` and a zero ``bias_hh``."""
+    parts = split_flat(flat, layers, hidden, features)
+    out = []
+    for layer in range(layers):
+        w_ih, w_hh, bias = parts[3 * layer:3 * layer + 3]
+        out += [w_ih, w_hh, bias, torch.zeros_like(bias)]
+    return out + parts[-2:]
 
 
 def _weights(params: Tensor | Sequence[Tensor], layers: int, hidden: int, features: int) -> list[Tensor]:

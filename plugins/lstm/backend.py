@@ -91,17 +91,13 @@ def kernel_weights(net: LSTMNetwork) -> list[Tensor]:
 def kernel_gradients(net: LSTMNetwork, flat: Tensor) -> list[Tensor]:
     """A gradient in the kernel's flat layout, split to match :func:`kernel_weights`
     (both biases of a layer get the gradient of their sum)."""
-    hidden, grads, at = net.lstm.hidden, [], 0
-    for cell in net.lstm.cells:
-        n_in = cell.weight_ih.shape[1]
-        w = flat[at:at + 4 * hidden * (n_in + hidden)].view(4 * hidden, n_in + hidden)
-        at += w.numel()
-        bias = flat[at:at + 4 * hidden]
-        at += 4 * hidden
-        grads += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), bias, bias.clone()]
-    if flat.numel() != at + hidden + 1:
-        raise ValueError(f"a kernel gradient of {flat.numel()} numbers for a network of {at + hidden + 1}")
-    return grads + [flat[at:at + hidden].view(1, hidden), flat[at + hidden:]]
+    hidden, layers = net.lstm.hidden, len(net.lstm.cells)
+    parts = lstm_kernel.split_flat(flat, layers, hidden, net.lstm.cells[0].weight_ih.shape[1])
+    grads = []
+    for layer in range(layers):
+        w_ih, w_hh, bias = parts[3 * layer:3 * layer + 3]
+        grads += [w_ih, w_hh, bias, bias.clone()]
+    return grads + [parts[-2].view(1, hidden), parts[-1]]
 
 
 def _states(net: LSTMNetwork, state: State, m: int) -> tuple[list[Tensor], list[Tensor]]:
