@@ -4,8 +4,8 @@
 // reference it is tested against (tests/test_lstm_kernel.py).
 //
 // Tensors are feature-major, (features, M) for M coordinates, as in plugins/lstm/cell.py.
-// Coordinates are processed in tiles of VL (one vector register of floats);
-// everything one tile needs stays in cache.  Two entry points:
+// Coordinates are processed in tiles of TL = VL x NT lanes (NT vector registers of
+// floats, by instruction set below); everything one tile needs stays in cache.  Two entry points:
 //
 //   l2o_lstm_step: one optimizer step for every coordinate (no graph).
 //   l2o_lstm_unroll_backward: the meta-gradient of an unroll of T steps with
@@ -60,6 +60,7 @@ constexpr int TL = VL * NT;
 
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+typedef uint32_t vu __attribute__((vector_size(VL * sizeof(uint32_t))));
 
 // Stores of whole tiles at their boundaries that do not first read the lines they
 // overwrite into the cache, where a tile is a whole cache line (a smaller tile would
@@ -106,7 +107,7 @@ inline vf splat(float x) {
 #endif
 }
 
-// 2^x for x in [-125, 127] (clamped; NaN stays NaN): x = k + f with k an integer and
+// 2^x for x in [-125, 127] (clamped; NaN stays NaN, payload and all): x = k + f with k an integer and
 // |f| <= 1/2, 2^f a degree-6 polynomial (within 2 ulp in float32), 2^k added to its
 // exponent.  Adding 1.5 * 2^23 rounds x to k and leaves k in the low bits of the sum.
 // No multiplication but the polynomial's: the ln 2 of exp is folded into the gate weights.
@@ -122,21 +123,22 @@ inline vf vexp2(vf x) {
     p = p * f + 2.4022646248340607e-1f;
     p = p * f + 6.931471824645996e-1f;
     p = p * f + 1.0f;
-    return (vf)((vi)p + ((vi)n << 23));
+    const vf r = (vf)((vu)p + ((vu)n << 23));
+    return x == x ? r : x;
 }
 
 // 1 / d: the hardware's estimate refined by one Newton step (within an ulp or two of the
-// quotient) where there is one, else the division.  d >= 1 here; 1 / d of a d above 2^126
-// (an exponential past the clamp's range) is 0 or below, as the division's rounding gives.
+// quotient) where there is one, else the division.  d >= 1 here; for d above 2^126 (an
+// exponential near the clamp's top) the quotient is below 1.2e-38 and this gives 0.
 inline vf reciprocal(vf d) {
 #if defined(__AVX512F__)
     const vf y = (vf)_mm512_rcp14_ps((__m512)d);
-#elif defined(__AVX2__)
+#elif defined(__AVX2__) && defined(__FMA__)
     const vf y = (vf)_mm256_rcp_ps((__m256)d);
 #else
     return 1.0f / d;
 #endif
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
     return y + y * (1.0f - d * y);
 #endif
 }
@@ -326,7 +328,7 @@ inline void features(const float* x, int F, int64_t M, int64_t m0, int n, const 
     log_sign(g, pre, dst);
 }
 
-// Ask for the lines of lanes m .. m+VL of `rows` rows, to read or to write: the rows
+// Ask for the lines of lanes m .. m+TL of `rows` rows, to read or to write: the rows
 // of a tile are H x M apart, too many streams for the hardware prefetchers to follow.
 inline void prefetch(const float* src, int rows, int64_t M, int64_t m) {
     for (int r = 0; r < rows; ++r) __builtin_prefetch(src + (int64_t)r * M + m, 0, 3);

@@ -374,11 +374,30 @@ def weights_of(flat: Tensor, layers: int, hidden: int, features: int) -> list[Te
 
 
 def _weights(params: Tensor | Sequence[Tensor], layers: int, hidden: int, features: int) -> list[Tensor]:
+    """The kernel's weights, each of the size lstm_kernel.cpp reads for this shape (the
+    kernel trusts them: a wrong size would read past a tensor's end)."""
     if isinstance(params, Tensor):
         params = weights_of(params, layers, hidden, features)
     if len(params) != 4 * layers + 2:
         raise ValueError(f"{len(params)} weight tensors for {layers} layers; the kernel takes 4 a layer and 2")
+    sizes = [n for layer in range(layers)
+             for n in (4 * hidden * (features if layer == 0 else hidden), 4 * hidden * hidden, 4 * hidden, 4 * hidden)]
+    for k, (w, size) in enumerate(zip(params, [*sizes, hidden, 1])):
+        if w.numel() != size:
+            raise ValueError(f"weight {k} has {w.numel()} numbers; a network of {layers} layers of {hidden} units "
+                             f"on {features} features has {size} there")
     return list(params)
+
+
+def _raw(x: Tensor) -> None:
+    if x.shape[-2] != 1:
+        raise ValueError(f"with log_sign_p the kernel takes the raw gradients, one row; got {x.shape[-2]} rows")
+
+
+def _states_shaped(h: Sequence[Tensor], c: Sequence[Tensor], layers: int, hidden: int, m: int) -> None:
+    if len(c) != layers or any(tuple(t.shape) != (hidden, m) for t in (*h, *c)):
+        raise ValueError(f"the states must be {layers} h and {layers} c of shape {(hidden, m)}; got "
+                         f"{[tuple(t.shape) for t in h]} and {[tuple(t.shape) for t in c]}")
 
 
 def _check(*tensors: Tensor) -> None:
@@ -407,9 +426,11 @@ def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence
     lib = lib or library()
     layers, (features, m) = len(h), x.shape
     if log_sign_p is not None:
+        _raw(x)
         features = 2
     weights = _weights(params, layers, hidden, features)
     _check(*weights, x, *h, *c)
+    _states_shaped(h, c, layers, hidden, m)
     h_new = [torch.empty_like(t) for t in h]
     c_new = [torch.empty_like(t) for t in c]
     out = x.new_empty(m)
@@ -427,9 +448,13 @@ def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, 
     lib = lib or library()
     steps, features, m = x.shape
     if log_sign_p is not None:
+        _raw(x)
         features = 2
     weights = _weights(params, len(h0), hidden, features)
     _check(*weights, x, d_out, *h0, *c0)
+    _states_shaped(h0, c0, len(h0), hidden, m)
+    if tuple(d_out.shape) != (steps, m):
+        raise ValueError(f"d_out is {tuple(d_out.shape)}; the unroll has {steps} steps of {m} coordinates")
     size = sum(w.numel() for w in weights) - sum(weights[4 * k + 3].numel() for k in range(len(h0)))
     grad = x.new_zeros(size)
     lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, _array(weights), scale, _fp(x),

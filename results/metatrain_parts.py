@@ -1,6 +1,7 @@
 """Where meta-training's time goes: the paper's MNIST workload as `l2obench bench metatrain`
 runs it, with the fused kernel's two entry points and the optimizee's loss and gradient
-timed around their calls; per optimizee step, over the timed episodes and the warm-up.
+timed around their calls; per optimizee step of the timed episodes (the warm-up episode's
+calls are not counted).
 
     L2OBENCH_DATA_DIR=<data dir> python results/metatrain_parts.py [--episodes 3] [--rounds 3]
 
@@ -25,10 +26,10 @@ ENTRY_POINTS = {"l2o_lstm_step": "kernel step", "l2o_lstm_unroll_backward": "ker
 
 
 class _Timed:
-    """A loaded kernel whose entry points add their wall time to ``spent``."""
+    """A loaded kernel whose entry points add their wall time to ``spent`` once ``counting()``."""
 
-    def __init__(self, lib, spent):
-        self._lib, self._spent = lib, spent
+    def __init__(self, lib, spent, counting):
+        self._lib, self._spent, self._counting = lib, spent, counting
 
     def __getattr__(self, name):
         function = getattr(self._lib, name)
@@ -40,7 +41,8 @@ class _Timed:
             try:
                 return function(*args)
             finally:
-                self._spent[ENTRY_POINTS[name]] += time.perf_counter() - start
+                if self._counting():
+                    self._spent[ENTRY_POINTS[name]] += time.perf_counter() - start
         return timed
 
 
@@ -55,10 +57,15 @@ def one_round(episodes: int, horizon: int = bench.HORIZON, unroll: int = bench.U
         try:
             return loss_and_grad(*args, **kwargs)
         finally:
-            spent["loss and gradient"] += time.perf_counter() - start
             calls["steps"] += 1
+            if counting():
+                spent["loss and gradient"] += time.perf_counter() - start
 
-    lstm_kernel.library = lambda: None if library() is None else _Timed(library(), spent)
+    def counting() -> bool:
+        # the warm-up episode's steps come first, its last unroll's backward after its last step
+        return calls["steps"] > horizon
+
+    lstm_kernel.library = lambda: None if library() is None else _Timed(library(), spent, counting)
     unroll_module.loss_and_grad = timed_loss_and_grad
     start = time.perf_counter()
     try:
@@ -66,11 +73,10 @@ def one_round(episodes: int, horizon: int = bench.HORIZON, unroll: int = bench.U
     finally:
         lstm_kernel.library, unroll_module.loss_and_grad = library, loss_and_grad
     total = time.perf_counter() - start
-    steps = calls["steps"]
+    steps = calls["steps"] - horizon
     if result["lstm_backend"] != "kernel":
         raise SystemExit(f"the LSTM ran on torch ops ({result['lstm_backend_reason']}); set L2OBENCH_NATIVE=1")
-    # the parts are averaged over every step (the warm-up episode's too), the total over the
-    # timed episodes: the rest is the difference
+    # the parts and the total over the same steps, those of the timed episodes
     per_step = {k: 1e3 * v / steps for k, v in spent.items()}
     timed_ms = 1e3 / result["steps_per_s"]
     per_step["rest"] = timed_ms - sum(per_step.values())

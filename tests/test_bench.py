@@ -201,9 +201,10 @@ def test_the_module_task_mlp_is_mnist_mlps_network():
     assert batch.tensors[0].shape == (1, 128, 784) and batch.tensors[0].dtype == torch.uint8
 
 
-def test_the_per_part_timing_script_accounts_for_every_step(monkeypatch):
+def test_the_per_part_timing_script_leaves_a_positive_rest(monkeypatch):
     """results/metatrain_parts.py (the per-part figures of results/benchmarks.md) runs the
-    workload on the kernel with each part timed: all positive, the rest what the total leaves."""
+    workload on the kernel with each part timed over the timed episodes only: every part, and
+    the rest the total leaves them, positive (timing the warm-up's calls too made it negative)."""
     import runpy
     from pathlib import Path
 
@@ -213,8 +214,7 @@ def test_the_per_part_timing_script_accounts_for_every_step(monkeypatch):
     if lstm_kernel.library() is None:
         pytest.skip("the fused LSTM kernel could not be built here")
     script = runpy.run_path(str(Path(__file__).parents[1] / "results" / "metatrain_parts.py"))
-    row = script["one_round"](1, horizon=4, unroll=2)
+    row = script["one_round"](2, horizon=4, unroll=2)
     parts = ("kernel step", "kernel unroll backward", "loss and gradient")
     assert all(row[k] > 0 for k in parts) and row["kernel_isa"] == lstm_kernel.isa()
-    assert row["rest"] == pytest.approx(row["ms_per_step"] - sum(row[k] for k in parts))
-    assert row["steps_per_s"] == pytest.approx(1e3 / row["ms_per_step"])
+    assert 0 < row["rest"] < row["ms_per_step"]

@@ -326,11 +326,54 @@ def test_the_kernel_can_be_turned_off(monkeypatch):
 
 
 def test_kernel_inputs_are_checked():
+    """The kernel trusts its pointers, so every size it reads or writes is checked first."""
     net = network(4, 1, 2)
     x = torch.zeros(2, 5, dtype=torch.float64)
+    h, c = [torch.zeros(4, 5)], [torch.zeros(4, 5)]
+    params = backend.kernel_parameters(net)
     with pytest.raises(ValueError, match="contiguous float32 CPU"):
-        lstm_kernel.step(backend.kernel_parameters(net), 0.1, x, [torch.zeros(4, 5)], [torch.zeros(4, 5)], 4)
+        lstm_kernel.step(params, 0.1, x, h, c, 4)
+    x = torch.zeros(2, 5)
+    weights = [w.detach() for w in backend.kernel_weights(net)]
+    with pytest.raises(ValueError, match="weight 0 has 32 numbers; a network of 1 layers of 5 units on 2 features "
+                                         "has 40"):
+        lstm_kernel.step(weights, 0.1, x, [torch.zeros(5, 5)], [torch.zeros(5, 5)], 5)
+    with pytest.raises(ValueError, match="weight 0 has 32 numbers; .* on 1 features has 16"):
+        lstm_kernel.step(weights, 0.1, x[:1], h, c, 4)
+    with pytest.raises(ValueError, match="raw gradients, one row; got 2 rows"):
+        lstm_kernel.step(weights, 0.1, x, h, c, 4, log_sign_p=10.0)
+    with pytest.raises(ValueError, match=r"states must be 1 h and 1 c of shape \(4, 5\)"):
+        lstm_kernel.step(weights, 0.1, x, [torch.zeros(4, 6)], c, 4)
+    with pytest.raises(ValueError, match=r"d_out is \(3, 5\); the unroll has 2 steps"):
+        lstm_kernel.unroll_backward(weights, 0.1, torch.zeros(2, 2, 5), h, c, torch.zeros(3, 5), 4)
     assert backend.replays_on_kernel(net)
+
+
+def test_a_weight_changed_in_place_before_the_replays_backward_is_refused():
+    opt = get_registry().learned("lstm").opt_fn()
+    grads = torch.randn(3, 1, 50) * 1e-2
+    state = opt.init(grads[0])
+    with torch.no_grad():
+        updates, s = [], state
+        for g in grads:
+            u, s = opt.update(g, s, None)
+            updates.append(u)
+    replayed = opt.replay(grads, state, torch.stack(updates))
+    lopt_weight = replayed.grad_fn.next_functions[1][0].variable
+    with torch.no_grad():
+        lopt_weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        replayed.sum().backward()
+
+
+def test_a_nan_of_any_payload_stays_nan():
+    """NaN features (a diverged optimizee's) give NaN updates, whatever the NaN's bits."""
+    net = network(20, 2, 2)
+    x = torch.zeros(2, 16)
+    x.view(torch.int32)[0, :] = torch.tensor([0x7FC00001, 0x7FC001FF, 0x7FFFFFFF, -0x003FFFFF] * 4)
+    h, c = [torch.zeros(20, 16)] * 2, [torch.zeros(20, 16)] * 2
+    update, _, _ = lstm_kernel.step(backend.kernel_parameters(net), net.head.scale, x, h, c, 20)
+    assert torch.isnan(update).all()
 
 
 def test_non_finite_gradients_give_what_torch_gives():

@@ -72,7 +72,8 @@ def replays_on_kernel(net: LSTMNetwork, grads: Tensor | None = None) -> bool:
 
 
 def kernel_parameters(net: LSTMNetwork) -> Tensor:
-    """The meta-parameters in the kernel's flat layout (lstm_kernel.cpp)."""
+    """The meta-parameters in the flat layout of the kernel's gradient (lstm_kernel.cpp), which
+    :func:`~l2obench.plugins.lstm_kernel.step` also takes in place of the weights."""
     with torch.no_grad():
         parts = []
         for cell in net.lstm.cells:
