@@ -370,13 +370,12 @@ struct Net {
     int64_t size() const { return head() + H + 1; }
 };
 
-// W_l transposed (K x 4H) and then b_l, for the forward's product: the rows of the
+// W_l (given, net.W(l)) transposed (K x 4H) and then b_l, for the forward's product: the rows of the
 // sigmoid gates (i, f, o) times -log2(e) and those of g times -2 log2(e), so that one
 // sigmoid_of_exponent of the product serves every gate, tanh(z) = 2 sigmoid(2z) - 1 as
 // plugins/lstm/cell.py computes it.
-std::vector<float> gate_weights(const Net& net, int l) {
+std::vector<float> gate_weights(const Net& net, int l, const std::vector<float>& W) {
     const int H = net.H, R = 4 * H, K = net.K(l);
-    const std::vector<float> W = net.W(l);
     const float *b_ih = net.weights[4 * l + 2], *b_hh = net.weights[4 * l + 3];
     std::vector<float> out((size_t)(K + 1) * R);
     for (int r = 0; r < R; ++r) {
@@ -448,7 +447,7 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
                    float* out, int threads) {
     const Net net{L, H, F, weights, scale};
     std::vector<std::vector<float>> WT;
-    for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l));
+    for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l, net.W(l)));
     const float* w_head = net.head_w();
     const float b_head = net.head_b();
     const int64_t tiles = (M + TL - 1) / TL;
@@ -503,7 +502,7 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
     const Net net{L, H, F, weights, scale};
     const int64_t P = net.size();
     std::vector<std::vector<float>> WT, W;
-    for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l)), W.push_back(net.W(l));
+    for (int l = 0; l < L; ++l) W.push_back(net.W(l)), WT.push_back(gate_weights(net, l, W[l]));
     const float* w_head = net.head_w();
     const int64_t tiles = (M + TL - 1) / TL;
     // Fixed blocks of tiles, summed in order: the same result for any thread count.

@@ -345,10 +345,17 @@ def _array(tensors: Sequence[Tensor]):
     return ctypes.cast((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), _ptrs)
 
 
+def flat_size(layers: int, hidden: int, features: int) -> int:
+    """How many numbers the flat layout of a network of this shape holds."""
+    return sum(4 * hidden * ((features if layer == 0 else hidden) + hidden + 1) for layer in range(layers)) + hidden + 1
+
+
 def split_flat(flat: Tensor, layers: int, hidden: int, features: int) -> list[Tensor]:
     """The kernel's flat layout (its gradient's: each layer's ``[weight_ih | weight_hh]`` and one
     bias, then the head's ``w, b``) as ``weight_ih, weight_hh, bias`` per layer (copies of the
     two weights, a view of the bias) and the head's ``w, b`` (views)."""
+    if flat.numel() != flat_size(layers, hidden, features):
+        raise ValueError(f"a flat layout of {flat.numel()} numbers for a network of {flat_size(layers, hidden, features)}")
     out, at = [], 0
     for layer in range(layers):
         n_in = features if layer == 0 else hidden
@@ -356,8 +363,6 @@ def split_flat(flat: Tensor, layers: int, hidden: int, features: int) -> list[Te
         at += w.numel()
         out += [w[:, :n_in].contiguous(), w[:, n_in:].contiguous(), flat[at:at + 4 * hidden]]
         at += 4 * hidden
-    if flat.numel() != at + hidden + 1:
-        raise ValueError(f"a flat layout of {flat.numel()} numbers for a network of {at + hidden + 1}")
     return out + [flat[at:at + hidden], flat[at + hidden:]]
 
 
@@ -455,8 +460,7 @@ def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, 
     _states_shaped(h0, c0, len(h0), hidden, m)
     if tuple(d_out.shape) != (steps, m):
         raise ValueError(f"d_out is {tuple(d_out.shape)}; the unroll has {steps} steps of {m} coordinates")
-    size = sum(w.numel() for w in weights) - sum(weights[4 * k + 3].numel() for k in range(len(h0)))
-    grad = x.new_zeros(size)
+    grad = x.new_zeros(flat_size(len(h0), hidden, features))
     lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, _array(weights), scale, _fp(x),
                                  _log_sign(log_sign_p), _array(h0), _array(c0), _fp(d_out), _fp(grad),
                                  torch.get_num_threads())

@@ -116,10 +116,6 @@ def fuses_preprocessing(net: LSTMNetwork) -> bool:
     return net.preprocessor.log_sign_p is not None and net.encoder is None
 
 
-def _detached(net: LSTMNetwork) -> list[Tensor]:
-    return [w.detach() for w in kernel_weights(net)]
-
-
 def step(net: LSTMNetwork, x: Tensor, state: State, *, raw: bool = False) -> tuple[Tensor, State]:
     """``net``'s LSTM and head on the features ``x (F, ...)``: the update and the new LSTM
     state, as ``net.head(net.lstm(x, state))`` gives them (:func:`steps_on_kernel`).  With
@@ -131,7 +127,7 @@ def step(net: LSTMNetwork, x: Tensor, state: State, *, raw: bool = False) -> tup
     m = shape.numel()
     h, c = _states(net, state, m)
     linear = net.head.squash == "linear"  # else the kernel gives w . h + b, squashed here as Head does
-    out, h, c = lstm_kernel.step(_detached(net), net.head.scale if linear else 1.0,
+    out, h, c = lstm_kernel.step(kernel_weights(net), net.head.scale if linear else 1.0,
                                  x.reshape(x.shape[0], m).contiguous(), h, c, hidden,
                                  log_sign_p=net.preprocessor.log_sign_p if raw else None)
     if not linear:
@@ -185,8 +181,8 @@ class _Replay(torch.autograd.Function):
         net, hidden = u.net, u.net.lstm.hidden
         d_out = d_updates.reshape(u.x.shape[0], -1).contiguous()
         pre = net.preprocessor.log_sign_p if fuses_preprocessing(net) else None
-        weights = [w.detach() for w in ctx.saved_tensors]
-        flat = lstm_kernel.unroll_backward(weights, net.head.scale, u.x, u.h0, u.c0, d_out, hidden, log_sign_p=pre)
+        flat = lstm_kernel.unroll_backward(ctx.saved_tensors, net.head.scale, u.x, u.h0, u.c0, d_out, hidden,
+                                           log_sign_p=pre)
         del ctx.unrolled
         return (None, *kernel_gradients(net, flat))
 
