@@ -433,7 +433,7 @@ void parallel(int threads, int64_t n, Fn fn) {
 
 extern "C" {
 
-int l2o_lstm_abi() { return 4; }
+int l2o_lstm_abi() { return 5; }
 
 // The instruction set this library was built for (avx512, avx2, generic).
 const char* l2o_lstm_isa() { return L2O_ISA; }
@@ -495,10 +495,11 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
 // 0 .. T-1 (with pre as in l2o_lstm_step, the raw gradients, T x 1 x M), h0[l], c0[l]
 // (H x M) the state before step 0, d_out (T x M) the gradient of the meta-loss with
 // respect to each step's update.  Adds the gradient with respect to the parameters into
-// grad (the gradient's flat layout).
+// grad (the gradient's flat layout); with d_x (T x F x M, pre null) writes the gradient
+// with respect to the LSTM inputs x there (an input layer's, before the LSTM).
 void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float* const* weights, float scale,
                               const float* x, const float* pre, const float* const* h0, const float* const* c0, const float* d_out,
-                              float* grad, int threads) {
+                              float* grad, float* d_x, int threads) {
     const Net net{L, H, F, weights, scale};
     const int64_t P = net.size();
     std::vector<std::vector<float>> WT, W;
@@ -584,9 +585,10 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
                             a[3 * Hn + q] = dhl[q] * tc[q] * o * (1.0f - o);
                             dcl[q] = d_c * f;
                         }
-                        // d[input; h_prev] = W_l^T d_gates; layer 0's input gradient is not needed.
+                        // d[input; h_prev] = W_l^T d_gates; layer 0's input gradient only for d_x.
                         const int in = net.in(l), K = net.K(l);
-                        gemv(W[l].data(), K, 4 * H, a, d_in.data(), nullptr, l == 0 ? in : 0);
+                        gemv(W[l].data(), K, 4 * H, a, d_in.data(), nullptr, l == 0 && !d_x ? in : 0);
+                        if (l == 0 && d_x) scatter(d_in.data(), in, M, m0, n, d_x + (int64_t)t * in * M);
                         if (l > 0)
                             for (int q = 0; q < Hn; ++q) dh[(size_t)(l - 1) * Hn + q] += d_in[q];
                         std::copy(d_in.begin() + in * NT, d_in.begin() + (in + H) * NT, dhl);

@@ -57,7 +57,7 @@ FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 #: tried in turn: with OpenMP (threads shared with torch's pool), then with std::thread
 #: for compilers without it (Apple's clang)
 VARIANTS = (("-fopenmp",), ())
-ABI = 4
+ABI = 5
 #: ``-march`` values the ISA benchmark tries on x86-64: AVX-512, AVX2 with FMA, SSE2 only
 X86_MARCHES = ("x86-64-v4", "x86-64-v3", "x86-64")
 #: the self-check's workload: the paper's MNIST optimizee (784-20-10 MLP), an unroll of 10 steps
@@ -189,7 +189,7 @@ def _open(path: Path) -> ctypes.CDLL:
     i, i64, f, fp, vp = ctypes.c_int, ctypes.c_int64, ctypes.c_float, _float_p, _ptrs
     lib.l2o_lstm_step.argtypes = [i, i, i, i64, vp, f, fp, fp, vp, vp, vp, vp, fp, i]
     lib.l2o_lstm_step.restype = None
-    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, vp, f, fp, fp, vp, vp, fp, fp, i]
+    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, vp, f, fp, fp, vp, vp, fp, fp, fp, i]
     lib.l2o_lstm_unroll_backward.restype = None
     lib.l2o_lstm_isa.restype = ctypes.c_char_p
     return lib
@@ -446,13 +446,17 @@ def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence
 
 def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h0: Sequence[Tensor],
                     c0: Sequence[Tensor], d_out: Tensor, hidden: int, *, lib: ctypes.CDLL | None = None,
-                    log_sign_p: float | None = None) -> Tensor:
+                    log_sign_p: float | None = None, input_grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """The gradient, in the flat layout, of ``sum_t <d_out[t], update_t>`` over an unroll
-    whose LSTM inputs are ``x (T, F, M)`` (constants; with ``log_sign_p`` the raw gradients
-    ``(T, 1, M)``, as in :func:`step`) from the state ``h0, c0``; ``params`` as in :func:`step`."""
+    whose LSTM inputs are ``x (T, F, M)`` (with ``log_sign_p`` the raw gradients ``(T, 1, M)``,
+    as in :func:`step`) from the state ``h0, c0``; ``params`` as in :func:`step`.  With
+    ``input_grad`` also the gradient with respect to ``x`` (``(T, F, M)``; not with
+    ``log_sign_p``): ``(flat, d_x)``."""
     lib = lib or library()
     steps, features, m = x.shape
     if log_sign_p is not None:
+        if input_grad:
+            raise ValueError("the kernel gives no gradient with respect to raw gradients (log_sign_p)")
         _raw(x)
         features = 2
     weights = _weights(params, len(h0), hidden, features)
@@ -461,10 +465,11 @@ def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, 
     if tuple(d_out.shape) != (steps, m):
         raise ValueError(f"d_out is {tuple(d_out.shape)}; the unroll has {steps} steps of {m} coordinates")
     grad = x.new_zeros(flat_size(len(h0), hidden, features))
+    d_x = torch.empty_like(x) if input_grad else None
     lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, _array(weights), scale, _fp(x),
                                  _log_sign(log_sign_p), _array(h0), _array(c0), _fp(d_out), _fp(grad),
-                                 torch.get_num_threads())
-    return grad
+                                 None if d_x is None else _fp(d_x), torch.get_num_threads())
+    return (grad, d_x) if input_grad else grad
 
 
 def open_library(path: Path) -> ctypes.CDLL:

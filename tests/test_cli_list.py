@@ -75,11 +75,12 @@ def test_learned_optimizers_show_their_capabilities(listing):
     """Built with their defaults; the other kinds have none (null)."""
     rows = {(r["kind"], r["name"]): r for r in listing("--json")}
     assert rows[("learned", "lstm")]["capabilities"] == {"replay": True, "groups": [], "second_derivatives": False}
-    assert rows[("learned", "rnnprop")]["capabilities"]["replay"] is False
+    assert rows[("learned", "rnnprop")]["capabilities"]["replay"] is True
+    assert rows[("learned", "lstm-gac")]["capabilities"]["replay"] is False
     assert rows[("learned", "lstm-groups")]["capabilities"]["groups"] == ["conv", "fc"]
     assert rows[("optimizer", "adam")]["capabilities"] is None
     by_name = {line.split()[1]: line for line in listing("--kind", "learned").splitlines()[1:]}
-    assert "  replay 1st-order  " in by_name["lstm"] and "  no-replay 1st-order  " in by_name["rnnprop"]
+    assert "  replay 1st-order  " in by_name["lstm"] and "  no-replay 1st-order  " in by_name["lstm-gac"]
     assert "replay groups=conv,fc 1st-order" in by_name["lstm-groups"]
 
 

@@ -133,16 +133,22 @@ def test_unroll_backward_matches_autograd_through_the_torch_network(case, data):
     steps = x.shape[0]
     d_out = data.draw(values((steps, m)))
     net = network(hidden, layers, features)
+    inputs = x.clone().requires_grad_(True)
     state, total = torch_state(h, c), 0
     for t in range(steps):
-        top, state = net.lstm(x[t], state)
+        top, state = net.lstm(inputs[t], state)
         total = total + (net.head(top) * d_out[t]).sum()
-    want = torch.autograd.grad(total, backend.kernel_weights(net))
+    *want, want_x = torch.autograd.grad(total, [*backend.kernel_weights(net), inputs])
     params = backend.kernel_parameters(net)
     flat = lstm_kernel.unroll_backward(params, net.head.scale, x, list(h), list(c), d_out, hidden)
     for a, b in zip(backend.kernel_gradients(net, flat), want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
     assert {id(w) for w in backend.kernel_weights(net)} == {id(p) for p in net.parameters()}
+    # with the gradient with respect to the LSTM inputs (an input layer's output): the same flat one
+    flat_too, d_x = lstm_kernel.unroll_backward(params, net.head.scale, x, list(h), list(c), d_out, hidden,
+                                                input_grad=True)
+    assert torch.equal(flat_too, flat)
+    torch.testing.assert_close(d_x, want_x, rtol=1e-4, atol=1e-5 * max(1.0, want_x.abs().max().item()))
 
 
 def test_unroll_backward_is_the_same_on_any_number_of_threads():
@@ -169,8 +175,8 @@ def test_the_paper_lstm_uses_the_kernel_and_replays_unrolls():
     assert get_registry().learned("lstm", hidden=7, layers=3, preprocess=False).opt_fn().replay is not None
     # One paper LSTM per group: each group's coordinates replayed by their own network.
     assert get_registry().learned("lstm-groups").opt_fn({"conv": slice(0, 3)}).replay is not None
-    # Not the paper's shape: an input layer, a tanh head and stateful inputs; averaging cells.
-    assert get_registry().learned("rnnprop").opt_fn().replay is None
+    # An input layer, a tanh head and stateful inputs (RNNprop) replay too; averaging cells do not.
+    assert get_registry().learned("rnnprop").opt_fn().replay is not None
     assert get_registry().learned("lstm-gac").opt_fn().replay is None
     assert lopt.double().opt_fn().replay is None  # float64 runs on torch
 
@@ -209,6 +215,47 @@ def test_replayed_unroll_gives_the_meta_gradient_of_the_graph():
         for a, b in zip(grads, grads_ref):
             assert b.abs().max() > 0
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_rnnprops_replayed_unroll_gives_the_meta_gradient_of_the_graph():
+    """RNNprop on the kernel: features from the stateful preprocessor (carried across unrolls),
+    the input layer's backward through autograd, the tanh head's derivative from the updates."""
+    torch.manual_seed(0)
+    lopt = get_registry().learned("rnnprop", output_scale=0.5)
+    replayed = quadratic_meta_gradients(lambda opt: opt, lopt, unrolls=3)
+    graph = quadratic_meta_gradients(lambda opt: opt.with_flags(replay=None), lopt, unrolls=3)
+    names = [n for n, _ in lopt.named_parameters()]
+    assert any("encoder" in n for n in names)
+    for (grads, logged, params), (grads_ref, logged_ref, params_ref) in zip(replayed, graph):
+        torch.testing.assert_close(logged, logged_ref, rtol=1e-5, atol=0)
+        torch.testing.assert_close(params, params_ref, rtol=1e-5, atol=1e-6)
+        for name, a, b in zip(names, grads, grads_ref):
+            assert b.abs().max() > 0, name
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item(), msg=name)
+
+
+def test_a_replay_keeps_the_graph_of_an_input_layer_only_where_it_is_needed(monkeypatch):
+    """Without an input layer the LSTM inputs are constants: no input gradient is asked for."""
+    calls = []
+    original = lstm_kernel.unroll_backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("input_grad", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lstm_kernel, "unroll_backward", spy)
+    for name, kwargs in [("lstm", {}), ("lstm", {"preprocess": False}), ("rnnprop", {})]:
+        lopt = get_registry().learned(name, **kwargs)
+        opt = lopt.opt_fn()
+        grads = torch.randn(3, 2, 6)
+        start = state = opt.init(torch.zeros(2, 6))
+        updates = []
+        with torch.no_grad():
+            for g in grads:
+                u, state = opt.update(g, state, None)
+                updates.append(u)
+        opt.replay(grads, start, torch.stack(updates)).sum().backward()
+    assert calls == [False, False, True]
 
 
 @pytest.mark.parametrize("groups", [{"conv": slice(0, 3), "fc": slice(5, 9)}, {"fc": slice(0, 12)}])
@@ -346,6 +393,9 @@ def test_kernel_inputs_are_checked():
         lstm_kernel.step(weights, 0.1, x, [torch.zeros(4, 6)], c, 4)
     with pytest.raises(ValueError, match=r"d_out is \(3, 5\); the unroll has 2 steps"):
         lstm_kernel.unroll_backward(weights, 0.1, torch.zeros(2, 2, 5), h, c, torch.zeros(3, 5), 4)
+    with pytest.raises(ValueError, match="no gradient with respect to raw gradients"):
+        lstm_kernel.unroll_backward(weights, 0.1, torch.zeros(2, 1, 5), h, c, torch.zeros(2, 5), 4,
+                                    log_sign_p=10.0, input_grad=True)
     assert backend.replays_on_kernel(net)
 
 
@@ -541,6 +591,15 @@ def test_every_instruction_set_gives_the_torch_networks_step_and_meta_gradient(i
                                        lib=isa_library)
     for a, b in zip(backend.kernel_gradients(net, flat), want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+    inputs = x.clone().requires_grad_(True)  # the gradient with respect to the LSTM inputs
+    state, total = torch_state(h, c), 0
+    for t in range(steps):
+        top, state = net.lstm(inputs[t], state)
+        total = total + (net.head(top) * d_out[t]).sum()
+    (want_x,) = torch.autograd.grad(total, [inputs])
+    _, d_x = lstm_kernel.unroll_backward(backend.kernel_parameters(net), net.head.scale, x, h, c, d_out, hidden,
+                                         lib=isa_library, input_grad=True)
+    torch.testing.assert_close(d_x, want_x, rtol=1e-4, atol=1e-5 * max(1.0, want_x.abs().max().item()))
     if features == 2:  # the log/sign preprocessing of raw gradients, in the kernel
         raw = torch.randn(steps, 1, m, generator=g) * 10.0 ** torch.randint(-8, 2, (steps, 1, m), generator=g)
         pre = net.preprocessor

@@ -10,11 +10,15 @@ float32 on the CPU, where it is about twice as fast as torch ops.  Hence:
   runs before it and a tanh head after it on torch ops (RNNprop).  Averaging
   cells mix coordinates between layers, which the kernel does not do.
 - **replay**, the meta-gradient of a whole unroll in one backward, runs on the
-  kernel for networks of the paper's shape (:func:`replayable`: no input layer, no
-  averaging cells, linear head, a stateless preprocessor), and only there does a
-  learned LSTM give ``replay``: on torch ops a replay would recompute the unroll's
-  steps with a graph, one forward pass more than backpropagating through the steps
-  as they run, for the same meta-gradient.
+  kernel for networks without averaging cells (:func:`replayable`), and only there
+  does a learned LSTM give ``replay``: on torch ops a replay would recompute the
+  unroll's steps with a graph, one forward pass more than backpropagating through
+  the steps as they run, for the same meta-gradient.  The features are computed
+  again from the unroll's gradients (a stateful preprocessor's, such as RNNprop's,
+  step by step from the unroll's first state: they do not depend on the
+  meta-parameters); an input layer runs on torch ops with a graph before the
+  kernel, which gives the gradient with respect to its output; a tanh head's
+  derivative comes from the updates themselves.
 - everything else (float64, other devices, ``L2OBENCH_NATIVE=0``, no compiler) runs
   on torch ops (:mod:`.cell`): the same numbers up to rounding.
 
@@ -30,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from l2obench.api import State
+from l2obench.api import State, unprefixed
 from l2obench.plugins import lstm_kernel
 
 if TYPE_CHECKING:
@@ -42,9 +46,8 @@ if TYPE_CHECKING:
 
 def replayable(net: LSTMNetwork) -> bool:
     """Whether the kernel's backward covers a whole unroll of ``net`` (its structure
-    alone): the paper's shape, whose LSTM inputs depend on each step's gradient only."""
-    return (net.encoder is None and net.head.squash == "linear" and not net.lstm.averaged
-            and not net.preprocessor.stateful)
+    alone): no averaging cells, which mix coordinates."""
+    return not net.lstm.averaged
 
 
 def _kernel_runs(net: LSTMNetwork) -> bool:
@@ -138,40 +141,57 @@ def step(net: LSTMNetwork, x: Tensor, state: State, *, raw: bool = False) -> tup
     return out.view(shape), new
 
 
+def features(net: LSTMNetwork, grads: Tensor, state: State) -> Tensor:
+    """The preprocessor's features ``(F, T, ...)`` of an unroll's gradients ``grads (T, ...)``
+    from the unroll's first ``state``, without a graph (constants of the meta-parameters): a
+    stateless preprocessor's for every step at once, a stateful one's step by step."""
+    with torch.no_grad():
+        if not net.preprocessor.stateful:
+            return net.preprocessor.apply(grads, {})[0]
+        pre, out = unprefixed("pre.", state), []
+        for g in grads:
+            x, pre = net.preprocessor.apply(g, pre)
+            out.append(x)
+        return torch.stack(out, 1)
+
+
 def replay(net: LSTMNetwork, grads: Tensor, state: State, updates: Tensor) -> Tensor:
     """``updates (T, ...)``, made from ``state`` fed ``grads (T, ...)``, as a function of the
-    meta-parameters whose backward is one kernel call for the whole unroll (:func:`replays_on_kernel`)."""
+    meta-parameters whose backward is one kernel call for the whole unroll (:func:`replays_on_kernel`),
+    and the input layer's backward through autograd where there is one."""
     steps, m = grads.shape[0], grads[0].numel()
     if fuses_preprocessing(net):
         x = grads.reshape(steps, 1, m).contiguous()  # the kernel computes the features
     else:
-        x = net.preprocessor.apply(grads, {})[0]  # (F, T, ...): stateless, so every step at once
+        x = features(net, grads, state)  # (F, T, ...)
+        if net.encoder is not None:
+            x = net.encoder(x)  # with the graph of the input layer's weights
         x = x.reshape(x.shape[0], steps, m).transpose(0, 1).contiguous()
     h0, c0 = _states(net, state, m)
-    return _Replay.apply(_Unrolled(net, x, h0, c0, updates.detach()), *kernel_weights(net))
+    return _Replay.apply(_Unrolled(net, h0, c0, updates.detach()), x, *kernel_weights(net))
 
 
 @dataclass
 class _Unrolled:
-    """What the kernel's backward of one unroll needs: the network, the LSTM inputs
-    ``x (T, F, M)`` (the raw gradients ``(T, 1, M)`` where :func:`fuses_preprocessing`), the
-    state before the unroll, and the updates made."""
+    """What the kernel's backward of one unroll needs besides its LSTM inputs: the network,
+    the state before the unroll, and the updates made."""
 
     net: LSTMNetwork
-    x: Tensor
     h0: list
     c0: list
     updates: Tensor
 
 
 class _Replay(torch.autograd.Function):
-    """Returns the unroll's updates; the backward is the kernel's backpropagation through
-    the whole unroll, split into the gradients of each LSTM layer's and the head's weights."""
+    """Returns the unroll's updates from its LSTM inputs ``x (T, F, M)`` (the raw gradients
+    ``(T, 1, M)`` where :func:`fuses_preprocessing`); the backward is the kernel's
+    backpropagation through the whole unroll, split into the gradients of each LSTM layer's
+    and the head's weights, and the gradient with respect to ``x`` where an input layer made it."""
 
     @staticmethod
-    def forward(ctx, unrolled: _Unrolled, *weights):
+    def forward(ctx, unrolled: _Unrolled, x: Tensor, *weights):
         ctx.unrolled = unrolled
-        ctx.save_for_backward(*weights)  # a weight changed in place before the backward is an error
+        ctx.save_for_backward(x, *weights)  # a weight changed in place before the backward is an error
         return unrolled.updates
 
     @staticmethod
@@ -179,12 +199,18 @@ class _Replay(torch.autograd.Function):
     def backward(ctx, d_updates):
         u = ctx.unrolled
         net, hidden = u.net, u.net.lstm.hidden
-        d_out = d_updates.reshape(u.x.shape[0], -1).contiguous()
+        x, *weights = ctx.saved_tensors
+        d_out = d_updates.reshape(x.shape[0], -1)
+        scale = net.head.scale
+        if net.head.squash == "tanh":  # update = scale tanh(z): d z = d update scale (1 - (update / scale)^2)
+            y = u.updates.reshape(d_out.shape) / scale
+            d_out, scale = d_out * scale * (1 - y * y), 1.0
         pre = net.preprocessor.log_sign_p if fuses_preprocessing(net) else None
-        flat = lstm_kernel.unroll_backward(ctx.saved_tensors, net.head.scale, u.x, u.h0, u.c0, d_out, hidden,
-                                           log_sign_p=pre)
+        out = lstm_kernel.unroll_backward(weights, scale, x, u.h0, u.c0, d_out.contiguous(), hidden,
+                                          log_sign_p=pre, input_grad=ctx.needs_input_grad[1])
+        flat, d_x = out if ctx.needs_input_grad[1] else (out, None)
         del ctx.unrolled
-        return (None, *kernel_gradients(net, flat))
+        return (None, d_x, *kernel_gradients(net, flat))
 
 
 def implementation(device: torch.device | str = "cpu") -> dict:

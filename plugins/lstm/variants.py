@@ -45,7 +45,8 @@ def rnnprop(hidden: int = 20, layers: int = 2, beta1: float = 0.95, beta2: float
     ELU input layer, the stacked LSTM, update ``-output_scale * tanh(.)``; meta-trained on randomly
     scaled functions ``f(c * theta)``, ``c = exp(U(-random_scale, random_scale))`` per coordinate and
     episode (defaults from the authors' code: beta 0.95, 0.95; scale 0.1; r = 3).
-    Replay: no (an input layer, a tanh head and stateful inputs); its graph-free steps use the kernel."""
+    Replay: yes, on the fused kernel (the inputs computed again from the unroll's gradients, the input
+    layer's backward through autograd)."""
     if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
         raise ConfigError(f"rnnprop: beta1={beta1}, beta2={beta2} must be in [0, 1)")
     if random_scale < 0:
