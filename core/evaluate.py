@@ -75,7 +75,13 @@ class Trajectory:
 
 
 def loss_and_grad(task: Task, params: Tensor, batch) -> tuple[Tensor, Tensor]:
-    """Per-seed losses ``(S,)`` and their gradients ``(S, D)``; no graph is kept."""
+    """Per-seed losses ``(S,)`` and their gradients ``(S, D)``; no graph is kept.  A task's
+    own ``loss_and_grad`` (the Task protocol's optional written-out gradient) where it has
+    one, else autograd through ``loss``."""
+    own = getattr(task, "loss_and_grad", None)
+    if own is not None:
+        with torch.no_grad():
+            return own(params.detach(), batch)
     with torch.enable_grad():
         p = params.detach().requires_grad_(True)
         loss = task.loss(p, batch)

@@ -58,6 +58,9 @@ class Task(Protocol):
     #   metrics: tuple[str, ...]                    e.g. ("loss", "accuracy")
     #   def evaluate(self, params, split) -> dict[str, Tensor]   each (S,), on the
     #       split's fixed evaluation set; row i depends on params[i] alone
+    # Optional, a gradient written out instead of autograd's (runs and meta-training use it;
+    # l2obench.testing.check_task_gradient checks it against autograd through loss):
+    #   def loss_and_grad(self, params, batch) -> (losses (S,), gradients (S, dim))
 
 
 #: what the results table prefixes a task's held-out metric with (``heldout_loss``)

@@ -63,6 +63,16 @@ class Quadratic:
         residual = torch.einsum("sfij,sfj->sfi", w, theta) - y
         return residual.pow(2).sum(-1).mean(-1)
 
+    def loss_and_grad(self, params, batch):
+        """The losses and their gradient ``(2 / F) W^T (W theta - y)``, written out (a run's
+        steps then skip autograd's graph); the operations autograd would run, in its order."""
+        w, y = batch
+        theta = params.reshape(params.shape[0], self.config.functions, self.config.dim)
+        residual = torch.einsum("sfij,sfj->sfi", w, theta) - y
+        loss = residual.pow(2).sum(-1).mean(-1)
+        d_residual = (torch.ones_like(loss) / self.config.functions)[:, None, None].expand_as(residual) * (2 * residual)
+        return loss, torch.einsum("sfij,sfi->sfj", w, d_residual).reshape(params.shape)
+
 
 family = TaskFamily(QuadraticConfig, Quadratic, description=__doc__.splitlines()[0])
 

@@ -26,7 +26,8 @@ from l2obench.testing import (check_batched_equals_rows, check_capabilities, che
                               check_inputs_unchanged, check_learned_optimizer, check_meta_gradients, check_optimizer,
                               check_permutation_equivariant, check_replay, check_second_derivatives,
                               check_state_round_trip, check_state_structure, check_task_batching,
-                              check_task_deterministic, check_task_family, check_task_finite_at_init, check_task_heldout,
+                              check_task_deterministic, check_task_family, check_task_finite_at_init, check_task_gradient,
+                              check_task_heldout,
                               check_updates_finite, check_uses_groups, check_zero_grad, checks_for,
                               parametrize_with_checks, strategies)
 
@@ -303,6 +304,26 @@ def test_held_out_metrics_that_lie_are_caught(kwargs, phrases):
     fails(check_task_heldout, family, *phrases)
 
 
+class ToyWrittenGradient(ToyTask):
+    """ToyTask with its gradient written out; ``wrong`` forgets the factor 2."""
+
+    def __init__(self, config, wrong=False):
+        super().__init__(config)
+        self.wrong = wrong
+
+    def loss_and_grad(self, params, batch):
+        return self.loss(params, batch), (1 if self.wrong else 2) * batch * params
+
+
+def test_a_written_out_gradient_is_checked_against_autograd():
+    check_task_gradient(TaskFamily(ToyConfig, ToyWrittenGradient, name="toy-grad"))
+    check_task_gradient(TaskFamily(ToyConfig, ToyTask, name="toy"))  # none written out: nothing to check
+    wrong = TaskFamily(ToyConfig, lambda c: ToyWrittenGradient(c, wrong=True), name="toy-grad-wrong")
+    fails(check_task_gradient, wrong, "loss_and_grad's gradient differs from autograd through loss", "seeds=")
+    with pytest.raises(AssertionError, match="check_task_gradient"):
+        check_task_family(wrong)
+
+
 def test_rows_depending_on_other_seeds_are_caught():
     leaky = TaskFamily(ToyConfig, lambda c: ToyTask(c, leak=True), name="leaky")
     fails(check_task_batching, leaky, "differs from init", "seeds=")
@@ -402,8 +423,8 @@ def test_the_usage_of_a_plugin_package_and_the_pytest_plugin_work_end_to_end(tmp
          "-k", "test_mine or sgd-check_zero_grad or quadratic-check_config_errors", str(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     out = result.stdout
-    # 12 sgd + 12 ascent (1 xfail) + 6 quadratic checks + the fixture; the option adds 2 (1 strict XPASS)
-    assert re.search(r"\b1 failed, 31 passed, (\d+ deselected, )?1 xfailed\b", out), out
+    # 12 sgd + 12 ascent (1 xfail) + 7 quadratic checks + the fixture; the option adds 2 (1 strict XPASS)
+    assert re.search(r"\b1 failed, 32 passed, (\d+ deselected, )?1 xfailed\b", out), out
     assert "test_conformance[ascent-check_descent_on_quadratic]" not in out, out
     assert "l2obench[l2obench]::sgd-check_zero_grad" in out and "XPASS(strict)" in out, out
 

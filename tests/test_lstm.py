@@ -18,6 +18,7 @@ from hypothesis.extra.numpy import arrays
 
 from l2obench import Capabilities, ConfigError, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train
+from l2obench.plugins.lstm.scaling import RandomlyScaled
 from l2obench.plugins.lstm import cell as lstm_cell_module
 from l2obench.plugins.lstm import network, preprocess
 from optimizer_runs import run
@@ -246,6 +247,23 @@ def test_rnnprop_random_scaling_of_training_functions():
     assert make("rnnprop", random_scale=0.0).task_transform(task, torch.Generator()) is task
     assert make("lstm").task_transform(task, torch.Generator()) is task
     assert scaled.metrics == () and not hasattr(scaled, "evaluate")  # a quadratic has no held-out data
+    # the quadratic's written-out gradient, through the scaling by the chain rule: autograd's
+    params = theta0 + 0.3
+    with torch.enable_grad():
+        p = params.clone().requires_grad_(True)
+        (want,) = torch.autograd.grad(scaled.loss(p, batch).sum(), p)
+    loss, grad = scaled.loss_and_grad(params, batch)
+    torch.testing.assert_close(loss, scaled.loss(params, batch), rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-6)
+    assert not hasattr(RandomlyScaled(no_gradient_task(task), c), "loss_and_grad")
+
+
+def no_gradient_task(task):
+    """``task`` without its written-out gradient."""
+    class Plain:
+        dim, groups = task.dim, task.groups
+        init, batches, loss = task.init, task.batches, task.loss
+    return Plain()
 
 
 def test_rnnprop_random_scaling_keeps_a_tasks_held_out_metrics():

@@ -497,3 +497,22 @@ def test_corrupt_or_missing_data_is_refused_when_the_task_is_built(tmp_path, mon
     with pytest.raises(DataError) as err:
         _task("image-conv", dataset="cifar-10")
     assert "MD5" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("config, seeds", [({"dim": 10}, range(16)), ({"dim": 20}, range(16)),
+                                           ({"dim": 7, "functions": 3}, [5, 9])])
+def test_the_quadratics_written_out_gradient_is_autograds_bit_for_bit(config, seeds):
+    """Runs and meta-training use it instead of autograd; the same operations in autograd's order,
+    so the smoke suite's and the paper's quadratic numbers do not move."""
+    task = _task("quadratic", **config)
+    seeds = list(seeds)
+    params = task.init(seeds) + 0.5
+    batch = next(task.batches("train", seeds))
+    with torch.enable_grad():
+        p = params.clone().requires_grad_(True)
+        loss = task.loss(p, batch)
+        (grad,) = torch.autograd.grad(loss.sum(), p)
+    got_loss, got_grad = loss_and_grad(task, params, batch)
+    assert torch.equal(got_loss, loss.detach()) and torch.equal(got_grad, grad)
+    assert not got_grad.requires_grad
+

@@ -35,7 +35,7 @@ from .reference_checks import check_matches_reference
 from .strategies import (dtypes, gradient_sequences, gradients, hyperparameters, log_uniform, parameters, shapes,
                          task_configs)
 from .task_checks import (TASK_FAMILY_CHECKS, check_config_errors, check_task_batching, check_task_deterministic,
-                          check_task_finite_at_init, check_task_heldout, check_task_render)
+                          check_task_finite_at_init, check_task_gradient, check_task_heldout, check_task_render)
 
 __all__ = [
     "strategies",
@@ -54,5 +54,5 @@ __all__ = [
     "check_capabilities", "check_meta_gradients", "check_replay", "check_second_derivatives",
     "check_state_round_trip",
     "check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_task_heldout",
-    "check_config_errors", "check_task_render",
+    "check_task_gradient", "check_config_errors", "check_task_render",
 ]

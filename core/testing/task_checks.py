@@ -16,7 +16,7 @@ from . import strategies as lst
 from .properties import close, fail, identical, kit_check, kit_property
 
 __all__ = ["check_task_finite_at_init", "check_task_batching", "check_task_deterministic", "check_task_heldout",
-           "check_config_errors", "check_task_render", "TASK_FAMILY_CHECKS"]
+           "check_task_gradient", "check_config_errors", "check_task_render", "TASK_FAMILY_CHECKS"]
 
 
 def _seed_lists(min_size: int = 1, max_size: int = 3):
@@ -24,6 +24,7 @@ def _seed_lists(min_size: int = 1, max_size: int = 3):
 
 
 def _loss_and_grad(task, params: Tensor, batch) -> tuple[Tensor, Tensor]:
+    """Autograd through ``loss``, whether or not the task writes its gradient out."""
     with torch.enable_grad():
         p = params.detach().clone().requires_grad_(True)
         loss = task.loss(p, batch)
@@ -258,8 +259,46 @@ def check_task_render(family: TaskFamily) -> None:
     prop()
 
 
+@kit_check
+def check_task_gradient(family: TaskFamily) -> None:
+    """A task that writes its gradient out (``loss_and_grad(params, batch)``) gives the losses
+    of ``loss`` and autograd's gradient of their sum, up to rounding, on the first two
+    minibatches of every split, at init and at moved parameters; without one it passes."""
+    name = "check_task_gradient"
+
+    @kit_property(4)
+    @given(lst.task_configs(family), _seed_lists(), st.floats(0.0, 2.0))
+    def prop(config, seeds, move):
+        task = family.task(**config)
+        own = getattr(task, "loss_and_grad", None)
+        if own is None:
+            return
+        params = task.init(seeds)
+        params = params + move * torch.randn(params.shape, generator=torch.Generator().manual_seed(seeds[0])).to(
+            params)
+        for split in SPLITS:
+            stream = iter(task.batches(split, seeds))
+            for b in range(2):
+                batch = next(stream)
+                want_loss, want_grad = _loss_and_grad(task, params, batch)
+                with torch.no_grad():
+                    loss, grad = own(params.clone(), batch)
+                if not (isinstance(loss, Tensor) and isinstance(grad, Tensor)):
+                    fail(name, f"loss_and_grad gave {type(loss).__name__}, {type(grad).__name__}; expected two "
+                               "tensors", config=config)
+                if not close(loss, want_loss):
+                    fail(name, f"on split {split!r}, minibatch {b}: loss_and_grad's losses {loss.tolist()} differ "
+                               f"from loss's {want_loss.tolist()}", config=config, seeds=seeds)
+                if not close(grad, want_grad):
+                    gap = (grad - want_grad).abs().max().item() if grad.shape == want_grad.shape else "shape"
+                    fail(name, f"on split {split!r}, minibatch {b}: loss_and_grad's gradient differs from autograd "
+                               f"through loss (largest gap {gap})", config=config, seeds=seeds)
+
+    prop()
+
+
 TASK_FAMILY_CHECKS: tuple[Callable, ...] = (
     check_task_finite_at_init, check_task_batching, check_task_deterministic, check_task_heldout,
-    check_config_errors, check_task_render,
+    check_task_gradient, check_config_errors, check_task_render,
 )
 

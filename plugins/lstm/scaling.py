@@ -19,6 +19,8 @@ class RandomlyScaled:
         self.metrics = tuple(getattr(task, "metrics", ()) or ())
         if self.metrics:  # held-out metrics of the scaled function, as the loss is
             self.evaluate = lambda params, split: task.evaluate(params * self.scale.to(params.device), split)
+        if getattr(task, "loss_and_grad", None) is not None:  # its written-out gradient, by the chain rule
+            self.loss_and_grad = self._loss_and_grad
 
     def init(self, seeds, device="cpu"):
         return self.task.init(seeds, device=device) / self.scale.to(device)
@@ -28,6 +30,11 @@ class RandomlyScaled:
 
     def loss(self, params, batch):
         return self.task.loss(params * self.scale.to(params.device), batch)
+
+    def _loss_and_grad(self, params, batch):
+        scale = self.scale.to(params.device)
+        loss, grad = self.task.loss_and_grad(params * scale, batch)
+        return loss, grad * scale
 
 
 def random_scaling(r: float) -> Callable:
