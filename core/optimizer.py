@@ -46,7 +46,8 @@ class Optimizer:
     Learned optimizers may also give ``replay(grads, state, updates) -> updates``,
     for meta-training with second derivatives dropped: ``grads`` and ``updates``
     stack (along a new first dimension) what ``update`` took and returned over an
-    unroll of T steps starting from ``state``; ``replay`` returns ``updates`` as a
+    unroll of T steps starting from ``state`` (``updates`` must be what the steps returned:
+    a replay may read their values); ``replay`` returns ``updates`` as a
     differentiable function of the meta-parameters, the gradients held constant.
     The meta-trainer then runs the unroll's steps without an autograd graph and
     backpropagates through ``replay`` once, which may compute the whole unroll's

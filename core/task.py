@@ -61,6 +61,9 @@ class Task(Protocol):
     # Optional, a gradient written out instead of autograd's (runs and meta-training use it;
     # l2obench.testing.check_task_gradient checks it against autograd through loss):
     #   def loss_and_grad(self, params, batch) -> (losses (S,), gradients (S, dim))
+    # A subclass or wrapper that changes loss must change loss_and_grad with it or not have
+    # one (random scaling passes it on by the chain rule; a wrapper that delegates unknown
+    # attributes to its task would hand out the task's unchanged gradient).
 
 
 #: what the results table prefixes a task's held-out metric with (``heldout_loss``)

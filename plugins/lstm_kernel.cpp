@@ -9,7 +9,8 @@
 //
 //   l2o_lstm_step: one optimizer step for every coordinate (no graph).
 //   l2o_lstm_unroll_backward: the meta-gradient of an unroll of T steps with
-//     the LSTM inputs held constant (second derivatives dropped): for each
+//     the optimizee's gradients held constant (second derivatives dropped), and
+//     optionally the gradient with respect to the LSTM inputs: for each
 //     tile, the T forward steps are recomputed from the state at the start
 //     of the unroll, then backpropagated through time.  Coordinates are
 //     independent, so tiles are too; weight gradients are summed per fixed

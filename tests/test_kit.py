@@ -305,14 +305,16 @@ def test_held_out_metrics_that_lie_are_caught(kwargs, phrases):
 
 
 class ToyWrittenGradient(ToyTask):
-    """ToyTask with its gradient written out; ``wrong`` forgets the factor 2."""
+    """ToyTask with its gradient written out; ``wrong`` forgets the factor 2, ``double`` gives
+    it in float64."""
 
-    def __init__(self, config, wrong=False):
+    def __init__(self, config, wrong=False, double=False):
         super().__init__(config)
-        self.wrong = wrong
+        self.wrong, self.double = wrong, double
 
     def loss_and_grad(self, params, batch):
-        return self.loss(params, batch), (1 if self.wrong else 2) * batch * params
+        grad = (1 if self.wrong else 2) * batch * params
+        return self.loss(params, batch), grad.double() if self.double else grad
 
 
 def test_a_written_out_gradient_is_checked_against_autograd():
@@ -320,6 +322,8 @@ def test_a_written_out_gradient_is_checked_against_autograd():
     check_task_gradient(TaskFamily(ToyConfig, ToyTask, name="toy"))  # none written out: nothing to check
     wrong = TaskFamily(ToyConfig, lambda c: ToyWrittenGradient(c, wrong=True), name="toy-grad-wrong")
     fails(check_task_gradient, wrong, "loss_and_grad's gradient differs from autograd through loss", "seeds=")
+    double = TaskFamily(ToyConfig, lambda c: ToyWrittenGradient(c, double=True), name="toy-grad-double")
+    fails(check_task_gradient, double, "loss_and_grad's gradient:", "torch.float64", "give", "torch.float32")
     with pytest.raises(AssertionError, match="check_task_gradient"):
         check_task_family(wrong)
 

@@ -285,6 +285,7 @@ def test_rnnprop_random_scaling_keeps_a_tasks_held_out_metrics():
     ("lstm", dict(p=0.0), "p=0.0"),
     ("lstm-gac", dict(averaged=21), "averaged"),
     ("rnnprop", dict(beta1=1.0), "beta1"),
+    ("rnnprop", dict(output_scale=0.0), "output_scale=0 makes every update zero"),
     ("lstm", dict(hidden=0), "hidden"),
 ])
 def test_bad_hyperparameters_are_one_line_config_errors(name, params, match):

@@ -19,7 +19,7 @@ from hypothesis.extra.numpy import arrays
 
 from l2obench import ConfigError, L2OWarning, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train, unroll
-from l2obench.plugins.lstm import backend
+from l2obench.plugins.lstm import Preprocessor, backend, build_network
 from l2obench.plugins import lstm_kernel
 
 pytestmark = pytest.mark.skipif(lstm_kernel.library() is None, reason="the fused LSTM kernel could not be built here")
@@ -30,8 +30,9 @@ def kernel_forced(monkeypatch):
     monkeypatch.setenv("L2OBENCH_NATIVE", "1")
     monkeypatch.delenv("L2OBENCH_KERNEL_MARCH", raising=False)
 
-#: hidden, layers, features (1: no preprocessing, 2: log/sign); coordinates below and above one tile of 16
-shapes = st.tuples(st.integers(1, 24), st.integers(1, 3), st.sampled_from([1, 2]), st.integers(1, 40))
+#: hidden, layers, features (1: no preprocessing, 2: log/sign, more: as an input layer gives, RNNprop's 20);
+#: coordinates below and above one tile of 16
+shapes = st.tuples(st.integers(1, 24), st.integers(1, 3), st.sampled_from([1, 2, 5, 20]), st.integers(1, 40))
 
 
 def values(shape, scale=1.0):
@@ -39,7 +40,11 @@ def values(shape, scale=1.0):
 
 
 def network(hidden, layers, features, seed=0):
+    """The paper's network (log/sign for 2 features, the raw gradient for 1), or for more
+    features an LSTM taking them as an input layer's outputs."""
     torch.manual_seed(seed)
+    if features > 2:
+        return build_network(Preprocessor(features, lambda g, state: (g, state)), hidden, layers)
     return get_registry().learned("lstm", hidden=hidden, layers=layers, preprocess=features == 2).networks["default"]
 
 
@@ -217,11 +222,13 @@ def test_replayed_unroll_gives_the_meta_gradient_of_the_graph():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
 
 
-def test_rnnprops_replayed_unroll_gives_the_meta_gradient_of_the_graph():
+@pytest.mark.parametrize("output_scale", [0.5, 0.1])
+def test_rnnprops_replayed_unroll_gives_the_meta_gradient_of_the_graph(output_scale):
     """RNNprop on the kernel: features from the stateful preprocessor (carried across unrolls),
-    the input layer's backward through autograd, the tanh head's derivative from the updates."""
+    the input layer's backward through autograd, the tanh head's derivative from the updates
+    (divided by a scale that is a power of two and by one that is not)."""
     torch.manual_seed(0)
-    lopt = get_registry().learned("rnnprop", output_scale=0.5)
+    lopt = get_registry().learned("rnnprop", output_scale=output_scale)
     replayed = quadratic_meta_gradients(lambda opt: opt, lopt, unrolls=3)
     graph = quadratic_meta_gradients(lambda opt: opt.with_flags(replay=None), lopt, unrolls=3)
     names = [n for n, _ in lopt.named_parameters()]
@@ -416,6 +423,23 @@ def test_a_weight_changed_in_place_before_the_replays_backward_is_refused():
         replayed.sum().backward()
 
 
+def test_updates_changed_in_place_before_a_tanh_heads_backward_are_refused():
+    """RNNprop's replay reads the updates for its head's derivative: they are saved as such."""
+    opt = get_registry().learned("rnnprop").opt_fn()
+    grads = torch.randn(3, 1, 50) * 1e-2
+    state = opt.init(grads[0])
+    with torch.no_grad():
+        updates, s = [], state
+        for g in grads:
+            u, s = opt.update(g, s, None)
+            updates.append(u)
+    replayed = opt.replay(grads, state, torch.stack(updates))
+    with torch.no_grad():
+        replayed.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        replayed.sum().backward()
+
+
 def test_a_nan_of_any_payload_stays_nan():
     """NaN features (a diverged optimizee's) give NaN updates, whatever the NaN's bits."""
     net = network(20, 2, 2)
@@ -561,7 +585,8 @@ def isa_library(request):
     return lib
 
 
-@pytest.mark.parametrize("hidden, layers, features, m", [(20, 2, 2, 4099), (7, 3, 1, 37), (1, 1, 2, 5)])
+@pytest.mark.parametrize("hidden, layers, features, m", [(20, 2, 2, 4099), (20, 2, 20, 37), (7, 3, 1, 37),
+                                                       (1, 1, 2, 5)])
 def test_every_instruction_set_gives_the_torch_networks_step_and_meta_gradient(isa_library, hidden, layers,
                                                                                features, m):
     """The paper's shape over whole and partial tiles, and odd shapes (gemv tails, blocks of

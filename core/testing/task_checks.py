@@ -262,8 +262,9 @@ def check_task_render(family: TaskFamily) -> None:
 @kit_check
 def check_task_gradient(family: TaskFamily) -> None:
     """A task that writes its gradient out (``loss_and_grad(params, batch)``) gives the losses
-    of ``loss`` and autograd's gradient of their sum, up to rounding, on the first two
-    minibatches of every split, at init and at moved parameters; without one it passes."""
+    of ``loss`` and autograd's gradient of their sum (their shapes, dtypes and devices, and their
+    values up to rounding) on the first two minibatches of every split, at init and at moved
+    parameters; without one it passes."""
     name = "check_task_gradient"
 
     @kit_property(4)
@@ -286,6 +287,11 @@ def check_task_gradient(family: TaskFamily) -> None:
                 if not (isinstance(loss, Tensor) and isinstance(grad, Tensor)):
                     fail(name, f"loss_and_grad gave {type(loss).__name__}, {type(grad).__name__}; expected two "
                                "tensors", config=config)
+                for what, got, want in (("losses", loss, want_loss), ("gradient", grad, want_grad)):
+                    if (got.shape, got.dtype, got.device) != (want.shape, want.dtype, want.device):
+                        fail(name, f"loss_and_grad's {what}: {tuple(got.shape)} {got.dtype} on {got.device}; "
+                                   f"loss and autograd give {tuple(want.shape)} {want.dtype} on {want.device}",
+                             config=config, seeds=seeds)
                 if not close(loss, want_loss):
                     fail(name, f"on split {split!r}, minibatch {b}: loss_and_grad's losses {loss.tolist()} differ "
                                f"from loss's {want_loss.tolist()}", config=config, seeds=seeds)

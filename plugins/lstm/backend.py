@@ -158,7 +158,9 @@ def features(net: LSTMNetwork, grads: Tensor, state: State) -> Tensor:
 def replay(net: LSTMNetwork, grads: Tensor, state: State, updates: Tensor) -> Tensor:
     """``updates (T, ...)``, made from ``state`` fed ``grads (T, ...)``, as a function of the
     meta-parameters whose backward is one kernel call for the whole unroll (:func:`replays_on_kernel`),
-    and the input layer's backward through autograd where there is one."""
+    and the input layer's backward through autograd where there is one (it is applied to the
+    features of every step at once, ``(F, T, ...)``).  A tanh head's derivative is read from
+    ``updates``, which must be the updates the steps made (the ``replay`` contract)."""
     steps, m = grads.shape[0], grads[0].numel()
     if fuses_preprocessing(net):
         x = grads.reshape(steps, 1, m).contiguous()  # the kernel computes the features
@@ -191,7 +193,9 @@ class _Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx, unrolled: _Unrolled, x: Tensor, *weights):
         ctx.unrolled = unrolled
-        ctx.save_for_backward(x, *weights)  # a weight changed in place before the backward is an error
+        # a weight (or the returned updates, which a tanh head's derivative reads) changed in
+        # place before the backward is an error
+        ctx.save_for_backward(x, unrolled.updates, *weights)
         return unrolled.updates
 
     @staticmethod
@@ -199,12 +203,12 @@ class _Replay(torch.autograd.Function):
     def backward(ctx, d_updates):
         u = ctx.unrolled
         net, hidden = u.net, u.net.lstm.hidden
-        x, *weights = ctx.saved_tensors
+        x, updates, *weights = ctx.saved_tensors
         d_out = d_updates.reshape(x.shape[0], -1)
         scale = net.head.scale
         if net.head.squash == "tanh":  # update = scale tanh(z): d z = d update scale (1 - (update / scale)^2)
-            y = u.updates.reshape(d_out.shape) / scale
-            d_out, scale = d_out * scale * (1 - y * y), 1.0
+            y = updates.reshape(d_out.shape) / scale  # tanh(z), up to rounding (which may pass 1 at saturation)
+            d_out, scale = d_out * scale * (1 - y * y).clamp_min(0), 1.0
         pre = net.preprocessor.log_sign_p if fuses_preprocessing(net) else None
         out = lstm_kernel.unroll_backward(weights, scale, x, u.h0, u.c0, d_out.contiguous(), hidden,
                                           log_sign_p=pre, input_grad=ctx.needs_input_grad[1])

@@ -32,7 +32,7 @@ class RandomlyScaled:
         return self.task.loss(params * self.scale.to(params.device), batch)
 
     def _loss_and_grad(self, params, batch):
-        scale = self.scale.to(params.device)
+        scale = self.scale.to(params)
         loss, grad = self.task.loss_and_grad(params * scale, batch)
         return loss, grad * scale
 

@@ -9,8 +9,8 @@ them.  Creating the pieces in the same order gives the same initial
 meta-parameters for the same torch seed.
 
 What each variant can do is data (``lopt.capabilities``), derived from its
-networks: ``replay`` (the fused kernel's backward of a whole unroll) for networks of
-the paper's shape, per-group networks as ``groups``, and never second derivatives.
+networks: ``replay`` (the fused kernel's backward of a whole unroll) for networks
+without averaging cells, per-group networks as ``groups``, and never second derivatives.
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def rnnprop(hidden: int = 20, layers: int = 2, beta1: float = 0.95, beta2: float
         raise ConfigError(f"rnnprop: beta1={beta1}, beta2={beta2} must be in [0, 1)")
     if random_scale < 0:
         raise ConfigError(f"rnnprop: random_scale={random_scale} must be non-negative")
+    if output_scale == 0:
+        raise ConfigError("rnnprop: output_scale=0 makes every update zero; give a nonzero scale (default 0.1)")
     net = build_network(adam_normalised(beta1, beta2, eps), hidden, layers, -output_scale, squash="tanh",
                   input_layer=True)
     return LearnedLSTM(net, transform=random_scaling(random_scale))
