@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -406,8 +407,9 @@ def test_kernel_inputs_are_checked():
     assert backend.replays_on_kernel(net)
 
 
-def test_a_weight_changed_in_place_before_the_replays_backward_is_refused():
-    opt = get_registry().learned("lstm").opt_fn()
+def replayed_unroll(name: str) -> Tensor:
+    """A 3-step unroll of ``name`` on 50 coordinates run without a graph, then replayed."""
+    opt = get_registry().learned(name).opt_fn()
     grads = torch.randn(3, 1, 50) * 1e-2
     state = opt.init(grads[0])
     with torch.no_grad():
@@ -415,7 +417,11 @@ def test_a_weight_changed_in_place_before_the_replays_backward_is_refused():
         for g in grads:
             u, s = opt.update(g, s, None)
             updates.append(u)
-    replayed = opt.replay(grads, state, torch.stack(updates))
+    return opt.replay(grads, state, torch.stack(updates))
+
+
+def test_a_weight_changed_in_place_before_the_replays_backward_is_refused():
+    replayed = replayed_unroll("lstm")
     lopt_weight = replayed.grad_fn.next_functions[1][0].variable
     with torch.no_grad():
         lopt_weight.add_(1.0)
@@ -425,15 +431,7 @@ def test_a_weight_changed_in_place_before_the_replays_backward_is_refused():
 
 def test_updates_changed_in_place_before_a_tanh_heads_backward_are_refused():
     """RNNprop's replay reads the updates for its head's derivative: they are saved as such."""
-    opt = get_registry().learned("rnnprop").opt_fn()
-    grads = torch.randn(3, 1, 50) * 1e-2
-    state = opt.init(grads[0])
-    with torch.no_grad():
-        updates, s = [], state
-        for g in grads:
-            u, s = opt.update(g, s, None)
-            updates.append(u)
-    replayed = opt.replay(grads, state, torch.stack(updates))
+    replayed = replayed_unroll("rnnprop")
     with torch.no_grad():
         replayed.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
