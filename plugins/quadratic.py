@@ -57,18 +57,19 @@ class Quadratic:
         while True:
             yield batch
 
-    def loss(self, params, batch):
+    def _residual(self, params, batch):
         w, y = batch
         theta = params.reshape(params.shape[0], self.config.functions, self.config.dim)
-        residual = torch.einsum("sfij,sfj->sfi", w, theta) - y
-        return residual.pow(2).sum(-1).mean(-1)
+        return torch.einsum("sfij,sfj->sfi", w, theta) - y
+
+    def loss(self, params, batch):
+        return self._residual(params, batch).pow(2).sum(-1).mean(-1)
 
     def loss_and_grad(self, params, batch):
         """The losses and their gradient ``(2 / F) W^T (W theta - y)``, written out (a run's
         steps then skip autograd's graph); the operations autograd would run, in its order."""
-        w, y = batch
-        theta = params.reshape(params.shape[0], self.config.functions, self.config.dim)
-        residual = torch.einsum("sfij,sfj->sfi", w, theta) - y
+        w = batch[0]
+        residual = self._residual(params, batch)
         loss = residual.pow(2).sum(-1).mean(-1)
         d_residual = (torch.ones_like(loss) / self.config.functions)[:, None, None].expand_as(residual) * (2 * residual)
         return loss, torch.einsum("sfij,sfi->sfj", w, d_residual).reshape(params.shape)
