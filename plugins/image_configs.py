@@ -23,6 +23,20 @@ ACTIVATIONS = {
 }
 Activation = Literal["sigmoid", "relu", "tanh", "elu", "gelu", "softplus", "leaky_relu"]
 
+_aten = torch.ops.aten
+#: each activation's backward ``(grad, z, act(z)) -> grad of z`` as autograd computes it
+#: (torch's derivatives of these functions with their default arguments), for a gradient
+#: written out that is autograd's bit for bit
+ACTIVATION_GRADS = {
+    "sigmoid": lambda grad, z, h: _aten.sigmoid_backward(grad, h),
+    "relu": lambda grad, z, h: _aten.threshold_backward(grad, h, 0),
+    "tanh": lambda grad, z, h: _aten.tanh_backward(grad, h),
+    "elu": lambda grad, z, h: _aten.elu_backward(grad, 1.0, 1, 1, False, z),
+    "gelu": lambda grad, z, h: _aten.gelu_backward(grad, z, approximate="none"),
+    "softplus": lambda grad, z, h: _aten.softplus_backward(grad, z, 1, 20),
+    "leaky_relu": lambda grad, z, h: _aten.leaky_relu_backward(grad, z, 0.01, False),
+}
+
 INIT_DOC = ("gaussian: every parameter ~ N(0, init_scale^2); "
             "he: weights ~ N(0, init_scale^2 * 2 / fan_in), biases 0")
 BatchSize = Annotated[int, pydantic.Field(gt=0, description="examples per minibatch")]

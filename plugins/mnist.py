@@ -32,8 +32,8 @@ from torch import Tensor
 from l2obench.api import (SPLITS, ConfigError, Dataset, TaskFamily, hookimpl,
                           images_to_float, seed_generator, select_classes)
 
-from .image_configs import (ACTIVATIONS, ConvConfig, ImageConfig, ImageConvConfig, ImageMLPConfig, MLPConfig,  # noqa: F401
-                            MNISTConfig, dataset_named)
+from .image_configs import (ACTIVATION_GRADS, ACTIVATIONS, ConvConfig, ImageConfig, ImageConvConfig,  # noqa: F401
+                            ImageMLPConfig, MLPConfig, MNISTConfig, dataset_named)
 from .image_evaluation import METRICS, evaluate_classifier
 
 #: minibatch indices are drawn this many steps at a time (a fixed number, so a
@@ -183,6 +183,35 @@ class MLP(ImageTask):
     def loss(self, params: Tensor, batch) -> Tensor:
         x, y = batch
         return F.cross_entropy(self._scores(params, x), y, reduction="none").mean(1)
+
+    def loss_and_grad(self, params: Tensor, batch) -> tuple[Tensor, Tensor]:
+        """The losses and their gradient written out, without autograd's graph: the
+        backward autograd runs through :meth:`loss`, its operations in its order, so the
+        numbers are the same bit for bit (the cross-entropy's through its log-softmax)."""
+        x, y = batch
+        act, act_grad = ACTIVATIONS[self.config.activation], ACTIVATION_GRADS[self.config.activation]
+        weights = _unflatten(params, self.layers)
+        inputs, pre = [x.transpose(1, 2)], []  # each layer's input (S, in, B), each hidden layer's W^T h + b
+        for i, (w, b) in enumerate(weights):
+            z = torch.baddbmm(b.unsqueeze(2), w.transpose(1, 2), inputs[-1])
+            if i < len(weights) - 1:
+                pre.append(z)
+                inputs.append(act(z))
+        log_p = torch.log_softmax(z, 1)
+        per_example = F.nll_loss(log_p, y, reduction="none")
+        loss = per_example.mean(1)
+        # d loss / d log_p: -1/B at each example's class (the mean's, then nll_loss's backward)
+        d_example = (torch.ones_like(loss).unsqueeze(1).expand_as(per_example) / per_example.shape[1])
+        d_log_p = torch.zeros_like(log_p).scatter_(1, y.unsqueeze(1), -d_example.unsqueeze(1))
+        dz = torch._log_softmax_backward_data(d_log_p, log_p, 1, log_p.dtype)
+        pieces = []
+        for i in range(len(weights) - 1, -1, -1):
+            w, h = weights[i][0], inputs[i]
+            pieces.append((dz.bmm(h.transpose(1, 2)).transpose(1, 2).reshape(len(params), -1),
+                           dz.sum(2, keepdim=True).squeeze(2)))
+            if i > 0:
+                dz = act_grad(w.bmm(dz), pre[i - 1], inputs[i])
+        return loss, torch.cat([t for piece in reversed(pieces) for t in piece], 1)
 
     def logits(self, params: Tensor, x: Tensor) -> Tensor:
         return self._scores(params, x).transpose(1, 2)

@@ -7,7 +7,7 @@ calls are not counted).
 
 Prints one line per round and the medians, in milliseconds per optimizee step: the kernel's
 step (all coordinates), its unroll backward (one call per unroll of 20 steps, divided by
-20), the optimizee's loss and gradient (autograd through the 784-20-10 MLP), and the rest
+20), the optimizee's loss and gradient (the 784-20-10 MLP's, written out), and the rest
 (Python, the unroll's bookkeeping, Adam on the meta-parameters), with steps per second.
 """
 from __future__ import annotations

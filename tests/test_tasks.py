@@ -516,3 +516,34 @@ def test_the_quadratics_written_out_gradient_is_autograds_bit_for_bit(config, se
     assert torch.equal(got_loss, loss.detach()) and torch.equal(got_grad, grad)
     assert not got_grad.requires_grad
 
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh", "elu", "gelu", "softplus", "leaky_relu"])
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_the_mlps_written_out_gradient_is_autograds_bit_for_bit(fake_cifar10, activation, layers):
+    """Every activation, no hidden layer to two, three seeds, a class subset: the MLP's
+    gradient is autograd's through ``loss``, to the bit, so no MLP number moves."""
+    task = _task("image-mlp", dataset="cifar-10", classes=[3, 0, 7], activation=activation, layers=layers,
+                 hidden=6, batch_size=5, init_scale=2.0)
+    seeds = [0, 1, 2]
+    params = task.init(seeds)
+    batch = next(task.batches("train", seeds))
+    with torch.enable_grad():
+        p = params.clone().requires_grad_(True)
+        loss = task.loss(p, batch)
+        (grad,) = torch.autograd.grad(loss.sum(), p)
+    got_loss, got_grad = loss_and_grad(task, params, batch)
+    assert torch.equal(got_loss, loss.detach()) and torch.equal(got_grad, grad)
+    assert not got_grad.requires_grad and (grad != 0).any()
+
+
+@needs_data
+def test_the_papers_mnist_mlps_written_out_gradient_is_autograds_bit_for_bit():
+    task = _task("mnist-mlp")
+    seeds = [0, 5]
+    params = task.init(seeds)
+    batch = next(task.batches("train", seeds))
+    with torch.enable_grad():
+        p = params.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(task.loss(p, batch).sum(), p)
+    assert torch.equal(loss_and_grad(task, params, batch)[1], grad)
