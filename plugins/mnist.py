@@ -39,6 +39,8 @@ from .image_evaluation import METRICS, evaluate_classifier
 #: minibatch indices are drawn this many steps at a time (a fixed number, so a
 #: seed's stream does not depend on how long it is read)
 _INDEX_CHUNK = 64
+#: up to this many bytes of uint8 images (whole steps of a chunk) are gathered at once
+_GATHER_BYTES = 4 << 20
 #: the batch-norm epsilon (torch's default)
 BN_EPS = 1e-5
 
@@ -70,12 +72,18 @@ def minibatches(images: Tensor, labels: Tensor, split: str, seeds: Sequence[int]
     row ``i`` drawn with ``seed_generator(seeds[i], "batches", split)`` alone."""
     generators = [seed_generator(s, "batches", split) for s in seeds]
     n, S = images.shape[0], len(seeds)
+    step_bytes = S * batch_size * images[:1].numel() * images.element_size()
+    block = max(1, min(_INDEX_CHUNK, _GATHER_BYTES // max(1, step_bytes)))
     while True:
         index = torch.stack([torch.randint(n, (_INDEX_CHUNK, batch_size), generator=g) for g in generators], 1)
-        for rows in index.to(images.device):
-            flat = rows.reshape(-1)
-            x = images_to_float(images.index_select(0, flat)).view(S, batch_size, -1)
-            yield x, labels.index_select(0, flat).view(S, batch_size)
+        index = index.to(images.device)
+        for start in range(0, _INDEX_CHUNK, block):
+            # the images of several steps gathered at once: one pass over the scattered
+            # rows, which a step's 128 rows alone would wait on
+            flat = index[start:start + block].reshape(-1)
+            xs, ys = images.index_select(0, flat), labels.index_select(0, flat)
+            for x, y in zip(xs.view(-1, S, batch_size, xs.shape[-1]), ys.view(-1, S, batch_size)):
+                yield images_to_float(x), y
 
 
 # -- networks --------------------------------------------------------------------

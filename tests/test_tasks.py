@@ -547,3 +547,24 @@ def test_the_papers_mnist_mlps_written_out_gradient_is_autograds_bit_for_bit():
         p = params.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(task.loss(p, batch).sum(), p)
     assert torch.equal(loss_and_grad(task, params, batch)[1], grad)
+
+
+@pytest.mark.parametrize("gather_bytes", [1, 5 * 3 * 4 * 12, 1 << 30])
+def test_minibatches_gathered_several_steps_at_once_are_those_drawn_step_by_step(monkeypatch, gather_bytes):
+    """One step's images at a time, five (64 is not a multiple), or a whole chunk: the
+    same minibatches, seed by seed, across the chunks' boundary."""
+    from l2obench.api import images_to_float, seed_generator
+    from l2obench.plugins import mnist
+
+    monkeypatch.setattr(mnist, "_GATHER_BYTES", gather_bytes)
+    images = torch.randint(0, 256, (50, 12), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (50,))
+    seeds, batch = [3, 0, 8], 4
+    stream = mnist.minibatches(images, labels, "train", seeds, batch)
+    generators = [seed_generator(s, "batches", "train") for s in seeds]
+    for chunk in range(2):
+        index = torch.stack([torch.randint(50, (mnist._INDEX_CHUNK, batch), generator=g) for g in generators], 1)
+        for rows in index:
+            x, y = next(stream)
+            assert x.dtype == torch.float32 and x.shape == (3, batch, 12) and y.shape == (3, batch)
+            assert torch.equal(x, images_to_float(images[rows])) and torch.equal(y, labels[rows])
