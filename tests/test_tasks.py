@@ -568,3 +568,16 @@ def test_minibatches_gathered_several_steps_at_once_are_those_drawn_step_by_step
             x, y = next(stream)
             assert x.dtype == torch.float32 and x.shape == (3, batch, 12) and y.shape == (3, batch)
             assert torch.equal(x, images_to_float(images[rows])) and torch.equal(y, labels[rows])
+
+
+@pytest.mark.parametrize("family, config", [("quadratic", {"dim": 6}),
+                                            ("image-mlp", {"dataset": "cifar-10", "layers": 2, "hidden": 5})])
+def test_written_out_gradients_stay_on_the_params_device(fake_cifar10, family, config):
+    """Every tensor of ``loss_and_grad`` is made where the params and the batch are (the
+    ``meta`` device stands in for a GPU on machines without one)."""
+    task = _task(family, **config)
+    params = task.init([0, 1]).to("meta")
+    batch = tuple(part.to("meta") for part in next(task.batches("train", [0, 1])))
+    loss, grad = task.loss_and_grad(params, batch)
+    assert loss.device.type == grad.device.type == "meta"
+    assert loss.shape == (2,) and grad.shape == (2, task.dim)
