@@ -366,16 +366,21 @@ def split_flat(flat: Tensor, layers: int, hidden: int, features: int) -> list[Te
     return out + [flat[at:at + hidden], flat[at + hidden:]]
 
 
-def weights_of(flat: Tensor, layers: int, hidden: int, features: int) -> list[Tensor]:
-    """The kernel's weights (torch's tensors, as lstm_kernel.cpp takes them: each layer's
-    ``weight_ih, weight_hh, bias_ih, bias_hh``, the head's ``w, b``) from the flat layout
-    (:func:`split_flat`): the bias as ``bias_ih`` and a zero ``bias_hh``."""
+def per_tensor(flat: Tensor, layers: int, hidden: int, features: int, bias_hh=torch.zeros_like) -> list[Tensor]:
+    """The flat layout (:func:`split_flat`) as the kernel's weights are given (torch's tensors:
+    each layer's ``weight_ih, weight_hh, bias_ih, bias_hh``, the head's ``w, b``): the layer's
+    bias as ``bias_ih`` and ``bias_hh(bias)`` as ``bias_hh``."""
     parts = split_flat(flat, layers, hidden, features)
     out = []
     for layer in range(layers):
         w_ih, w_hh, bias = parts[3 * layer:3 * layer + 3]
-        out += [w_ih, w_hh, bias, torch.zeros_like(bias)]
+        out += [w_ih, w_hh, bias, bias_hh(bias)]
     return out + parts[-2:]
+
+
+def weights_of(flat: Tensor, layers: int, hidden: int, features: int) -> list[Tensor]:
+    """The kernel's weights from the flat layout: :func:`per_tensor` with a zero ``bias_hh``."""
+    return per_tensor(flat, layers, hidden, features)
 
 
 def _weights(params: Tensor | Sequence[Tensor], layers: int, hidden: int, features: int) -> list[Tensor]:

@@ -96,12 +96,9 @@ def kernel_gradients(net: LSTMNetwork, flat: Tensor) -> list[Tensor]:
     """A gradient in the kernel's flat layout, split to match :func:`kernel_weights`
     (both biases of a layer get the gradient of their sum)."""
     hidden, layers = net.lstm.hidden, len(net.lstm.cells)
-    parts = lstm_kernel.split_flat(flat, layers, hidden, net.lstm.cells[0].weight_ih.shape[1])
-    grads = []
-    for layer in range(layers):
-        w_ih, w_hh, bias = parts[3 * layer:3 * layer + 3]
-        grads += [w_ih, w_hh, bias, bias.clone()]
-    return grads + [parts[-2].view(1, hidden), parts[-1]]
+    *grads, head_w, head_b = lstm_kernel.per_tensor(flat, layers, hidden, net.lstm.cells[0].weight_ih.shape[1],
+                                                    bias_hh=torch.clone)
+    return [*grads, head_w.view(1, hidden), head_b]
 
 
 def _states(net: LSTMNetwork, state: State, m: int) -> tuple[list[Tensor], list[Tensor]]:
