@@ -78,8 +78,7 @@ def minibatches(images: Tensor, labels: Tensor, split: str, seeds: Sequence[int]
         index = torch.stack([torch.randint(n, (_INDEX_CHUNK, batch_size), generator=g) for g in generators], 1)
         index = index.to(images.device)
         for start in range(0, _INDEX_CHUNK, block):
-            # the images of several steps gathered at once: one pass over the scattered
-            # rows, which a step's 128 rows alone would wait on
+            # one index_select over several steps' scattered rows instead of one a step
             flat = index[start:start + block].reshape(-1)
             xs, ys = images.index_select(0, flat), labels.index_select(0, flat)
             for x, y in zip(xs.view(-1, S, batch_size, xs.shape[-1]), ys.view(-1, S, batch_size)):
@@ -209,12 +208,13 @@ class MLP(ImageTask):
         per_example = F.nll_loss(log_p, y, reduction="none")
         loss = per_example.mean(1)
         # d loss / d log_p: -1/B at each example's class (the mean's, then nll_loss's backward)
-        d_example = (torch.ones_like(loss).unsqueeze(1).expand_as(per_example) / per_example.shape[1])
+        d_example = torch.ones_like(loss).unsqueeze(1).expand_as(per_example) / per_example.shape[1]
         d_log_p = torch.zeros_like(log_p).scatter_(1, y.unsqueeze(1), -d_example.unsqueeze(1))
         dz = torch._log_softmax_backward_data(d_log_p, log_p, 1, log_p.dtype)
         pieces = []
         for i in range(len(weights) - 1, -1, -1):
             w, h = weights[i][0], inputs[i]
+            # baddbmm's backward: the weights' as (W^T)'s, the bias's as autograd sums a broadcast
             pieces.append((dz.bmm(h.transpose(1, 2)).transpose(1, 2).reshape(len(params), -1),
                            dz.sum(2, keepdim=True).squeeze(2)))
             if i > 0:
