@@ -72,8 +72,6 @@ _CPU_FLAG = {"__AVX512F__": "avx512f", "__AVX512BW__": "avx512bw", "__AVX512DQ__
              "__AVX512VL__": "avx512vl", "__AVX512CD__": "avx512cd", "__AVX2__": "avx2", "__FMA__": "fma",
              "__AVX__": "avx", "__F16C__": "f16c", "__BMI2__": "bmi2"}
 
-_float_p = ctypes.POINTER(ctypes.c_float)
-_ptrs = ctypes.POINTER(ctypes.c_void_p)
 #: set by :func:`forced` (the self-check times both implementations through the plugin)
 _forced: str | None = None
 
@@ -186,10 +184,11 @@ def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     if lib.l2o_lstm_abi() != ABI:
         raise OSError("the cached library is of another version")
-    i, i64, f, fp, vp = ctypes.c_int, ctypes.c_int64, ctypes.c_float, _float_p, _ptrs
-    lib.l2o_lstm_step.argtypes = [i, i, i, i64, vp, f, fp, fp, vp, vp, vp, vp, fp, i]
+    # every pointer (to floats, or to an array of tensors' pointers) as an address
+    i, i64, f, p = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    lib.l2o_lstm_step.argtypes = [i, i, i, i64, p, f, p, p, p, p, p, p, p, i]
     lib.l2o_lstm_step.restype = None
-    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, vp, f, fp, fp, vp, vp, fp, fp, fp, i]
+    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, p, f, p, p, p, p, p, p, p, i]
     lib.l2o_lstm_unroll_backward.restype = None
     lib.l2o_lstm_isa.restype = ctypes.c_char_p
     return lib
@@ -337,12 +336,16 @@ def unroll_seconds(name: str, coordinates: int = CHECK_COORDINATES, steps: int =
         return time.perf_counter() - start
 
 
-def _fp(t: Tensor):
-    return ctypes.cast(t.data_ptr(), _float_p)
-
-
-def _array(tensors: Sequence[Tensor]):
-    return ctypes.cast((ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors]), _ptrs)
+def _pointer_arrays(*groups: Sequence[Tensor]):
+    """The kernel's arrays of tensor pointers, one per group, in one ctypes array: ``(the
+    array, which the caller keeps until the call returns, [each group's address])``."""
+    pointers = [t.data_ptr() for group in groups for t in group]
+    array = (ctypes.c_void_p * len(pointers))(*pointers)
+    at, addresses = ctypes.addressof(array), []
+    for group in groups:
+        addresses.append(at)
+        at += len(group) * ctypes.sizeof(ctypes.c_void_p)
+    return array, addresses
 
 
 def flat_size(layers: int, hidden: int, features: int) -> int:
@@ -412,7 +415,7 @@ def _states_shaped(h: Sequence[Tensor], c: Sequence[Tensor], layers: int, hidden
 
 def _check(*tensors: Tensor) -> None:
     for t in tensors:
-        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+        if t.dtype is not torch.float32 or not t.is_cpu or not t.is_contiguous():
             raise ValueError("the fused LSTM kernel takes contiguous float32 CPU tensors")
 
 
@@ -444,8 +447,10 @@ def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence
     h_new = [torch.empty_like(t) for t in h]
     c_new = [torch.empty_like(t) for t in c]
     out = x.new_empty(m)
-    lib.l2o_lstm_step(layers, hidden, features, m, _array(weights), scale, _fp(x), _log_sign(log_sign_p), _array(h),
-                      _array(c), _array(h_new), _array(c_new), _fp(out), torch.get_num_threads())
+    keep, (w_p, h_p, c_p, h_new_p, c_new_p) = _pointer_arrays(weights, h, c, h_new, c_new)
+    lib.l2o_lstm_step(layers, hidden, features, m, w_p, scale, x.data_ptr(), _log_sign(log_sign_p), h_p, c_p,
+                      h_new_p, c_new_p, out.data_ptr(), torch.get_num_threads())
+    del keep
     return out, h_new, c_new
 
 
@@ -471,9 +476,11 @@ def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, 
         raise ValueError(f"d_out is {tuple(d_out.shape)}; the unroll has {steps} steps of {m} coordinates")
     grad = x.new_zeros(flat_size(len(h0), hidden, features))
     d_x = torch.empty_like(x) if input_grad else None
-    lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, _array(weights), scale, _fp(x),
-                                 _log_sign(log_sign_p), _array(h0), _array(c0), _fp(d_out), _fp(grad),
-                                 None if d_x is None else _fp(d_x), torch.get_num_threads())
+    keep, (w_p, h_p, c_p) = _pointer_arrays(weights, h0, c0)
+    lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, w_p, scale, x.data_ptr(),
+                                 _log_sign(log_sign_p), h_p, c_p, d_out.data_ptr(), grad.data_ptr(),
+                                 None if d_x is None else d_x.data_ptr(), torch.get_num_threads())
+    del keep
     return (grad, d_x) if input_grad else grad
 
 
