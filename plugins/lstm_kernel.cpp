@@ -3,7 +3,9 @@
 // by l2obench.plugins.lstm_kernel; the torch implementation in plugins/lstm/ is the
 // reference it is tested against (tests/test_lstm_kernel.py).
 //
-// Tensors are feature-major, (features, M) for M coordinates, as in plugins/lstm/cell.py.
+// Tensors are feature-major, (features, M) for M coordinates, as in plugins/lstm/cell.py; the
+// LSTM states' rows may be further apart than M floats (a row stride ld >= M, the same for
+// every state of a call's argument), so that the step can write rows that start on cache lines.
 // Coordinates are processed in tiles of TL = VL x NT lanes (NT vector registers of
 // floats, by instruction set below); everything one tile needs stays in cache.  Two entry points:
 //
@@ -64,18 +66,23 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 typedef uint32_t vu __attribute__((vector_size(VL * sizeof(uint32_t))));
 
 // Stores of whole tiles at their boundaries that do not first read the lines they
-// overwrite into the cache, where a tile is a whole cache line (a smaller tile would
-// leave half-written lines in the write-combining buffers).
+// overwrite into the cache, where a tile's row is a whole cache line (a smaller tile would
+// leave half-written lines in the write-combining buffers), for states larger than
+// STREAM_BYTES: smaller ones the next step reads back from the cache.
 #if defined(__AVX512F__)
 constexpr bool STREAMS = true;
 inline void stream_tile(float* dst, vf v) { _mm512_stream_ps(dst, (__m512)v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr bool STREAMS = true;
+inline void stream_tile(float* dst, vf v) { _mm256_stream_ps(dst, (__m256)v); }
 #else
 constexpr bool STREAMS = false;
 inline void stream_tile(float*, vf) {}
 #endif
+constexpr int64_t STREAM_BYTES = 2 << 20;
 
 inline void stream_fence() {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
     _mm_sfence();
 #endif
 }
@@ -305,15 +312,15 @@ inline void scatter(const vf* src, int rows, int64_t M, int64_t m0, int n, float
     for (int r = 0; r < rows; ++r) std::memcpy(dst + (int64_t)r * M + m0, &src[r * NT], sizeof(float) * n);
 }
 
-// scatter for the step's new states, streamed where stream_tile can (whole tiles on
-// their boundaries): a batch of optimizees writes states far larger than the cache,
-// and the next step reads them back anyway.
-inline void scatter_stream(const vf* src, int rows, int64_t M, int64_t m0, int n, float* dst) {
+// scatter for the step's new states, streamed (with `stream`) where stream_tile can (whole
+// tiles on their boundaries): a batch of optimizees writes states far larger than the
+// cache, and the next step reads them back anyway.
+inline void scatter_stream(const vf* src, int rows, int64_t M, int64_t m0, int n, float* dst, bool stream) {
     for (int r = 0; r < rows; ++r) {
         float* row = dst + (int64_t)r * M + m0;
         if (n < TL)
             std::memcpy(row, &src[r * NT], sizeof(float) * n);
-        else if (STREAMS && ((uintptr_t)row % sizeof(vf)) == 0)
+        else if (stream && ((uintptr_t)row % (sizeof(vf) * NT)) == 0)
             for (int s = 0; s < NT; ++s) stream_tile(row + s * VL, src[r * NT + s]);
         else
             std::memcpy(row, &src[r * NT], sizeof(vf) * NT);
@@ -434,24 +441,25 @@ void parallel(int threads, int64_t n, Fn fn) {
 
 extern "C" {
 
-int l2o_lstm_abi() { return 5; }
+int l2o_lstm_abi() { return 6; }
 
 // The instruction set this library was built for (avx512, avx2, generic).
 const char* l2o_lstm_isa() { return L2O_ISA; }
 
-// One step for all M coordinates: x (F x M) and, per layer, h_in[l], c_in[l] (H x M)
-// give h_out[l], c_out[l] and the update out (M).  With pre (p, e^-p, e^p) x is the raw
-// gradient (1 x M) and its F = 2 features are the log/sign preprocessing's.
+// One step for all M coordinates: x (F x M) and, per layer, h_in[l], c_in[l] (H rows of M,
+// ld_in apart) give h_out[l], c_out[l] (H rows, ld_out apart) and the update out (M).  With
+// pre (p, e^-p, e^p) x is the raw gradient (1 x M) and its F = 2 features are the log/sign
+// preprocessing's.
 void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, float scale, const float* x,
-                   const float* pre,
-                   const float* const* h_in, const float* const* c_in, float* const* h_out, float* const* c_out,
-                   float* out, int threads) {
+                   const float* pre, const float* const* h_in, const float* const* c_in, int64_t ld_in,
+                   float* const* h_out, float* const* c_out, int64_t ld_out, float* out, int threads) {
     const Net net{L, H, F, weights, scale};
     std::vector<std::vector<float>> WT;
     for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l, net.W(l)));
     const float* w_head = net.head_w();
     const float b_head = net.head_b();
     const int64_t tiles = (M + TL - 1) / TL;
+    const bool stream = STREAMS && (int64_t)2 * L * H * M * (int64_t)sizeof(float) > STREAM_BYTES;
     constexpr int64_t AHEAD = 32;             // lanes to prefetch ahead: two cache lines of each row
     constexpr int64_t LINE = 64 / sizeof(float);  // lanes per cache line
     parallel(threads, tiles, [&](int worker, int workers) {
@@ -465,19 +473,20 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
             // a line: the rows read at its first tile, the rows written at its last.
             const int64_t ahead = m0 + AHEAD;
             const bool in_range = ahead < last * TL;
-            const bool reads = in_range && m0 % LINE == 0, writes = in_range && !STREAMS && (m0 + TL) % LINE == 0;
+            const bool reads = in_range && m0 % LINE == 0, writes = in_range && !stream && (m0 + TL) % LINE == 0;
             if (reads) prefetch(x, pre ? 1 : F, M, ahead);
             features(x, F, M, m0, n, pre, xin.data());
             for (int l = 0; l < L; ++l) {
-                if (reads) prefetch(h_in[l], H, M, ahead), prefetch(c_in[l], H, M, ahead);
-                if (writes) prefetch_write(h_out[l], H, M, ahead - TL), prefetch_write(c_out[l], H, M, ahead - TL);
+                if (reads) prefetch(h_in[l], H, ld_in, ahead), prefetch(c_in[l], H, ld_in, ahead);
+                if (writes)
+                    prefetch_write(h_out[l], H, ld_out, ahead - TL), prefetch_write(c_out[l], H, ld_out, ahead - TL);
                 const int in = net.in(l);
-                gather(h_in[l], H, M, m0, n, xin.data() + in * NT);
-                gather(c_in[l], H, M, m0, n, c.data());
+                gather(h_in[l], H, ld_in, m0, n, xin.data() + in * NT);
+                gather(c_in[l], H, ld_in, m0, n, c.data());
                 cell_forward(net, l, WT[l].data(), xin.data(), c.data(), act.data(), c_new.data(), nullptr,
                              h_new.data());
-                scatter_stream(h_new.data(), H, M, m0, n, h_out[l]);
-                scatter_stream(c_new.data(), H, M, m0, n, c_out[l]);
+                scatter_stream(h_new.data(), H, ld_out, m0, n, h_out[l], stream);
+                scatter_stream(c_new.data(), H, ld_out, m0, n, c_out[l], stream);
                 std::copy(h_new.begin(), h_new.end(), xin.begin());  // the next layer's input
             }
             vf u[NT];
@@ -494,12 +503,13 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
 
 // The meta-gradient of an unroll: x (T x F x M) are the LSTM inputs of steps
 // 0 .. T-1 (with pre as in l2o_lstm_step, the raw gradients, T x 1 x M), h0[l], c0[l]
-// (H x M) the state before step 0, d_out (T x M) the gradient of the meta-loss with
+// (H rows of M, ld0 apart) the state before step 0, d_out (T x M) the gradient of the meta-loss with
 // respect to each step's update.  Adds the gradient with respect to the parameters into
 // grad (the gradient's flat layout); with d_x (T x F x M, pre null) writes the gradient
 // with respect to the LSTM inputs x there (an input layer's, before the LSTM).
 void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float* const* weights, float scale,
-                              const float* x, const float* pre, const float* const* h0, const float* const* c0, const float* d_out,
+                              const float* x, const float* pre, const float* const* h0, const float* const* c0,
+                              int64_t ld0, const float* d_out,
                               float* grad, float* d_x, int threads) {
     const Net net{L, H, F, weights, scale};
     const int64_t P = net.size();
@@ -540,8 +550,8 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
                 const int n = (int)std::min<int64_t>(TL, M - m0);
                 // The forward, recomputed.
                 for (int l = 0; l < L; ++l) {
-                    gather(h0[l], H, M, m0, n, row(off_in[l] + net.in(l)));
-                    gather(c0[l], H, M, m0, n, row(off_c[l]));
+                    gather(h0[l], H, ld0, m0, n, row(off_in[l] + net.in(l)));
+                    gather(c0[l], H, ld0, m0, n, row(off_c[l]));
                 }
                 for (int t = 0; t < T; ++t) {
                     features(x + (int64_t)t * (pre ? 1 : F) * M, F, M, m0, n, pre, row(off_in[0] + (int64_t)t * net.K(0)));

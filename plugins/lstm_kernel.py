@@ -57,7 +57,7 @@ FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 #: tried in turn: with OpenMP (threads shared with torch's pool), then with std::thread
 #: for compilers without it (Apple's clang)
 VARIANTS = (("-fopenmp",), ())
-ABI = 5
+ABI = 6
 #: ``-march`` values the ISA benchmark tries on x86-64: AVX-512, AVX2 with FMA, SSE2 only
 X86_MARCHES = ("x86-64-v4", "x86-64-v3", "x86-64")
 #: the self-check's workload: the paper's MNIST optimizee (784-20-10 MLP), an unroll of 10 steps
@@ -186,9 +186,9 @@ def _open(path: Path) -> ctypes.CDLL:
         raise OSError("the cached library is of another version")
     # every pointer (to floats, or to an array of tensors' pointers) as an address
     i, i64, f, p = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.l2o_lstm_step.argtypes = [i, i, i, i64, p, f, p, p, p, p, p, p, p, i]
+    lib.l2o_lstm_step.argtypes = [i, i, i, i64, p, f, p, p, p, p, i64, p, p, i64, p, i]
     lib.l2o_lstm_step.restype = None
-    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, p, f, p, p, p, p, p, p, p, i]
+    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, p, f, p, p, p, p, i64, p, p, p, i]
     lib.l2o_lstm_unroll_backward.restype = None
     lib.l2o_lstm_isa.restype = ctypes.c_char_p
     return lib
@@ -413,10 +413,35 @@ def _states_shaped(h: Sequence[Tensor], c: Sequence[Tensor], layers: int, hidden
                          f"{[tuple(t.shape) for t in h]} and {[tuple(t.shape) for t in c]}")
 
 
-def _check(*tensors: Tensor) -> None:
+def _check(*tensors: Tensor, contiguous: bool = True) -> None:
     for t in tensors:
-        if t.dtype is not torch.float32 or not t.is_cpu or not t.is_contiguous():
+        if t.dtype is not torch.float32 or not t.is_cpu or (contiguous and not t.is_contiguous()):
             raise ValueError("the fused LSTM kernel takes contiguous float32 CPU tensors")
+
+
+#: the step writes its new states in rows of a multiple of this many floats (one cache line),
+#: so that every tile's row starts a line and can be streamed to memory
+ROW_ALIGN = 16
+
+
+def _rows(states: Sequence[Tensor], m: int) -> tuple[list[Tensor], int]:
+    """The states ``(hidden, m)`` as the kernel reads them, rows of ``m`` floats one row stride
+    apart, and that stride: as they are where they share one (the step's own outputs),
+    else contiguous copies."""
+    strides = {t.stride(0) if t.shape[0] > 1 else m for t in states}
+    if len(strides) == 1 and all(t.stride(1) == 1 or m == 1 for t in states):
+        (ld,) = strides
+        if ld >= m:
+            return list(states), ld
+    return [t.contiguous() for t in states], m
+
+
+def _new_states(layers: int, hidden: int, m: int) -> tuple[list[Tensor], list[Tensor], int]:
+    """Room for a step's new ``h`` and ``c`` of every layer, ``(hidden, m)`` views of one
+    tensor whose rows are :data:`ROW_ALIGN`-float multiples apart, and that row stride."""
+    ld = -(-m // ROW_ALIGN) * ROW_ALIGN
+    room = torch.empty(2 * layers, hidden, ld)[:, :, :m]
+    return list(room[:layers]), list(room[layers:]), ld
 
 
 def _log_sign(p: float | None):
@@ -432,7 +457,8 @@ def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence
     """One step for ``M`` coordinates: features ``x (F, M)`` or, with ``log_sign_p``, the raw
     gradients ``x (1, M)`` whose two features the kernel computes (the paper's log/sign
     preprocessing with that ``p``); per layer ``h, c (hidden, M)`` -> (update ``(M,)``, new
-    ``h`` list, new ``c`` list).  ``params``: the network's weights as lstm_kernel.cpp takes
+    ``h`` list, new ``c`` list; their rows start cache lines, :data:`ROW_ALIGN`-float
+    multiples apart, so they are views, not contiguous).  ``params``: the network's weights as lstm_kernel.cpp takes
     them (:func:`~l2obench.plugins.lstm.backend.kernel_weights`), or the flat layout of the
     gradient (:func:`weights_of`); ``lib`` a library from :func:`build` other than
     :func:`library`'s (tests of each ISA)."""
@@ -442,14 +468,15 @@ def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence
         _raw(x)
         features = 2
     weights = _weights(params, layers, hidden, features)
-    _check(*weights, x, *h, *c)
+    _check(*weights, x)
+    _check(*h, *c, contiguous=False)
     _states_shaped(h, c, layers, hidden, m)
-    h_new = [torch.empty_like(t) for t in h]
-    c_new = [torch.empty_like(t) for t in c]
+    states, ld_in = _rows([*h, *c], m)
+    h_new, c_new, ld_out = _new_states(layers, hidden, m)
     out = x.new_empty(m)
-    keep, (w_p, h_p, c_p, h_new_p, c_new_p) = _pointer_arrays(weights, h, c, h_new, c_new)
-    lib.l2o_lstm_step(layers, hidden, features, m, w_p, scale, x.data_ptr(), _log_sign(log_sign_p), h_p, c_p,
-                      h_new_p, c_new_p, out.data_ptr(), torch.get_num_threads())
+    keep, (w_p, h_p, c_p, h_new_p, c_new_p) = _pointer_arrays(weights, states[:layers], states[layers:], h_new, c_new)
+    lib.l2o_lstm_step(layers, hidden, features, m, w_p, scale, x.data_ptr(), _log_sign(log_sign_p), h_p, c_p, ld_in,
+                      h_new_p, c_new_p, ld_out, out.data_ptr(), torch.get_num_threads())
     del keep
     return out, h_new, c_new
 
@@ -470,15 +497,17 @@ def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, 
         _raw(x)
         features = 2
     weights = _weights(params, len(h0), hidden, features)
-    _check(*weights, x, d_out, *h0, *c0)
+    _check(*weights, x, d_out)
+    _check(*h0, *c0, contiguous=False)
     _states_shaped(h0, c0, len(h0), hidden, m)
+    states, ld0 = _rows([*h0, *c0], m)
     if tuple(d_out.shape) != (steps, m):
         raise ValueError(f"d_out is {tuple(d_out.shape)}; the unroll has {steps} steps of {m} coordinates")
     grad = x.new_zeros(flat_size(len(h0), hidden, features))
     d_x = torch.empty_like(x) if input_grad else None
-    keep, (w_p, h_p, c_p) = _pointer_arrays(weights, h0, c0)
+    keep, (w_p, h_p, c_p) = _pointer_arrays(weights, states[:len(h0)], states[len(h0):])
     lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, w_p, scale, x.data_ptr(),
-                                 _log_sign(log_sign_p), h_p, c_p, d_out.data_ptr(), grad.data_ptr(),
+                                 _log_sign(log_sign_p), h_p, c_p, ld0, d_out.data_ptr(), grad.data_ptr(),
                                  None if d_x is None else d_x.data_ptr(), torch.get_num_threads())
     del keep
     return (grad, d_x) if input_grad else grad

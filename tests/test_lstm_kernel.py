@@ -99,6 +99,56 @@ def test_step_on_many_coordinates_matches_the_torch_network(m):
         del got_update, got_h, got_c
 
 
+@pytest.mark.parametrize("m", [37, 4099, 3 * 15910])
+def test_new_states_have_rows_a_cache_lines_multiple_apart_and_are_read_back_as_they_are(m):
+    """The step writes each state row to start a cache line (streamed to memory where the
+    states outgrow the cache, as 3 optimizees of the paper's net do), and the next step and
+    an unroll's backward read such rows in place: the same bits as from contiguous copies,
+    and as a step of the first coordinates alone."""
+    net = network(20, 2, 2, seed=m)
+    params = backend.kernel_parameters(net)
+    g = torch.Generator().manual_seed(m)
+    x = torch.rand(3, 1, m, generator=g) * 2e-2 - 1e-2
+    h = [torch.rand(20, m, generator=g) * 2 - 1 for _ in range(2)]
+    c = [torch.rand(20, m, generator=g) * 4 - 2 for _ in range(2)]
+    _, h1, c1 = lstm_kernel.step(params, 0.1, x[0], h, c, 20, log_sign_p=10.0)
+    ld = -(-m // lstm_kernel.ROW_ALIGN) * lstm_kernel.ROW_ALIGN
+    assert all(t.shape == (20, m) and t.stride() == (ld, 1) for t in (*h1, *c1))
+    assert all(t.data_ptr() % 64 == 0 for t in (*h1, *c1))
+    as_written = lstm_kernel.step(params, 0.1, x[1], h1, c1, 20, log_sign_p=10.0)
+    copied = lstm_kernel.step(params, 0.1, x[1], [t.contiguous() for t in h1], [t.contiguous() for t in c1], 20,
+                              log_sign_p=10.0)
+    assert torch.equal(as_written[0], copied[0])
+    assert all(torch.equal(a, b) for a, b in zip([*as_written[1], *as_written[2]], [*copied[1], *copied[2]]))
+    first = min(m, 100)
+    alone = lstm_kernel.step(params, 0.1, x[1, :, :first].contiguous(), [t[:, :first].contiguous() for t in h1],
+                             [t[:, :first].contiguous() for t in c1], 20, log_sign_p=10.0)
+    assert torch.equal(alone[0], as_written[0][:first])
+    assert all(torch.equal(a, b[:, :first]) for a, b in zip([*alone[1], *alone[2]], [*as_written[1], *as_written[2]]))
+    d_out = torch.rand(3, m, generator=g)
+    assert torch.equal(lstm_kernel.unroll_backward(params, 0.1, x, h1, c1, d_out, 20, log_sign_p=10.0),
+                       lstm_kernel.unroll_backward(params, 0.1, x, [t.contiguous() for t in h1],
+                                                   [t.contiguous() for t in c1], d_out, 20, log_sign_p=10.0))
+
+
+def test_states_of_other_layouts_are_read_as_copies():
+    """Rows of different strides, columns not adjacent, a broadcast row: read from contiguous
+    copies, the same as the contiguous states."""
+    net = network(6, 2, 1)
+    params = backend.kernel_parameters(net)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(1, 21, generator=g)
+    h = [torch.rand(6, 21, generator=g) for _ in range(2)]
+    c = [torch.rand(6, 21, generator=g) for _ in range(2)]
+    want = lstm_kernel.step(params, 0.1, x, h, c, 6)
+    odd_h = [torch.rand(21, 6).t().copy_(h[0]), torch.empty(6, 40)[:, :21].copy_(h[1])]
+    odd_c = [c[0], torch.rand(1, 21).copy_(c[1][:1]).expand(6, 21)]
+    got = lstm_kernel.step(params, 0.1, x, odd_h, odd_c, 6)
+    broadcast = lstm_kernel.step(params, 0.1, x, h, [c[0], c[1][:1].expand(6, 21).contiguous()], 6)
+    assert torch.equal(got[0], broadcast[0]) and torch.equal(want[1][0], got[1][0])
+    assert all(torch.equal(a, b) for a, b in zip([*got[1], *got[2]], [*broadcast[1], *broadcast[2]]))
+
+
 #: raw gradients over the magnitudes the log/sign preprocessing tells apart: below, at and
 #: above e^-p, zero, huge, infinite and NaN
 raw_gradients = st.lists(st.one_of(

@@ -103,8 +103,8 @@ def kernel_gradients(net: LSTMNetwork, flat: Tensor) -> list[Tensor]:
 
 def _states(net: LSTMNetwork, state: State, m: int) -> tuple[list[Tensor], list[Tensor]]:
     hidden, layers = net.lstm.hidden, range(len(net.lstm.cells))
-    return ([state[f"h{k}"].reshape(hidden, m).contiguous() for k in layers],
-            [state[f"c{k}"].reshape(hidden, m).contiguous() for k in layers])
+    # as the kernel wrote them (rows a cache line's multiple apart) where a reshape keeps them
+    return ([state[f"h{k}"].reshape(hidden, m) for k in layers], [state[f"c{k}"].reshape(hidden, m) for k in layers])
 
 
 # -- steps and replays on the kernel ---------------------------------------------------
