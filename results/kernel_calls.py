@@ -1,0 +1,70 @@
+"""The fused LSTM kernel's two entry points alone, on the paper's MNIST shapes (2 layers of 20
+units, log/sign inputs): 20 steps and the backward of a 20-step unroll, in milliseconds per
+optimizee step, for one or more builds of the kernel, the builds alternated round by round.
+
+    python results/kernel_calls.py [--coordinates 15910] [--threads 2] [--rounds 12] [LIBRARY.so ...]
+
+Without a library, the build for this source and CPU (``lstm_kernel.build()``).  A build of
+another source (``c++ -O3 -std=c++17 -shared -fPIC -fopenmp -march=native src.cpp -o lib.so``)
+compares a change of the kernel with it; the builds must share this source's ABI.  Also
+prints whether each build's results are the first one's to the bit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from l2obench.plugins import lstm_kernel
+
+LAYERS, HIDDEN, STEPS, P = 2, 20, 20, 10.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("libraries", nargs="*", type=Path)
+    ap.add_argument("--coordinates", type=int, default=15910)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=12)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    paths = args.libraries or [lstm_kernel.build()]
+    libs = [lstm_kernel.open_library(p) for p in paths]
+    g = torch.Generator().manual_seed(0)
+    m = args.coordinates
+    weights = lstm_kernel.weights_of(torch.randn(lstm_kernel.flat_size(LAYERS, HIDDEN, 2), generator=g) * 0.3,
+                                     LAYERS, HIDDEN, 2)
+    grads = torch.randn(STEPS, 1, m, generator=g) * 1e-2
+    d_out = torch.randn(STEPS, m, generator=g)
+    h0 = [torch.randn(HIDDEN, m, generator=g) * 0.1 for _ in range(LAYERS)]
+    c0 = [torch.randn(HIDDEN, m, generator=g) * 0.1 for _ in range(LAYERS)]
+    times = {p: {"step": [], "unroll backward": []} for p in paths}
+    results = {}
+    for _ in range(args.rounds):
+        for path, lib in zip(paths, libs):
+            start = time.perf_counter()
+            h, c = h0, c0
+            for t in range(STEPS):
+                update, h, c = lstm_kernel.step(weights, 0.1, grads[t], h, c, HIDDEN, lib=lib, log_sign_p=P)
+            middle = time.perf_counter()
+            grad = lstm_kernel.unroll_backward(weights, 0.1, grads, h0, c0, d_out, HIDDEN, lib=lib, log_sign_p=P)
+            end = time.perf_counter()
+            times[path]["step"].append(1e3 * (middle - start) / STEPS)
+            times[path]["unroll backward"].append(1e3 * (end - middle) / STEPS)
+            results[path] = (update, grad)
+    first = results[paths[0]]
+    for path in paths:
+        same = all(torch.equal(a, b) for a, b in zip(results[path], first))
+        medians = {k: round(statistics.median(v), 3) for k, v in times[path].items()}
+        print(json.dumps({"library": path.name, "ms_per_step_median": medians,
+                          "ms_per_step_min": {k: round(min(v), 3) for k, v in times[path].items()},
+                          "same_bits_as_first": same, "coordinates": m, "threads": args.threads,
+                          "rounds": args.rounds}))
+
+
+if __name__ == "__main__":
+    main()
