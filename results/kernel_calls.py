@@ -33,7 +33,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     paths = args.libraries or [lstm_kernel.build()]
-    libs = [lstm_kernel.open_library(p) for p in paths]
+    libs = []
+    for path in paths:
+        try:
+            libs.append(lstm_kernel.open_library(path))
+        except OSError as exc:  # missing, not a library, or of another ABI
+            ap.error(f"{path}: {exc}")
     g = torch.Generator().manual_seed(0)
     m = args.coordinates
     weights = lstm_kernel.weights_of(torch.randn(lstm_kernel.flat_size(LAYERS, HIDDEN, 2), generator=g) * 0.3,
@@ -42,10 +47,10 @@ def main() -> None:
     d_out = torch.randn(STEPS, m, generator=g)
     h0 = [torch.randn(HIDDEN, m, generator=g) * 0.1 for _ in range(LAYERS)]
     c0 = [torch.randn(HIDDEN, m, generator=g) * 0.1 for _ in range(LAYERS)]
-    times = {p: {"step": [], "unroll backward": []} for p in paths}
-    results = {}
+    times = [{"step": [], "unroll backward": []} for _ in paths]
+    results = [None] * len(paths)
     for _ in range(args.rounds):
-        for path, lib in zip(paths, libs):
+        for k, lib in enumerate(libs):
             start = time.perf_counter()
             h, c = h0, c0
             for t in range(STEPS):
@@ -53,15 +58,14 @@ def main() -> None:
             middle = time.perf_counter()
             grad = lstm_kernel.unroll_backward(weights, 0.1, grads, h0, c0, d_out, HIDDEN, lib=lib, log_sign_p=P)
             end = time.perf_counter()
-            times[path]["step"].append(1e3 * (middle - start) / STEPS)
-            times[path]["unroll backward"].append(1e3 * (end - middle) / STEPS)
-            results[path] = (update, grad)
-    first = results[paths[0]]
-    for path in paths:
-        same = all(torch.equal(a, b) for a, b in zip(results[path], first))
-        medians = {k: round(statistics.median(v), 3) for k, v in times[path].items()}
-        print(json.dumps({"library": path.name, "ms_per_step_median": medians,
-                          "ms_per_step_min": {k: round(min(v), 3) for k, v in times[path].items()},
+            times[k]["step"].append(1e3 * (middle - start) / STEPS)
+            times[k]["unroll backward"].append(1e3 * (end - middle) / STEPS)
+            results[k] = (update, grad)
+    for path, spent, result in zip(paths, times, results):
+        same = all(torch.equal(a, b) for a, b in zip(result, results[0]))
+        print(json.dumps({"library": path.name, "ms_per_step_median": {k: round(statistics.median(v), 3)
+                                                                       for k, v in spent.items()},
+                          "ms_per_step_min": {k: round(min(v), 3) for k, v in spent.items()},
                           "same_bits_as_first": same, "coordinates": m, "threads": args.threads,
                           "rounds": args.rounds}))
 

@@ -218,3 +218,33 @@ def test_the_per_part_timing_script_leaves_a_positive_rest(monkeypatch):
     parts = ("kernel step", "kernel unroll backward", "loss and gradient")
     assert all(row[k] > 0 for k in parts) and row["kernel_isa"] == lstm_kernel.isa()
     assert 0 < row["rest"] < row["ms_per_step"]
+
+
+def test_the_smoke_step_timing_script_times_both_learned_optimizers():
+    """results/smoke_steps.py (the smoke suite's step figures of results/benchmarks.md)."""
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "results" / "smoke_steps.py"))
+    assert set(script["OPTIMIZERS"]) == {"lstm", "rnnprop"}
+    assert all(0 < script["ms_per_step"](name, 1) < 1e3 for name in script["OPTIMIZERS"])
+
+
+def test_the_kernel_call_timing_script_compares_builds_bit_for_bit(monkeypatch, capsys):
+    """results/kernel_calls.py times the kernel's entry points for builds alternated and
+    says whether each gives the first one's bits (the same build twice: it does)."""
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from l2obench.plugins import lstm_kernel
+
+    if lstm_kernel.library() is None:
+        pytest.skip("the fused LSTM kernel could not be built here")
+    build = str(lstm_kernel.build())
+    monkeypatch.setattr(sys, "argv", ["kernel_calls.py", "--coordinates", "40", "--rounds", "2", build, build])
+    runpy.run_path(str(Path(__file__).parents[1] / "results" / "kernel_calls.py"), run_name="__main__")
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and all(r["same_bits_as_first"] and r["coordinates"] == 40 for r in rows)
+    assert all(v > 0 for r in rows for v in r["ms_per_step_median"].values())
