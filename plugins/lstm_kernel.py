@@ -416,7 +416,9 @@ def _states_shaped(h: Sequence[Tensor], c: Sequence[Tensor], layers: int, hidden
 def _check(*tensors: Tensor, contiguous: bool = True) -> None:
     for t in tensors:
         if t.dtype is not torch.float32 or not t.is_cpu or (contiguous and not t.is_contiguous()):
-            raise ValueError("the fused LSTM kernel takes contiguous float32 CPU tensors")
+            what = "contiguous float32 CPU tensors" if contiguous else "float32 CPU tensors"
+            raise ValueError(f"the fused LSTM kernel takes {what}; got {t.dtype} on {t.device}"
+                             f"{'' if t.is_contiguous() else ', not contiguous'}")
 
 
 #: the step writes its new states in rows of a multiple of this many floats (one cache line),

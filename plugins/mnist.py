@@ -196,14 +196,10 @@ class MLP(ImageTask):
         backward autograd runs through :meth:`loss`, its operations in its order, so the
         numbers are the same bit for bit (the cross-entropy's through its log-softmax)."""
         x, y = batch
-        act, act_grad = ACTIVATIONS[self.config.activation], ACTIVATION_GRADS[self.config.activation]
+        act_grad = ACTIVATION_GRADS[self.config.activation]
         weights = _unflatten(params, self.layers)
-        inputs, pre = [x.transpose(1, 2)], []  # each layer's input (S, in, B), each hidden layer's W^T h + b
-        for i, (w, b) in enumerate(weights):
-            z = torch.baddbmm(b.unsqueeze(2), w.transpose(1, 2), inputs[-1])
-            if i < len(weights) - 1:
-                pre.append(z)
-                inputs.append(act(z))
+        inputs, pre = [], []
+        z = self._forward(weights, x, inputs, pre)
         log_p = torch.log_softmax(z, 1)
         per_example = F.nll_loss(log_p, y, reduction="none")
         loss = per_example.mean(1)
@@ -228,12 +224,21 @@ class MLP(ImageTask):
         """Class scores ``(S, classes, B)``.  Feature-major activations (S, features, B): each
         layer is W^T h + b, the product shape that batched BLAS runs fastest here, forward
         and backward."""
+        return self._forward(_unflatten(params, self.layers), x)
+
+    def _forward(self, weights, x: Tensor, inputs: list | None = None, pre: list | None = None) -> Tensor:
+        """:meth:`_scores` from the per-layer ``weights``; appends each layer's input
+        ``(S, in, B)`` to ``inputs`` and each hidden layer's ``W^T h + b`` to ``pre`` where
+        given (what :meth:`loss_and_grad`'s backward reads)."""
         act = ACTIVATIONS[self.config.activation]
         h = x.transpose(1, 2)
-        weights = _unflatten(params, self.layers)
         for i, (w, b) in enumerate(weights):
+            if inputs is not None:
+                inputs.append(h)
             h = torch.baddbmm(b.unsqueeze(2), w.transpose(1, 2), h)
             if i < len(weights) - 1:
+                if pre is not None:
+                    pre.append(h)
                 h = act(h)
         return h
 

@@ -436,9 +436,11 @@ def test_kernel_inputs_are_checked():
     x = torch.zeros(2, 5, dtype=torch.float64)
     h, c = [torch.zeros(4, 5)], [torch.zeros(4, 5)]
     params = backend.kernel_parameters(net)
-    with pytest.raises(ValueError, match="contiguous float32 CPU"):
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensors; got torch.float64 on cpu"):
         lstm_kernel.step(params, 0.1, x, h, c, 4)
     x = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="takes float32 CPU tensors; got torch.float64"):  # states: any row stride
+        lstm_kernel.step(params, 0.1, x, [torch.zeros(4, 5, dtype=torch.float64)], c, 4)
     weights = [w.detach() for w in backend.kernel_weights(net)]
     with pytest.raises(ValueError, match="weight 0 has 32 numbers; a network of 1 layers of 5 units on 2 features "
                                          "has 40"):
