@@ -11,7 +11,7 @@ from .registry import Registry, get_registry
 _API = (
     "Optimizer", "State", "chain", "scale", "stateless", "step_count", "zeros_like_state", "prefixed",
     "unprefixed", "add_decayed_weights", "decoupled_weight_decay", "scale_by_adagrad", "scale_by_adam",
-    "scale_by_rms", "trace", "from_torch_optimizer", "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt", "LearnedOptimizer",
+    "scale_by_rms", "trace", "from_torch_optimizer", "steps_to_replay", "replaying", "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt", "LearnedOptimizer",
     "Capabilities", "Task", "Renderable", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "task_metrics",
     "heldout_metric", "module_task", "ModuleTask", "ModuleBatch", "Dataset", "DATA_ENV",
     "DataFile", "IDXDataset", "read_data_file", "parse_idx", "data_dir", "data_cache_dir", "images_to_float",

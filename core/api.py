@@ -14,8 +14,10 @@ Every name is re-exported at the top level (``l2obench.Optimizer``).  The groups
 - **optimizers**: :class:`Optimizer` (``init`` / ``update``, capability flags),
   :data:`State`, the combinators :func:`chain`, :func:`scale`, :func:`stateless`,
   the state helpers :func:`step_count`, :func:`zeros_like_state`, :func:`prefixed`,
-  :func:`unprefixed`, the transforms the built-in baselines are chained from, and
-  :func:`from_torch_optimizer`, which wraps a torch.optim-style optimizer class.
+  :func:`unprefixed`, the transforms the built-in baselines are chained from,
+  :func:`from_torch_optimizer`, which wraps a torch.optim-style optimizer class, and
+  :func:`steps_to_replay` / :func:`replaying`, which mark an unroll's steps whose ``replay``
+  follows.
 - **hyperparameters**: the annotations that declare their bounds (:data:`LearningRate`,
   :data:`Beta`, :data:`Positive`, :data:`NonNegative`, :data:`PositiveInt`), checked for the
   command line, suites and checkpoints alike before a factory runs.
@@ -62,7 +64,8 @@ from .learned import Capabilities, LearnedOptimizer
 from .from_module import ModuleBatch, ModuleTask, module_task
 from .population import (Particles, PopulationState, antithetic, flat_meta_params, restart_from,
                          run_truncation, split_flat, start_population)
-from .optimizer import Optimizer, State, chain, prefixed, scale, stateless, step_count, unprefixed, zeros_like_state
+from .optimizer import (Optimizer, State, chain, prefixed, replaying, scale, stateless, step_count, steps_to_replay,
+                        unprefixed, zeros_like_state)
 from .registry import get_registry
 from .task import SPLITS, Renderable, Split, Task, TaskConfig, TaskFamily, heldout_metric, seed_generator, task_metrics
 from .unroll import Unroll, unroll as truncated_unroll  # l2obench.unroll is the module
@@ -73,7 +76,7 @@ __all__ = [
     "hookimpl",
     "Optimizer", "State", "chain", "scale", "stateless", "step_count", "zeros_like_state", "prefixed",
     "unprefixed", "add_decayed_weights", "decoupled_weight_decay", "scale_by_adagrad", "scale_by_adam",
-    "scale_by_rms", "trace", "from_torch_optimizer",
+    "scale_by_rms", "trace", "from_torch_optimizer", "steps_to_replay", "replaying",
     "LearningRate", "Beta", "Positive", "NonNegative", "PositiveInt",
     "LearnedOptimizer", "Capabilities",
     "Task", "Renderable", "TaskFamily", "TaskConfig", "Split", "SPLITS", "seed_generator", "task_metrics", "heldout_metric",

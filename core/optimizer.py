@@ -17,8 +17,10 @@ Hand-designed optimizers are built by chaining small transforms
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, replace
-from typing import Callable, Literal, Mapping
+from typing import Callable, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -51,7 +53,9 @@ class Optimizer:
     differentiable function of the meta-parameters, the gradients held constant.
     The meta-trainer then runs the unroll's steps without an autograd graph and
     backpropagates through ``replay`` once, which may compute the whole unroll's
-    backward in one go (the ``lstm`` plugin's fused kernel does).
+    backward in one go (the ``lstm`` plugin's fused kernel does).  It runs those steps
+    inside :func:`steps_to_replay`, so an ``update`` may keep what its replay's backward
+    would otherwise recompute (:func:`replaying`).
     """
 
     init: InitFn
@@ -63,6 +67,27 @@ class Optimizer:
 
     def with_flags(self, **flags) -> "Optimizer":
         return replace(self, **flags)
+
+
+_REPLAYING: contextvars.ContextVar[bool] = contextvars.ContextVar("l2obench_replaying", default=False)
+
+
+@contextlib.contextmanager
+def steps_to_replay() -> Iterator[None]:
+    """Marks the steps run inside it as an unroll whose ``replay`` follows (the meta-trainer's
+    steps before a replay; a hand-written training loop that calls ``replay`` may use it too).
+    Only a hint: a replay must give the same meta-gradient without it."""
+    token = _REPLAYING.set(True)
+    try:
+        yield
+    finally:
+        _REPLAYING.reset(token)
+
+
+def replaying() -> bool:
+    """Whether the steps running now are inside :func:`steps_to_replay`: an ``update`` may then
+    keep, for its replay's backward, what it would otherwise have to recompute."""
+    return _REPLAYING.get()
 
 
 def prefixed(prefix: str, state: Mapping[str, Tensor]) -> State:

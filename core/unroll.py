@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .evaluate import check_updates, loss_and_grad
-from .optimizer import Optimizer, State
+from .optimizer import Optimizer, State, steps_to_replay
 from .task import Task
 
 
@@ -88,7 +88,7 @@ def _replayed_unroll(opt: Optimizer, task: Task, params: Tensor, state: State, s
     grads, updates = [], []
     logged = torch.zeros((), dtype=params.dtype, device=params.device)
     params = start
-    with torch.no_grad():
+    with torch.no_grad(), steps_to_replay():
         for w in weights:
             loss, grad = loss_and_grad(task, params, next(stream))
             if w:

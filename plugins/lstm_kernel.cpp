@@ -14,7 +14,9 @@
 //     the optimizee's gradients held constant (second derivatives dropped), and
 //     optionally the gradient with respect to the LSTM inputs: for each
 //     tile, the T forward steps are recomputed from the state at the start
-//     of the unroll, then backpropagated through time.  Coordinates are
+//     of the unroll (or, given the records the steps wrote, their gate
+//     activations read back and the cell states rebuilt from them: the same
+//     bits without the matrix-vector products), then backpropagated through time.  Coordinates are
 //     independent, so tiles are too; weight gradients are summed per fixed
 //     block of tiles and the blocks in order, so the result does not depend
 //     on the number of threads.
@@ -398,20 +400,56 @@ std::vector<float> gate_weights(const Net& net, int l, const std::vector<float>&
 // gate_weights WT, the activations (i, f, g, o) into act, the new cell state into
 // c_new, tanh(c_new) into tanh_c (if given), the new hidden state into h_new.  A
 // gate's rows are H rows of NT vectors, so the elementwise part runs over H * NT vectors.
+// With record, the activations (i, f, g, o, as act is left) are also written there, a vector at
+// a time among the elementwise part's arithmetic (streamed with `stream`, to start on vectors'
+// boundaries), so that the stores overlap the arithmetic.
 inline void cell_forward(const Net& net, int l, const float* WT, const vf* xin, const vf* c, vf* act, vf* c_new,
-                         vf* tanh_c, vf* h_new) {
+                         vf* tanh_c, vf* h_new, float* record = nullptr, bool stream = false) {
     const int H = net.H, K = net.K(l), Hn = H * NT;
     gemv(WT, 4 * H, K, xin, act, WT + (int64_t)K * 4 * H);
     for (int r = 0; r < 4 * Hn; ++r) act[r] = sigmoid_of_exponent(act[r]);
     for (int q = 0; q < Hn; ++q) {
         const vf i = act[q], f = act[Hn + q], g = 2.0f * act[2 * Hn + q] - 1.0f, o = act[3 * Hn + q];
         act[2 * Hn + q] = g;
+        if (record) {
+            const vf gates[4] = {i, f, g, o};
+            for (int k = 0; k < 4; ++k) {
+                float* dst = record + (int64_t)(k * Hn + q) * VL;
+                if (STREAMS && stream)
+                    stream_tile(dst, gates[k]);
+                else
+                    std::memcpy(dst, &gates[k], sizeof(vf));
+            }
+        }
         const vf cn = f * c[q] + i * g;
         const vf tc = 2.0f * sigmoid_of_exponent((-2.0f * LOG2E) * cn) - 1.0f;
         c_new[q] = cn;
         if (tanh_c) tanh_c[q] = tc;
         h_new[q] = o * tc;
     }
+}
+
+// cell_forward for a tile whose activations a step recorded (rec, 4H rows): the same new
+// cell state, tanh of it and hidden state, to the bit, without the matrix-vector product
+// and the gates' sigmoids.
+inline void cell_from_record(const Net& net, const float* rec, const vf* c, vf* act, vf* c_new, vf* tanh_c,
+                             vf* h_new) {
+    const int Hn = net.H * NT;
+    std::memcpy(act, rec, sizeof(vf) * 4 * Hn);
+    for (int q = 0; q < Hn; ++q) {
+        const vf i = act[q], f = act[Hn + q], g = act[2 * Hn + q], o = act[3 * Hn + q];
+        const vf cn = f * c[q] + i * g;
+        const vf tc = 2.0f * sigmoid_of_exponent((-2.0f * LOG2E) * cn) - 1.0f;
+        c_new[q] = cn;
+        tanh_c[q] = tc;
+        h_new[q] = o * tc;
+    }
+}
+
+// Where layer l of a tile starts in a step's record: tiles in order, each its layers' 4H rows
+// of TL lanes.
+inline int64_t record_at(const Net& net, int64_t tile, int l) {
+    return ((tile * net.L + l) * 4 * net.H) * (int64_t)TL;
 }
 
 // fn(worker, workers) on up to min(threads, n) workers; `workers` is how many
@@ -441,18 +479,23 @@ void parallel(int threads, int64_t n, Fn fn) {
 
 extern "C" {
 
-int l2o_lstm_abi() { return 6; }
+int l2o_lstm_abi() { return 7; }
 
 // The instruction set this library was built for (avx512, avx2, generic).
 const char* l2o_lstm_isa() { return L2O_ISA; }
 
+// The floats of one step's record for M coordinates (see l2o_lstm_step).
+int64_t l2o_lstm_record_floats(int L, int H, int64_t M) { return (M + TL - 1) / TL * L * 4 * H * TL; }
+
 // One step for all M coordinates: x (F x M) and, per layer, h_in[l], c_in[l] (H rows of M,
 // ld_in apart) give h_out[l], c_out[l] (H rows, ld_out apart) and the update out (M).  With
 // pre (p, e^-p, e^p) x is the raw gradient (1 x M) and its F = 2 features are the log/sign
-// preprocessing's.
+// preprocessing's.  With record (l2o_lstm_record_floats(L, H, M) floats) the step also writes
+// every layer's gate activations there, for l2o_lstm_unroll_backward's records.
 void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, float scale, const float* x,
                    const float* pre, const float* const* h_in, const float* const* c_in, int64_t ld_in,
-                   float* const* h_out, float* const* c_out, int64_t ld_out, float* out, int threads) {
+                   float* const* h_out, float* const* c_out, int64_t ld_out, float* out, float* record,
+                   int threads) {
     const Net net{L, H, F, weights, scale};
     std::vector<std::vector<float>> WT;
     for (int l = 0; l < L; ++l) WT.push_back(gate_weights(net, l, net.W(l)));
@@ -460,6 +503,10 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
     const float b_head = net.head_b();
     const int64_t tiles = (M + TL - 1) / TL;
     const bool stream = STREAMS && (int64_t)2 * L * H * M * (int64_t)sizeof(float) > STREAM_BYTES;
+    // streamed where large and on vectors' boundaries (every tile's layer is TL-float aligned
+    // within the record)
+    const bool stream_record = l2o_lstm_record_floats(L, H, M) * (int64_t)sizeof(float) > STREAM_BYTES &&
+                               (uintptr_t)record % sizeof(vf) == 0;
     constexpr int64_t AHEAD = 32;             // lanes to prefetch ahead: two cache lines of each row
     constexpr int64_t LINE = 64 / sizeof(float);  // lanes per cache line
     parallel(threads, tiles, [&](int worker, int workers) {
@@ -484,7 +531,7 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
                 gather(h_in[l], H, ld_in, m0, n, xin.data() + in * NT);
                 gather(c_in[l], H, ld_in, m0, n, c.data());
                 cell_forward(net, l, WT[l].data(), xin.data(), c.data(), act.data(), c_new.data(), nullptr,
-                             h_new.data());
+                             h_new.data(), record ? record + record_at(net, tile, l) : nullptr, stream_record);
                 scatter_stream(h_new.data(), H, ld_out, m0, n, h_out[l], stream);
                 scatter_stream(c_new.data(), H, ld_out, m0, n, c_out[l], stream);
                 std::copy(h_new.begin(), h_new.end(), xin.begin());  // the next layer's input
@@ -506,11 +553,14 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
 // (H rows of M, ld0 apart) the state before step 0, d_out (T x M) the gradient of the meta-loss with
 // respect to each step's update.  Adds the gradient with respect to the parameters into
 // grad (the gradient's flat layout); with d_x (T x F x M, pre null) writes the gradient
-// with respect to the LSTM inputs x there (an input layer's, before the LSTM).
+// with respect to the LSTM inputs x there (an input layer's, before the LSTM).  With records
+// (T pointers: the records l2o_lstm_step wrote at steps 0 .. T-1 of this unroll, from these
+// weights, inputs and first state) the forward is not recomputed but read from them: the
+// same result to the bit.
 void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float* const* weights, float scale,
                               const float* x, const float* pre, const float* const* h0, const float* const* c0,
                               int64_t ld0, const float* d_out,
-                              float* grad, float* d_x, int threads) {
+                              float* grad, float* d_x, const float* const* records, int threads) {
     const Net net{L, H, F, weights, scale};
     const int64_t P = net.size();
     std::vector<std::vector<float>> WT, W;
@@ -559,9 +609,21 @@ void l2o_lstm_unroll_backward(int L, int H, int F, int64_t M, int T, const float
                         const int K = net.K(l);
                         vf* xin = row(off_in[l] + (int64_t)t * K);
                         vf* h_new = row(off_in[l] + (int64_t)(t + 1) * K + net.in(l));
-                        cell_forward(net, l, WT[l].data(), xin, row(off_c[l] + (int64_t)t * H),
-                                     row(off_act[l] + (int64_t)t * 4 * H), row(off_c[l] + (int64_t)(t + 1) * H),
-                                     row(off_tc[l] + (int64_t)t * H), h_new);
+                        if (records) {
+                            const float* rec = records[t] + record_at(net, tile, l);
+                            if (t + 1 < T)  // the next step's rows of this tile and layer, a step ahead
+                                for (int k = 0; k < 4 * H * TL; k += 64 / (int)sizeof(float))
+                                    __builtin_prefetch(records[t + 1] + record_at(net, tile, l) + k, 0, 3);
+                            cell_from_record(net, rec, row(off_c[l] + (int64_t)t * H),
+                                             row(off_act[l] + (int64_t)t * 4 * H),
+                                             row(off_c[l] + (int64_t)(t + 1) * H), row(off_tc[l] + (int64_t)t * H),
+                                             h_new);
+                        } else {
+                            cell_forward(net, l, WT[l].data(), xin, row(off_c[l] + (int64_t)t * H),
+                                         row(off_act[l] + (int64_t)t * 4 * H),
+                                         row(off_c[l] + (int64_t)(t + 1) * H), row(off_tc[l] + (int64_t)t * H),
+                                         h_new);
+                        }
                         if (l + 1 < L) std::copy(h_new, h_new + Hn, row(off_in[l + 1] + (int64_t)t * net.K(l + 1)));
                     }
                 }

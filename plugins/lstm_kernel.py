@@ -5,7 +5,9 @@ The kernel computes what :mod:`l2obench.plugins.lstm` computes with torch ops,
 for float32 tensors on the CPU: one optimizer step for every coordinate, and
 the meta-gradient of a whole unroll with second derivatives dropped
 (recomputing the unroll's forward tile by tile, so that what the backward
-reads stays in cache instead of crossing memory twice per step).
+reads stays in cache, or reading the gate activations the steps recorded: one
+record per step, :func:`record_size` floats, written as the step streams through
+its states).
 
 The library is compiled once per source, compiler, ``-march`` and CPU into the
 user cache (``~/.cache/l2obench/kernels`` on Linux) with ``-O3``; it needs
@@ -57,7 +59,7 @@ FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 #: tried in turn: with OpenMP (threads shared with torch's pool), then with std::thread
 #: for compilers without it (Apple's clang)
 VARIANTS = (("-fopenmp",), ())
-ABI = 6
+ABI = 7
 #: ``-march`` values the ISA benchmark tries on x86-64: AVX-512, AVX2 with FMA, SSE2 only
 X86_MARCHES = ("x86-64-v4", "x86-64-v3", "x86-64")
 #: the self-check's workload: the paper's MNIST optimizee (784-20-10 MLP), an unroll of 10 steps
@@ -186,9 +188,11 @@ def _open(path: Path) -> ctypes.CDLL:
         raise OSError("the cached library is of another version")
     # every pointer (to floats, or to an array of tensors' pointers) as an address
     i, i64, f, p = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.l2o_lstm_step.argtypes = [i, i, i, i64, p, f, p, p, p, p, i64, p, p, i64, p, i]
+    lib.l2o_lstm_step.argtypes = [i, i, i, i64, p, f, p, p, p, p, i64, p, p, i64, p, p, i]
     lib.l2o_lstm_step.restype = None
-    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, p, f, p, p, p, p, i64, p, p, p, i]
+    lib.l2o_lstm_unroll_backward.argtypes = [i, i, i, i64, i, p, f, p, p, p, p, i64, p, p, p, p, i]
+    lib.l2o_lstm_record_floats.argtypes = [i, i, i64]
+    lib.l2o_lstm_record_floats.restype = i64
     lib.l2o_lstm_unroll_backward.restype = None
     lib.l2o_lstm_isa.restype = ctypes.c_char_p
     return lib
@@ -454,8 +458,20 @@ def _log_sign(p: float | None):
     return (ctypes.c_float * 3)(p, math.exp(-p), math.exp(p))
 
 
+def record_size(layers: int, hidden: int, m: int, *, lib: ctypes.CDLL | None = None) -> int:
+    """The floats of one step's record (:func:`step`'s ``record``) for ``m`` coordinates."""
+    return (lib or library()).l2o_lstm_record_floats(layers, hidden, m)
+
+
+def _check_record(record: Tensor, size: int, what: str) -> None:
+    _check(record)
+    if record.numel() != size:
+        raise ValueError(f"{what} has {record.numel()} floats; a step's record of this shape has {size}")
+
+
 def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence[Tensor], c: Sequence[Tensor],
-         hidden: int, *, lib: ctypes.CDLL | None = None, log_sign_p: float | None = None):
+         hidden: int, *, lib: ctypes.CDLL | None = None, log_sign_p: float | None = None,
+         record: Tensor | None = None):
     """One step for ``M`` coordinates: features ``x (F, M)`` or, with ``log_sign_p``, the raw
     gradients ``x (1, M)`` whose two features the kernel computes (the paper's log/sign
     preprocessing with that ``p``); per layer ``h, c (hidden, M)`` -> (update ``(M,)``, new
@@ -463,7 +479,8 @@ def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence
     multiples apart, so they are views, not contiguous).  ``params``: the network's weights as lstm_kernel.cpp takes
     them (:func:`~l2obench.plugins.lstm.backend.kernel_weights`), or the flat layout of the
     gradient (:func:`weights_of`); ``lib`` a library from :func:`build` other than
-    :func:`library`'s (tests of each ISA)."""
+    :func:`library`'s (tests of each ISA).  With ``record`` (:func:`record_size` floats) the
+    step also writes its gate activations there, for :func:`unroll_backward`'s ``records``."""
     lib = lib or library()
     layers, (features, m) = len(h), x.shape
     if log_sign_p is not None:
@@ -474,23 +491,29 @@ def step(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h: Sequence
     _check(*h, *c, contiguous=False)
     _states_shaped(h, c, layers, hidden, m)
     states, ld_in = _rows([*h, *c], m)
+    if record is not None:
+        _check_record(record, record_size(layers, hidden, m, lib=lib), "the record")
     h_new, c_new, ld_out = _new_states(layers, hidden, m)
     out = x.new_empty(m)
     keep, (w_p, h_p, c_p, h_new_p, c_new_p) = _pointer_arrays(weights, states[:layers], states[layers:], h_new, c_new)
     lib.l2o_lstm_step(layers, hidden, features, m, w_p, scale, x.data_ptr(), _log_sign(log_sign_p), h_p, c_p, ld_in,
-                      h_new_p, c_new_p, ld_out, out.data_ptr(), torch.get_num_threads())
+                      h_new_p, c_new_p, ld_out, out.data_ptr(), None if record is None else record.data_ptr(),
+                      torch.get_num_threads())
     del keep
     return out, h_new, c_new
 
 
 def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, h0: Sequence[Tensor],
                     c0: Sequence[Tensor], d_out: Tensor, hidden: int, *, lib: ctypes.CDLL | None = None,
-                    log_sign_p: float | None = None, input_grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                    log_sign_p: float | None = None, input_grad: bool = False,
+                    records: Sequence[Tensor] | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """The gradient, in the flat layout, of ``sum_t <d_out[t], update_t>`` over an unroll
     whose LSTM inputs are ``x (T, F, M)`` (with ``log_sign_p`` the raw gradients ``(T, 1, M)``,
     as in :func:`step`) from the state ``h0, c0``; ``params`` as in :func:`step`.  With
     ``input_grad`` also the gradient with respect to ``x`` (``(T, F, M)``; not with
-    ``log_sign_p``): ``(flat, d_x)``."""
+    ``log_sign_p``): ``(flat, d_x)``.  With ``records``, one per step, the records :func:`step`
+    wrote making this unroll (from these weights, inputs and first state: the caller's promise),
+    the forward is read from them instead of recomputed: the same result to the bit."""
     lib = lib or library()
     steps, features, m = x.shape
     if log_sign_p is not None:
@@ -506,13 +529,34 @@ def unroll_backward(params: Tensor | Sequence[Tensor], scale: float, x: Tensor, 
     if tuple(d_out.shape) != (steps, m):
         raise ValueError(f"d_out is {tuple(d_out.shape)}; the unroll has {steps} steps of {m} coordinates")
     grad = x.new_zeros(flat_size(len(h0), hidden, features))
+    if records is not None:
+        if len(records) != steps:
+            raise ValueError(f"{len(records)} records for an unroll of {steps} steps")
+        size = record_size(len(h0), hidden, m, lib=lib)
+        for t, record in enumerate(records):
+            _check_record(record, size, f"the record of step {t}")
     d_x = torch.empty_like(x) if input_grad else None
-    keep, (w_p, h_p, c_p) = _pointer_arrays(weights, states[:len(h0)], states[len(h0):])
-    lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, steps, w_p, scale, x.data_ptr(),
-                                 _log_sign(log_sign_p), h_p, c_p, ld0, d_out.data_ptr(), grad.data_ptr(),
-                                 None if d_x is None else d_x.data_ptr(), torch.get_num_threads())
-    del keep
+    live = live_steps(d_out)
+    if d_x is not None:
+        d_x[live:] = 0
+    if live:
+        keep, (w_p, h_p, c_p, r_p) = _pointer_arrays(weights, states[:len(h0)], states[len(h0):], records or ())
+        lib.l2o_lstm_unroll_backward(len(h0), hidden, features, m, live, w_p, scale, x.data_ptr(),
+                                     _log_sign(log_sign_p), h_p, c_p, ld0, d_out.data_ptr(), grad.data_ptr(),
+                                     None if d_x is None else d_x.data_ptr(), r_p if records is not None else None,
+                                     torch.get_num_threads())
+        del keep
     return (grad, d_x) if input_grad else grad
+
+
+def live_steps(d_out: Tensor) -> int:
+    """How many leading steps of an unroll its backward must run: the steps up to the last
+    whose ``d_out`` row has a nonzero (or NaN).  A later step's update reaches no term of the
+    meta-loss (the last step's never does in :func:`l2obench.unroll.unroll`'s surrogate), so its
+    gradients are zeros: leaving it out saves its recomputed forward and its backward and
+    changes no sum (adding zeros of finite products), whose bits the tests compare."""
+    rows = d_out.reshape(d_out.shape[0], -1).ne(0).any(1).nonzero()
+    return int(rows[-1]) + 1 if rows.numel() else 0
 
 
 def open_library(path: Path) -> ctypes.CDLL:

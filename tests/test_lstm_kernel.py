@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import l2obench
 from l2obench import ConfigError, L2OWarning, get_registry
 from l2obench.metatrain import MetaTrainConfig, meta_train, unroll
 from l2obench.plugins.lstm import Preprocessor, backend, build_network
@@ -225,6 +226,44 @@ def test_unroll_backward_is_the_same_on_any_number_of_threads():
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+@pytest.mark.parametrize("zeros", [1, 3, 8])
+def test_the_backward_leaves_out_the_trailing_steps_without_a_gradient_to_the_same_bits(zeros):
+    """Steps after the last nonzero row of d_out (the unroll's last step always) are left out:
+    the same gradients, to the bit, as the kernel computing every step, and zero input
+    gradients there; they match autograd's too."""
+    gen = torch.Generator().manual_seed(zeros)
+    net = network(20, 2, 2)
+    m, steps = 300, 8
+    x = torch.randn(steps, 2, m, generator=gen)
+    h, c = list(torch.randn(2, 20, m, generator=gen) * 0.1), list(torch.randn(2, 20, m, generator=gen))
+    d_out = torch.randn(steps, m, generator=gen)
+    d_out[steps - zeros:] = 0
+    d_out[0, 5] = 0  # zeros elsewhere count as any number
+    assert lstm_kernel.live_steps(d_out) == steps - zeros
+    params = backend.kernel_parameters(net)
+    flat, d_x = lstm_kernel.unroll_backward(params, 0.1, x, h, c, d_out, 20, input_grad=True)
+    # every step through the library itself
+    full, full_x = torch.zeros_like(flat), torch.full_like(x, float("nan"))
+    weights = lstm_kernel.weights_of(params, 2, 20, 2)
+    keep, (w_p, h_p, c_p) = lstm_kernel._pointer_arrays(weights, h, c)
+    lstm_kernel.library().l2o_lstm_unroll_backward(2, 20, 2, m, steps, w_p, 0.1, x.data_ptr(), None, h_p, c_p, m,
+                                                   d_out.data_ptr(), full.data_ptr(), full_x.data_ptr(), None,
+                                                   torch.get_num_threads())
+    assert torch.equal(flat, full)
+    assert torch.equal(d_x, full_x) and not d_x[steps - zeros:].any()
+    inputs, state, total = x.clone().requires_grad_(True), torch_state(h, c), 0
+    for t in range(steps):
+        top, state = net.lstm(inputs[t], state)
+        total = total + (net.head(top) * d_out[t]).sum()
+    *want, want_x = torch.autograd.grad(total, [*backend.kernel_weights(net), inputs])
+    for a, b in zip(backend.kernel_gradients(net, flat), want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+    torch.testing.assert_close(d_x, want_x, rtol=1e-4, atol=1e-5 * max(1.0, want_x.abs().max().item()))
+    # nothing left: zeros, and the kernel not asked
+    none = lstm_kernel.unroll_backward(params, 0.1, x, h, c, torch.zeros(steps, m), 20)
+    assert not none.any() and lstm_kernel.live_steps(torch.full((steps, m), float("nan"))) == steps
+
+
 def test_the_paper_lstm_uses_the_kernel_and_replays_unrolls():
     lopt = get_registry().learned("lstm")
     assert lopt.opt_fn().replay is not None
@@ -255,7 +294,8 @@ def quadratic_meta_gradients(opt_of, lopt, seeds=(3, 4), unrolls=2, steps=5):
         lopt.zero_grad()
         result = unroll(opt, task, params, state, stream, [0.5] + [1.0] * (steps - 1))
         result.meta_loss.backward()
-        out.append(([p.grad.clone() for p in lopt.parameters()], result.logged, result.params))
+        out.append(([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in lopt.parameters()],
+                    result.logged, result.params))
         params, state = result.params.detach(), {k: v.detach() for k, v in result.state.items()}
     return out
 
@@ -786,3 +826,150 @@ def test_the_lstm_is_placed_on_the_device_of_its_tensors():
             assert update.device.type == "meta" and update.shape == (2, 5)
             assert {v.device.type for v in state.values()} == {"meta"}
 
+
+
+# -- the steps' records ----------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases(steps=4), st.booleans(), st.data())
+def test_the_backward_from_the_steps_records_gives_the_bits_of_the_recomputed_forward(case, raw, data):
+    """Steps that write records, then the backward reading them instead of recomputing the
+    forward: the same gradients (and input gradients) to the bit, for any shape."""
+    hidden, layers, features, m, x, h, c = case
+    if raw:
+        features, x = 2, x[:, :1] * 1e-2  # raw gradients, the kernel's log/sign features
+    net = network(hidden, layers, features)
+    params, p = backend.kernel_parameters(net), (10.0 if raw else None)
+    size = lstm_kernel.record_size(layers, hidden, m)
+    records = [torch.full((size,), float("nan")) for _ in range(x.shape[0])]
+    hs, cs = list(h), list(c)
+    for t in range(x.shape[0]):
+        _, hs, cs = lstm_kernel.step(params, net.head.scale, x[t], hs, cs, hidden, log_sign_p=p, record=records[t])
+    d_out = data.draw(values((x.shape[0], m)))
+    grad = not raw
+    want = lstm_kernel.unroll_backward(params, net.head.scale, x, list(h), list(c), d_out, hidden, log_sign_p=p,
+                                       input_grad=grad)
+    got = lstm_kernel.unroll_backward(params, net.head.scale, x, list(h), list(c), d_out, hidden, log_sign_p=p,
+                                      input_grad=grad, records=records)
+    for a, b in zip(got if grad else [got], want if grad else [want]):
+        assert torch.equal(a, b)
+
+
+def test_records_streamed_to_memory_give_the_same_bits_too():
+    """Records larger than the kernel streams (2 MiB; 5,000 coordinates of the paper's LSTM make
+    3.2 MB a step), in a buffer that starts off a vector's boundary as well."""
+    net = network(20, 2, 2)
+    gen = torch.Generator().manual_seed(2)
+    m, steps = 5000, 3
+    x = torch.randn(steps, 1, m, generator=gen) * 1e-2
+    h, c = list(torch.randn(2, 20, m, generator=gen) * 0.1), list(torch.randn(2, 20, m, generator=gen))
+    params, size = backend.kernel_parameters(net), lstm_kernel.record_size(2, 20, m)
+    assert size * 4 > 2 << 20
+    d_out = torch.randn(steps, m, generator=gen)
+    want = lstm_kernel.unroll_backward(params, 0.1, x, h, c, d_out, 20, log_sign_p=10.0)
+    for offset in (0, 1):
+        records = [torch.empty(size + 1)[offset:offset + size] for _ in range(steps)]
+        hs, cs = h, c
+        for t in range(steps):
+            _, hs, cs = lstm_kernel.step(params, 0.1, x[t], hs, cs, 20, log_sign_p=10.0, record=records[t])
+        got = lstm_kernel.unroll_backward(params, 0.1, x, h, c, d_out, 20, log_sign_p=10.0, records=records)
+        assert torch.equal(got, want), offset
+
+
+def test_records_of_the_wrong_size_or_number_are_refused():
+    net = network(4, 2, 2)
+    params, h, c = backend.kernel_parameters(net), [torch.zeros(4, 9)] * 2, [torch.zeros(4, 9)] * 2
+    size = lstm_kernel.record_size(2, 4, 9)
+    with pytest.raises(ValueError, match=f"the record has {size - 1} floats; a step's record of this shape has {size}"):
+        lstm_kernel.step(params, 0.1, torch.zeros(1, 9), h, c, 4, log_sign_p=10.0, record=torch.zeros(size - 1))
+    with pytest.raises(ValueError, match="1 records for an unroll of 2 steps"):
+        lstm_kernel.unroll_backward(params, 0.1, torch.zeros(2, 1, 9), h, c, torch.ones(2, 9), 4, log_sign_p=10.0,
+                                    records=[torch.zeros(size)])
+
+
+def counting_backwards(monkeypatch) -> list[int]:
+    """[backwards without records, with records] of the kernel from now on."""
+    counts, original = [0, 0], lstm_kernel.unroll_backward
+
+    def counted(*args, **kwargs):
+        counts[kwargs.get("records") is not None] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lstm_kernel, "unroll_backward", counted)
+    return counts
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm-groups"])
+def test_a_replayed_unroll_reads_its_steps_records_for_the_same_meta_gradient_to_the_bit(name, monkeypatch):
+    """The meta-trainer's steps (in steps_to_replay) write records and the replay's backward
+    reads them: the same meta-gradients, to the bit, as recomputing the forward; recorded
+    memory is reused by the next unroll."""
+    counts = counting_backwards(monkeypatch)
+    torch.manual_seed(0)
+    lopt = get_registry().learned(name, output_scale=0.5)
+    opt_of = lambda opt: opt
+    with_records = quadratic_meta_gradients(opt_of, lopt, unrolls=3)
+    assert counts == [0, 3]  # (the quadratic's coordinates are one group: one network)
+    assert backend._FREE  # the records went back for the next unroll
+    monkeypatch.setattr(backend, "replaying", lambda: False)
+    recomputed = quadratic_meta_gradients(opt_of, lopt, unrolls=3)
+    assert counts == [3, 3]
+    for (grads, logged, params), (grads_ref, logged_ref, params_ref) in zip(with_records, recomputed):
+        assert torch.equal(logged, logged_ref) and torch.equal(params, params_ref)
+        assert all(torch.equal(a, b) for a, b in zip(grads, grads_ref))
+        assert any(b.abs().max() > 0 for b in grads_ref)
+
+
+def recorded_steps(net, grads):
+    """``grads (T, M)`` through ``net``'s kernel steps in steps_to_replay: (first state, updates)."""
+    state = {f"{k}{i}": torch.zeros(net.lstm.hidden, grads.shape[1]) for k in "hc" for i in range(len(net.lstm.cells))}
+    start, updates = state, []
+    with torch.no_grad(), l2obench.steps_to_replay():
+        for g in grads:
+            u, state = backend.step(net, g, state, raw=True)
+            updates.append(u)
+    return start, torch.stack(updates)
+
+
+@pytest.mark.parametrize("change", ["none", "weight", "input", "start", "steps", "too big"])
+def test_records_serve_only_the_unroll_they_were_made_in(change, monkeypatch):
+    """The replay reads the records only where its weights, first state and inputs are the
+    steps', unchanged (else the forward is recomputed from what the replay is given), and
+    only within RECORD_BYTES."""
+    counts = counting_backwards(monkeypatch)
+    if change == "too big":
+        monkeypatch.setattr(backend, "RECORD_BYTES", 2 * 4 * lstm_kernel.record_size(2, 20, 30))
+    net = network(20, 2, 2, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    grads = torch.randn(4, 30, generator=gen) * 1e-2
+    start, updates = recorded_steps(net, grads)
+    if change == "weight":
+        with torch.no_grad():
+            net.head.linear.bias.add_(0.25)
+    elif change == "input":
+        grads[2].mul_(2.0)
+    elif change == "start":
+        start = {k: v.clone() for k, v in start.items()}
+    elif change == "steps":
+        grads, updates = grads[:3], updates[:3]
+    v = torch.randn(updates.shape, generator=gen)
+    (backend.replay(net, grads, start, updates) * v).sum().backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    assert counts == ([0, 1] if change == "none" else [1, 0])
+    net.zero_grad()
+    monkeypatch.setattr(backend, "replaying", lambda: False)
+    if change in ("none", "too big"):
+        _, updates = recorded_steps(net, grads)
+    (backend.replay(net, grads, start, updates) * v).sum().backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(got, net.parameters()))
+
+
+def test_steps_to_replay_marks_only_the_steps_inside_it():
+    assert not l2obench.replaying()
+    with l2obench.steps_to_replay():
+        assert l2obench.replaying()
+        with l2obench.steps_to_replay():
+            assert l2obench.replaying()
+        assert l2obench.replaying()
+    assert not l2obench.replaying()

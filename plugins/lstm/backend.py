@@ -18,7 +18,11 @@ float32 on the CPU, where it is about twice as fast as torch ops.  Hence:
   step by step from the unroll's first state: they do not depend on the
   meta-parameters); an input layer runs on torch ops with a graph before the
   kernel, which gives the gradient with respect to its output; a tanh head's
-  derivative comes from the updates themselves.
+  derivative comes from the updates themselves.  Where the steps run on the kernel
+  inside :func:`~l2obench.api.steps_to_replay` (the meta-trainer's unroll), each also
+  writes its gate activations into a record (:class:`_Recording`), and the backward
+  reads them instead of recomputing the unroll's forward: the same meta-gradient, to
+  the bit, about a tenth less of the kernel's time on the paper's workload.
 - everything else (float64, other devices, ``L2OBENCH_NATIVE=0``, no compiler) runs
   on torch ops (:mod:`.cell`): the same numbers up to rounding.
 
@@ -27,14 +31,15 @@ cannot serve never builds it.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from l2obench.api import State, unprefixed
+from l2obench.api import State, replaying, unprefixed
 from l2obench.plugins import lstm_kernel
 
 if TYPE_CHECKING:
@@ -121,15 +126,22 @@ def step(net: LSTMNetwork, x: Tensor, state: State, *, raw: bool = False) -> tup
     state, as ``net.head(net.lstm(x, state))`` gives them (:func:`steps_on_kernel`).  With
     ``raw``, ``x`` is the raw gradients ``(...)`` and the kernel preprocesses them
     (:func:`fuses_preprocessing`)."""
+    given = x
     if raw:
         x = x.unsqueeze(0)
     shape, hidden = x.shape[1:], net.lstm.hidden
     m = shape.numel()
     h, c = _states(net, state, m)
     linear = net.head.squash == "linear"  # else the kernel gives w . h + b, squashed here as Head does
-    out, h, c = lstm_kernel.step(kernel_weights(net), net.head.scale if linear else 1.0,
+    weights = kernel_weights(net)
+    recordable = raw and replaying() and not any(t.is_inference() for t in (given, *h, *c))
+    recording = _recording(net, h, c, weights) if recordable else None
+    record = recording.room(m) if recording is not None else None
+    out, h, c = lstm_kernel.step(weights, net.head.scale if linear else 1.0,
                                  x.reshape(x.shape[0], m).contiguous(), h, c, hidden,
-                                 log_sign_p=net.preprocessor.log_sign_p if raw else None)
+                                 log_sign_p=net.preprocessor.log_sign_p if raw else None, record=record)
+    if recording is not None:
+        recording.stepped(given, record, h, c)
     if not linear:
         out = torch.tanh(out).mul_(net.head.scale)
     new = {}
@@ -167,7 +179,104 @@ def replay(net: LSTMNetwork, grads: Tensor, state: State, updates: Tensor) -> Te
             x = net.encoder(x)  # with the graph of the input layer's weights
         x = x.reshape(x.shape[0], steps, m).transpose(0, 1).contiguous()
     h0, c0 = _states(net, state, m)
-    return _Replay.apply(_Unrolled(net, h0, c0, updates.detach()), x, *kernel_weights(net))
+    recording = _RECORDINGS.pop(net, None)  # a replay ends the recording of its unroll's steps
+    records = None
+    if recording is not None and fuses_preprocessing(net):
+        records = recording.records_of(h0, c0, grads, kernel_weights(net))
+    return _Replay.apply(_Unrolled(net, h0, c0, updates.detach(), records, recording), x, *kernel_weights(net))
+
+
+# -- records of an unroll's steps --------------------------------------------------------
+
+#: the most memory the records of one unroll may take (the paper's MNIST workload takes 204 MB
+#: for 20 steps); beyond it the backward recomputes the unroll's forward
+RECORD_BYTES = 256 << 20
+
+#: the records of each network's current unroll, by network
+_RECORDINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: records of finished unrolls, by size, to be written again (a fresh one costs page faults)
+_FREE: dict[int, list[Tensor]] = {}
+
+
+def _same(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    return len(a) == len(b) and all(x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride()
+                                    for x, y in zip(a, b))
+
+
+class _Recording:
+    """The records of one unroll's kernel steps (:func:`step` in :func:`~l2obench.api.replaying`),
+    and what they were made from: the first state, every step's raw gradients, the weights, each
+    kept with its version counter.  :meth:`records_of` gives them to a replay only where all of
+    these are what the replay is given, unchanged; otherwise the backward recomputes."""
+
+    def __init__(self, h: list[Tensor], c: list[Tensor], weights: list[Tensor]):
+        self.start = [*h, *c]
+        self.versions = [t._version for t in self.start]
+        self.weights = [(w, w._version) for w in weights]
+        self.inputs: list[tuple[Tensor, int]] = []
+        self.records: list[Tensor] = []
+        self.last = [(t, t._version) for t in self.start]
+        self.full = False
+        weakref.finalize(self, _release, self.records)
+
+    def continues(self, h: list[Tensor], c: list[Tensor], weights: list[Tensor]) -> bool:
+        """Whether a step from ``h, c`` with ``weights`` is this unroll's next one."""
+        return (_same([*h, *c], [t for t, _ in self.last]) and all(t._version == n for t, n in self.last)
+                and len(weights) == len(self.weights)
+                and all(w is v and w._version == n for w, (v, n) in zip(weights, self.weights)))
+
+    def room(self, m: int) -> Tensor | None:
+        """A record for the next step, or None where it would pass :data:`RECORD_BYTES`."""
+        if self.full:
+            return None
+        layers, hidden = len(self.start) // 2, self.start[0].shape[0]
+        size = lstm_kernel.record_size(layers, hidden, m)
+        if (len(self.records) + 1) * size * 4 > RECORD_BYTES:
+            self.full = True
+            _release(self.records[:])
+            self.records.clear()
+            return None
+        free = _FREE.get(size)
+        return free.pop() if free else torch.empty(size)
+
+    def stepped(self, x: Tensor, record: Tensor | None, h: list[Tensor], c: list[Tensor]) -> None:
+        self.last = [(t, t._version) for t in (*h, *c)]
+        if record is not None:
+            self.inputs.append((x, x._version))
+            self.records.append(record)
+
+    def records_of(self, h0: list[Tensor], c0: list[Tensor], grads: Tensor, weights: list[Tensor]) -> list[Tensor] | None:
+        """The records, where the replay of ``grads`` from ``h0, c0`` with ``weights`` is this
+        unroll's: its first state and inputs, with no tensor changed in place since."""
+        steps = grads.shape[0]
+        if self.full or len(self.records) != steps or not _same([*h0, *c0], self.start):
+            return None
+        if any(t._version != n for t, n in zip(self.start, self.versions)):
+            return None
+        if len(weights) != len(self.weights) or any(w is not v or w._version != n
+                                                    for w, (v, n) in zip(weights, self.weights)):
+            return None
+        for (x, n), g in zip(self.inputs, grads):
+            if x._version != n or x.shape != g.shape or not torch.equal(x, g):
+                return None
+        return self.records
+
+
+def _release(records: list[Tensor]) -> None:
+    """Records of a finished (or abandoned) unroll back to :data:`_FREE`, up to
+    :data:`RECORD_BYTES` of them."""
+    for record in records:
+        free = _FREE.setdefault(record.numel(), [])
+        if sum(r.numel() for rs in _FREE.values() for r in rs) * 4 + record.numel() * 4 <= RECORD_BYTES:
+            free.append(record)
+
+
+def _recording(net: LSTMNetwork, h: list[Tensor], c: list[Tensor], weights: list[Tensor]) -> _Recording:
+    """The recording a step of ``net`` from ``h, c`` continues, or a new one from there."""
+    recording = _RECORDINGS.get(net)
+    if recording is None or not recording.continues(h, c, weights):
+        recording = _RECORDINGS[net] = _Recording(h, c, weights)
+    return recording
 
 
 @dataclass
@@ -179,6 +288,8 @@ class _Unrolled:
     h0: list
     c0: list
     updates: Tensor
+    records: list | None = None  # the steps' records, where they are this unroll's
+    recording: object = None  # keeps the records out of _FREE until the backward has run
 
 
 class _Replay(torch.autograd.Function):
@@ -208,7 +319,7 @@ class _Replay(torch.autograd.Function):
             d_out, scale = d_out * scale * (1 - y * y).clamp_min(0), 1.0
         pre = net.preprocessor.log_sign_p if fuses_preprocessing(net) else None
         out = lstm_kernel.unroll_backward(weights, scale, x, u.h0, u.c0, d_out.contiguous(), hidden,
-                                          log_sign_p=pre, input_grad=ctx.needs_input_grad[1])
+                                          log_sign_p=pre, input_grad=ctx.needs_input_grad[1], records=u.records)
         flat, d_x = out if ctx.needs_input_grad[1] else (out, None)
         del ctx.unrolled
         return (None, d_x, *kernel_gradients(net, flat))
