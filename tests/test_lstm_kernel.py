@@ -706,6 +706,14 @@ def test_every_instruction_set_gives_the_torch_networks_step_and_meta_gradient(i
                                        lib=isa_library)
     for a, b in zip(backend.kernel_gradients(net, flat), want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+    # from the steps' records: the same bits (at 4,099 coordinates of the paper's shape, streamed)
+    size = lstm_kernel.record_size(layers, hidden, m, lib=isa_library)
+    records, hs, cs = [torch.empty(size) for _ in range(steps)], h, c
+    for t in range(steps):
+        _, hs, cs = lstm_kernel.step(backend.kernel_parameters(net), net.head.scale, x[t], hs, cs, hidden,
+                                     lib=isa_library, record=records[t])
+    assert torch.equal(lstm_kernel.unroll_backward(backend.kernel_parameters(net), net.head.scale, x, h, c, d_out,
+                                                   hidden, lib=isa_library, records=records), flat)
     inputs = x.clone().requires_grad_(True)  # the gradient with respect to the LSTM inputs
     state, total = torch_state(h, c), 0
     for t in range(steps):
