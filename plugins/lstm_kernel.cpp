@@ -396,9 +396,18 @@ std::vector<float> gate_weights(const Net& net, int l, const std::vector<float>&
     return out;
 }
 
+// The cell's update for vector q of a tile from its gate activations i, f, g, o: the new cell
+// state into c_new, tanh of it into tanh_c (if given), the new hidden state into h_new.
+inline void cell_update(int q, vf i, vf f, vf g, vf o, const vf* c, vf* c_new, vf* tanh_c, vf* h_new) {
+    const vf cn = f * c[q] + i * g;
+    const vf tc = 2.0f * sigmoid_of_exponent((-2.0f * LOG2E) * cn) - 1.0f;
+    c_new[q] = cn;
+    if (tanh_c) tanh_c[q] = tc;
+    h_new[q] = o * tc;
+}
+
 // One layer's step for a tile: gates from the stacked input xin (K rows) with the
-// gate_weights WT, the activations (i, f, g, o) into act, the new cell state into
-// c_new, tanh(c_new) into tanh_c (if given), the new hidden state into h_new.  A
+// gate_weights WT, the activations (i, f, g, o) into act, then cell_update.  A
 // gate's rows are H rows of NT vectors, so the elementwise part runs over H * NT vectors.
 // With record, the activations (i, f, g, o, as act is left) are also written there, a vector at
 // a time among the elementwise part's arithmetic (streamed with `stream`, to start on vectors'
@@ -421,11 +430,7 @@ inline void cell_forward(const Net& net, int l, const float* WT, const vf* xin, 
                     std::memcpy(dst, &gates[k], sizeof(vf));
             }
         }
-        const vf cn = f * c[q] + i * g;
-        const vf tc = 2.0f * sigmoid_of_exponent((-2.0f * LOG2E) * cn) - 1.0f;
-        c_new[q] = cn;
-        if (tanh_c) tanh_c[q] = tc;
-        h_new[q] = o * tc;
+        cell_update(q, i, f, g, o, c, c_new, tanh_c, h_new);
     }
 }
 
@@ -436,14 +441,8 @@ inline void cell_from_record(const Net& net, const float* rec, const vf* c, vf* 
                              vf* h_new) {
     const int Hn = net.H * NT;
     std::memcpy(act, rec, sizeof(vf) * 4 * Hn);
-    for (int q = 0; q < Hn; ++q) {
-        const vf i = act[q], f = act[Hn + q], g = act[2 * Hn + q], o = act[3 * Hn + q];
-        const vf cn = f * c[q] + i * g;
-        const vf tc = 2.0f * sigmoid_of_exponent((-2.0f * LOG2E) * cn) - 1.0f;
-        c_new[q] = cn;
-        tanh_c[q] = tc;
-        h_new[q] = o * tc;
-    }
+    for (int q = 0; q < Hn; ++q)
+        cell_update(q, act[q], act[Hn + q], act[2 * Hn + q], act[3 * Hn + q], c, c_new, tanh_c, h_new);
 }
 
 // Where layer l of a tile starts in a step's record: tiles in order, each its layers' 4H rows
