@@ -49,13 +49,16 @@ namespace {
 // outputs of a matrix-vector product (each NT accumulators) and OUTER_ROWS x
 // OUTER_COLS weight-gradient sums are held in registers, with room left for the
 // operands (32 zmm, 16 ymm or xmm): on AVX2 a broadcast weight then feeds two
-// multiply-adds instead of one.
+// multiply-adds instead of one.  AVX2's blocks of 5 divide the paper's products without a
+// remainder (the 4H = 80 gate rows of the forward and of the weight gradients, the 40 and 20
+// outputs of the backward's products for H = 20), where blocks of 6 left remainders of 1 or 2
+// rows, too few accumulators to hide the multiply-add's latency (results/benchmarks.md).
 #if defined(__AVX512F__)
 #define L2O_ISA "avx512"
 constexpr int VL = 16, NT = 1, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4;
 #elif defined(__AVX2__) && defined(__FMA__)
 #define L2O_ISA "avx2"
-constexpr int VL = 8, NT = 2, GEMV_BLOCK = 6, OUTER_ROWS = 6, OUTER_COLS = 2;
+constexpr int VL = 8, NT = 2, GEMV_BLOCK = 5, OUTER_ROWS = 5, OUTER_COLS = 2;
 #else
 // Compiler vectors of 128 bits (SSE2, NEON), no streaming stores.
 #define L2O_ISA "generic"

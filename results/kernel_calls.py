@@ -2,12 +2,14 @@
 units, log/sign inputs): 20 steps and the backward of a 20-step unroll, in milliseconds per
 optimizee step, for one or more builds of the kernel, the builds alternated round by round.
 
-    python results/kernel_calls.py [--coordinates 15910] [--threads 2] [--rounds 12] [LIBRARY.so ...]
+    python results/kernel_calls.py [--coordinates 15910] [--threads 2] [--rounds 12] [--records] [LIBRARY.so ...]
 
 Without a library, the build for this source and CPU (``lstm_kernel.build()``).  A build of
 another source (``c++ -O3 -std=c++17 -shared -fPIC -fopenmp -march=native src.cpp -o lib.so``)
 compares a change of the kernel with it; the builds must share this source's ABI.  Also
-prints whether each build's results are the first one's to the bit.
+prints whether each build's results are the first one's to the bit.  With ``--records`` the
+steps write their gate activations and the backward reads them instead of recomputing the
+forward, as the meta-trainer's unroll does.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from l2obench import memory
 from l2obench.plugins import lstm_kernel
 
 LAYERS, HIDDEN, STEPS, P = 2, 20, 20, 10.0
@@ -30,7 +33,10 @@ def main() -> None:
     ap.add_argument("--coordinates", type=int, default=15910)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--records", action="store_true",
+                    help="the steps write their records and the backward reads them, as in meta-training")
     args = ap.parse_args()
+    memory.keep_freed_memory()  # as the l2obench command runs: each step's new states reuse freed blocks
     torch.set_num_threads(args.threads)
     paths = args.libraries or [lstm_kernel.build()]
     libs = []
@@ -47,6 +53,9 @@ def main() -> None:
     d_out = torch.randn(STEPS, m, generator=g)
     h0 = [torch.randn(HIDDEN, m, generator=g) * 0.1 for _ in range(LAYERS)]
     c0 = [torch.randn(HIDDEN, m, generator=g) * 0.1 for _ in range(LAYERS)]
+    # one record a step, shared by the builds (each build's steps write them before its backward reads them)
+    records = ([torch.empty(lstm_kernel.record_size(LAYERS, HIDDEN, m, lib=libs[0])) for _ in range(STEPS)]
+               if args.records else None)
     times = [{"step": [], "unroll backward": []} for _ in paths]
     results = [None] * len(paths)
     for _ in range(args.rounds):
@@ -54,9 +63,11 @@ def main() -> None:
             start = time.perf_counter()
             h, c = h0, c0
             for t in range(STEPS):
-                update, h, c = lstm_kernel.step(weights, 0.1, grads[t], h, c, HIDDEN, lib=lib, log_sign_p=P)
+                update, h, c = lstm_kernel.step(weights, 0.1, grads[t], h, c, HIDDEN, lib=lib, log_sign_p=P,
+                                                record=None if records is None else records[t])
             middle = time.perf_counter()
-            grad = lstm_kernel.unroll_backward(weights, 0.1, grads, h0, c0, d_out, HIDDEN, lib=lib, log_sign_p=P)
+            grad = lstm_kernel.unroll_backward(weights, 0.1, grads, h0, c0, d_out, HIDDEN, lib=lib, log_sign_p=P,
+                                               records=records)
             end = time.perf_counter()
             times[k]["step"].append(1e3 * (middle - start) / STEPS)
             times[k]["unroll backward"].append(1e3 * (end - middle) / STEPS)
@@ -67,7 +78,7 @@ def main() -> None:
                                                                        for k, v in spent.items()},
                           "ms_per_step_min": {k: round(min(v), 3) for k, v in spent.items()},
                           "same_bits_as_first": same, "coordinates": m, "threads": args.threads,
-                          "rounds": args.rounds}))
+                          "rounds": args.rounds, "records": args.records}))
 
 
 if __name__ == "__main__":

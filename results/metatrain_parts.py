@@ -18,7 +18,7 @@ import json
 import statistics
 import time
 
-from l2obench import bench
+from l2obench import bench, memory
 from l2obench import unroll as unroll_module
 from l2obench.plugins import lstm_kernel
 
@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=bench.HORIZON, help="episode length (the paper's 100)")
     ap.add_argument("--unroll", type=int, default=bench.UNROLL, help="truncation (the paper's 20)")
     args = ap.parse_args()
+    memory.keep_freed_memory()  # as the l2obench command runs: freed blocks stay in the heap
     rows = []
     for k in range(args.rounds):
         row = one_round(args.episodes, args.horizon, args.unroll)

@@ -230,9 +230,11 @@ def test_the_smoke_step_timing_script_times_both_learned_optimizers():
     assert all(0 < script["ms_per_step"](name, 1) < 1e3 for name in script["OPTIMIZERS"])
 
 
-def test_the_kernel_call_timing_script_compares_builds_bit_for_bit(monkeypatch, capsys):
+@pytest.mark.parametrize("records", [False, True])
+def test_the_kernel_call_timing_script_compares_builds_bit_for_bit(monkeypatch, capsys, records):
     """results/kernel_calls.py times the kernel's entry points for builds alternated and
-    says whether each gives the first one's bits (the same build twice: it does)."""
+    says whether each gives the first one's bits (the same build twice: it does), with the
+    steps' records read by the backward or without."""
     import json
     import runpy
     import sys
@@ -243,8 +245,10 @@ def test_the_kernel_call_timing_script_compares_builds_bit_for_bit(monkeypatch, 
     if lstm_kernel.library() is None:
         pytest.skip("the fused LSTM kernel could not be built here")
     build = str(lstm_kernel.build())
-    monkeypatch.setattr(sys, "argv", ["kernel_calls.py", "--coordinates", "40", "--rounds", "2", build, build])
+    monkeypatch.setattr(sys, "argv", ["kernel_calls.py", "--coordinates", "40", "--rounds", "2", build, build]
+                        + ["--records"] * records)
     runpy.run_path(str(Path(__file__).parents[1] / "results" / "kernel_calls.py"), run_name="__main__")
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 2 and all(r["same_bits_as_first"] and r["coordinates"] == 40 for r in rows)
+    assert all(r["records"] is records for r in rows)
     assert all(v > 0 for r in rows for v in r["ms_per_step_median"].values())
