@@ -3,12 +3,15 @@ runs it, with the fused kernel's two entry points and the optimizee's loss and g
 timed around their calls; per optimizee step of the timed episodes (the warm-up episode's
 calls are not counted).
 
-    L2OBENCH_DATA_DIR=<data dir> python results/metatrain_parts.py [--episodes 3] [--rounds 3]
+    L2OBENCH_DATA_DIR=<data dir> python results/metatrain_parts.py [--episodes 3] [--rounds 3] [--library LIB.so]
 
 Prints one line per round and the medians, in milliseconds per optimizee step: the kernel's
 step (all coordinates), its unroll backward (one call per unroll of 20 steps, divided by
 20), the optimizee's loss and gradient (the 784-20-10 MLP's, written out), and the rest
 (Python, the unroll's bookkeeping, Adam on the meta-parameters), with steps per second.
+With ``--library``, a build of another kernel source of this ABI computes the steps and the
+backward instead of this source's (see results/kernel_calls.py): one process per build,
+alternated, compares two kernels in the whole workload.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import collections
 import json
 import statistics
 import time
+from pathlib import Path
 
 from l2obench import bench, memory
 from l2obench import unroll as unroll_module
@@ -46,11 +50,12 @@ class _Timed:
         return timed
 
 
-def one_round(episodes: int, horizon: int = bench.HORIZON, unroll: int = bench.UNROLL) -> dict:
+def one_round(episodes: int, horizon: int = bench.HORIZON, unroll: int = bench.UNROLL, build=None) -> dict:
     lstm_kernel.backend()  # a self-check, if this build has none yet, before anything is timed
     spent: collections.Counter = collections.Counter()
     calls = collections.Counter()
     library, loss_and_grad = lstm_kernel.library, unroll_module.loss_and_grad
+    computing = library if build is None else (lambda: build)
 
     def timed_loss_and_grad(*args, **kwargs):
         start = time.perf_counter()
@@ -65,7 +70,7 @@ def one_round(episodes: int, horizon: int = bench.HORIZON, unroll: int = bench.U
         # the warm-up episode's steps come first, its last unroll's backward after its last step
         return calls["steps"] > horizon
 
-    lstm_kernel.library = lambda: None if library() is None else _Timed(library(), spent, counting)
+    lstm_kernel.library = lambda: None if computing() is None else _Timed(computing(), spent, counting)
     unroll_module.loss_and_grad = timed_loss_and_grad
     start = time.perf_counter()
     try:
@@ -90,17 +95,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--horizon", type=int, default=bench.HORIZON, help="episode length (the paper's 100)")
     ap.add_argument("--unroll", type=int, default=bench.UNROLL, help="truncation (the paper's 20)")
+    ap.add_argument("--library", type=Path, help="a build of another kernel source of this ABI to time instead")
     args = ap.parse_args()
     memory.keep_freed_memory()  # as the l2obench command runs: freed blocks stay in the heap
+    build = None
+    if args.library is not None:
+        try:
+            build = lstm_kernel.open_library(args.library)
+        except OSError as exc:  # missing, not a library, or of another ABI
+            ap.error(f"{args.library}: {exc}")
     rows = []
     for k in range(args.rounds):
-        row = one_round(args.episodes, args.horizon, args.unroll)
+        row = one_round(args.episodes, args.horizon, args.unroll, build)
         rows.append(row)
         print(f"round {k + 1}: " + ", ".join(f"{key} {value:.2f}" for key, value in row.items()
                                              if isinstance(value, float) and key != "total_s"))
     keys = [k for k in rows[0] if isinstance(rows[0][k], float) and k != "total_s"]
     print(json.dumps({"median": {k: round(statistics.median(r[k] for r in rows), 3) for k in keys},
                       "kernel_isa": rows[0]["kernel_isa"], "episodes": args.episodes, "rounds": args.rounds,
+                      "library": None if args.library is None else args.library.name,
                       "machine": bench.machine()}))
 
 

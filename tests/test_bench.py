@@ -2,6 +2,8 @@
 are not asserted here; results/benchmarks.md holds the measured figures)."""
 from __future__ import annotations
 
+import collections
+
 import json
 import sys
 
@@ -218,6 +220,20 @@ def test_the_per_part_timing_script_leaves_a_positive_rest(monkeypatch):
     parts = ("kernel step", "kernel unroll backward", "loss and gradient")
     assert all(row[k] > 0 for k in parts) and row["kernel_isa"] == lstm_kernel.isa()
     assert 0 < row["rest"] < row["ms_per_step"]
+
+    class Counted:  # another build (--library): it computes every kernel call of the round
+        def __init__(self, lib):
+            self.lib, self.calls = lib, collections.Counter()
+
+        def __getattr__(self, name):
+            self.calls[name] += 1
+            return getattr(self.lib, name)
+
+    other = Counted(lstm_kernel.library())
+    row = script["one_round"](2, horizon=4, unroll=2, build=other)
+    episodes = 2 + 1  # and the warm-up: 4 steps, 2 unrolls each
+    assert other.calls["l2o_lstm_step"] == episodes * 4 and other.calls["l2o_lstm_unroll_backward"] == episodes * 2
+    assert all(row[k] > 0 for k in parts)
 
 
 def test_the_smoke_step_timing_script_times_both_learned_optimizers():
