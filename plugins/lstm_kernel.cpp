@@ -511,17 +511,22 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
                                (uintptr_t)record % sizeof(vf) == 0;
     constexpr int64_t AHEAD = 32;             // lanes to prefetch ahead: two cache lines of each row
     constexpr int64_t LINE = 64 / sizeof(float);  // lanes per cache line
-    parallel(threads, tiles, [&](int worker, int workers) {
-        const int64_t first = tiles * worker / workers, last = tiles * (worker + 1) / workers;
+    // Tiles are handed out in chunks from a shared counter, not as fixed halves: where one core
+    // runs slower for a while (a shared host), the other takes more of them.  Each coordinate's
+    // result is its own, so the split changes no number.
+    constexpr int64_t CHUNK = 32;
+    std::atomic<int64_t> next{0};
+    parallel(threads, tiles, [&](int, int) {
         const int Hn = H * NT;
         std::vector<vf> xin((std::max(F, H) + H) * NT), c(Hn), act(4 * Hn), c_new(Hn), h_new(Hn);
-        for (int64_t tile = first; tile < last; ++tile) {
+        for (int64_t first; (first = next.fetch_add(CHUNK)) < tiles;)
+        for (int64_t tile = first, last = std::min(tiles, first + CHUNK); tile < last; ++tile) {
             const int64_t m0 = tile * TL;
             const int n = (int)std::min<int64_t>(TL, M - m0);
             // Once per line of each row, spread over a line's tiles where a tile is less than
             // a line: the rows read at its first tile, the rows written at its last.
             const int64_t ahead = m0 + AHEAD;
-            const bool in_range = ahead < last * TL;
+            const bool in_range = ahead < tiles * TL;  // into the next chunk, whichever thread takes it
             const bool reads = in_range && m0 % LINE == 0, writes = in_range && !stream && (m0 + TL) % LINE == 0;
             if (reads) prefetch(x, pre ? 1 : F, M, ahead);
             features(x, F, M, m0, n, pre, xin.data());

@@ -226,6 +226,28 @@ def test_unroll_backward_is_the_same_on_any_number_of_threads():
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+def test_a_step_is_the_same_on_any_number_of_threads():
+    """The step hands its tiles out in chunks to whichever thread asks next: its update, new
+    states and record do not depend on how many threads share them (nor on which took which)."""
+    net = network(20, 2, 2)
+    gen = torch.Generator().manual_seed(0)
+    m = 5000  # 313 tiles: several chunks a thread, and a partial last tile
+    g = torch.randn(1, m, generator=gen) * 1e-2
+    h, c = list(torch.randn(2, 20, m, generator=gen) * 0.1), list(torch.randn(2, 20, m, generator=gen))
+    params, threads, results = backend.kernel_weights(net), torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            record = torch.full((lstm_kernel.record_size(2, 20, m),), float("nan"))
+            update, h_new, c_new = lstm_kernel.step(params, 0.1, g, h, c, 20, log_sign_p=10.0, record=record)
+            results.append([update, *h_new, *c_new, record])
+    finally:
+        torch.set_num_threads(threads)
+    assert not results[0][-1].isnan().any()  # every tile wrote its record
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
 @pytest.mark.parametrize("zeros", [1, 3, 8])
 def test_the_backward_leaves_out_the_trailing_steps_without_a_gradient_to_the_same_bits(zeros):
     """Steps after the last nonzero row of d_out (the unroll's last step always) are left out:
