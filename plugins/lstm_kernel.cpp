@@ -512,15 +512,16 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
     constexpr int64_t AHEAD = 32;             // lanes to prefetch ahead: two cache lines of each row
     constexpr int64_t LINE = 64 / sizeof(float);  // lanes per cache line
     // Tiles are handed out in chunks from a shared counter, not as fixed halves: where one core
-    // runs slower for a while (a shared host), the other takes more of them.  Each coordinate's
-    // result is its own, so the split changes no number.
-    constexpr int64_t CHUNK = 32;
+    // runs slower for a while (a shared host), the other takes more of them.  Chunks of up to
+    // 32 tiles, at least 8 a thread where there are fewer tiles.  Each coordinate's result is
+    // its own, so the split changes no number.
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(32, tiles / (8 * std::max(1, threads))));
     std::atomic<int64_t> next{0};
     parallel(threads, tiles, [&](int, int) {
         const int Hn = H * NT;
         std::vector<vf> xin((std::max(F, H) + H) * NT), c(Hn), act(4 * Hn), c_new(Hn), h_new(Hn);
-        for (int64_t first; (first = next.fetch_add(CHUNK)) < tiles;)
-        for (int64_t tile = first, last = std::min(tiles, first + CHUNK); tile < last; ++tile) {
+        for (int64_t first; (first = next.fetch_add(chunk)) < tiles;)
+        for (int64_t tile = first, last = std::min(tiles, first + chunk); tile < last; ++tile) {
             const int64_t m0 = tile * TL;
             const int n = (int)std::min<int64_t>(TL, M - m0);
             // Once per line of each row, spread over a line's tiles where a tile is less than

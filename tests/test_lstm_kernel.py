@@ -226,12 +226,12 @@ def test_unroll_backward_is_the_same_on_any_number_of_threads():
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
-def test_a_step_is_the_same_on_any_number_of_threads():
+@pytest.mark.parametrize("m", [100, 5000])  # a chunk a tile; several tiles a chunk, a partial last tile
+def test_a_step_is_the_same_on_any_number_of_threads(m):
     """The step hands its tiles out in chunks to whichever thread asks next: its update, new
     states and record do not depend on how many threads share them (nor on which took which)."""
     net = network(20, 2, 2)
     gen = torch.Generator().manual_seed(0)
-    m = 5000  # 313 tiles: several chunks a thread, and a partial last tile
     g = torch.randn(1, m, generator=gen) * 1e-2
     h, c = list(torch.randn(2, 20, m, generator=gen) * 0.1), list(torch.randn(2, 20, m, generator=gen))
     params, threads, results = backend.kernel_weights(net), torch.get_num_threads(), []
