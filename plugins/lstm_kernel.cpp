@@ -512,10 +512,13 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
     constexpr int64_t AHEAD = 32;             // lanes to prefetch ahead: two cache lines of each row
     constexpr int64_t LINE = 64 / sizeof(float);  // lanes per cache line
     // Tiles are handed out in chunks from a shared counter, not as fixed halves: where one core
-    // runs slower for a while (a shared host), the other takes more of them.  Chunks of up to
-    // 32 tiles, at least 8 a thread where there are fewer tiles.  Each coordinate's result is
-    // its own, so the split changes no number.
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(32, tiles / (8 * std::max(1, threads))));
+    // runs slower for a while (a shared host), the other takes more of them.  Chunks of 32 tiles,
+    // smaller where a thread's share is under 8 chunks of 32, and whole cache lines of every row
+    // (two tiles where a tile is half a line), so that no line is written by two threads.  Each
+    // coordinate's result is its own, so the split changes no number.
+    constexpr int64_t TILES_A_LINE = LINE > TL ? LINE / TL : 1;
+    const int64_t share = std::max<int64_t>(1, std::min<int64_t>(32, tiles / (8 * std::max(1, threads))));
+    const int64_t chunk = (share + TILES_A_LINE - 1) / TILES_A_LINE * TILES_A_LINE;
     std::atomic<int64_t> next{0};
     parallel(threads, tiles, [&](int, int) {
         const int Hn = H * NT;
@@ -525,10 +528,12 @@ void l2o_lstm_step(int L, int H, int F, int64_t M, const float* const* weights, 
             const int64_t m0 = tile * TL;
             const int n = (int)std::min<int64_t>(TL, M - m0);
             // Once per line of each row, spread over a line's tiles where a tile is less than
-            // a line: the rows read at its first tile, the rows written at its last.
+            // a line: the rows read at its first tile (ahead into the next chunk too, whichever
+            // thread takes it), the rows written at its last (within this chunk only, whose
+            // lines this thread alone writes).
             const int64_t ahead = m0 + AHEAD;
-            const bool in_range = ahead < tiles * TL;  // into the next chunk, whichever thread takes it
-            const bool reads = in_range && m0 % LINE == 0, writes = in_range && !stream && (m0 + TL) % LINE == 0;
+            const bool reads = ahead < tiles * TL && m0 % LINE == 0;
+            const bool writes = ahead - TL < last * TL && !stream && (m0 + TL) % LINE == 0;
             if (reads) prefetch(x, pre ? 1 : F, M, ahead);
             features(x, F, M, m0, n, pre, xin.data());
             for (int l = 0; l < L; ++l) {

@@ -7,13 +7,14 @@ optimizee step, for one or more builds of the kernel, the builds alternated roun
 Without a library, the build for this source and CPU (``lstm_kernel.build()``).  A build of
 another source (``c++ -O3 -std=c++17 -shared -fPIC -fopenmp -march=native src.cpp -o lib.so``)
 compares a change of the kernel with it; the builds must share this source's ABI.  Also
-prints whether each build's results are the first one's to the bit.  With ``--records`` the
-steps write their gate activations and the backward reads them instead of recomputing the
-forward, as the meta-trainer's unroll does.
+prints whether each build's results are the first one's to the bit, and a digest of them.
+With ``--records`` the steps write their gate activations and the backward reads them
+instead of recomputing the forward, as the meta-trainer's unroll does (the same digest).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -53,21 +54,24 @@ def main() -> None:
     d_out = torch.randn(STEPS, m, generator=g)
     h0 = [torch.randn(HIDDEN, m, generator=g) * 0.1 for _ in range(LAYERS)]
     c0 = [torch.randn(HIDDEN, m, generator=g) * 0.1 for _ in range(LAYERS)]
-    # one record a step, shared by the builds (each build's steps write them before its backward reads them)
-    records = ([torch.empty(lstm_kernel.record_size(LAYERS, HIDDEN, m, lib=libs[0])) for _ in range(STEPS)]
-               if args.records else None)
+    # each build's own records (one a step, of its tile width's size), refilled with NaN before its
+    # steps write them, so that a backward can read only what its own steps wrote
+    records = [[torch.empty(lstm_kernel.record_size(LAYERS, HIDDEN, m, lib=lib)) for _ in range(STEPS)]
+               if args.records else None for lib in libs]
     times = [{"step": [], "unroll backward": []} for _ in paths]
     results = [None] * len(paths)
     for _ in range(args.rounds):
         for k, lib in enumerate(libs):
+            for record in records[k] or ():
+                record.fill_(float("nan"))
             start = time.perf_counter()
             h, c = h0, c0
             for t in range(STEPS):
                 update, h, c = lstm_kernel.step(weights, 0.1, grads[t], h, c, HIDDEN, lib=lib, log_sign_p=P,
-                                                record=None if records is None else records[t])
+                                                record=None if records[k] is None else records[k][t])
             middle = time.perf_counter()
             grad = lstm_kernel.unroll_backward(weights, 0.1, grads, h0, c0, d_out, HIDDEN, lib=lib, log_sign_p=P,
-                                               records=records)
+                                               records=records[k])
             end = time.perf_counter()
             times[k]["step"].append(1e3 * (middle - start) / STEPS)
             times[k]["unroll backward"].append(1e3 * (end - middle) / STEPS)
@@ -77,8 +81,16 @@ def main() -> None:
         print(json.dumps({"library": path.name, "ms_per_step_median": {k: round(statistics.median(v), 3)
                                                                        for k, v in spent.items()},
                           "ms_per_step_min": {k: round(min(v), 3) for k, v in spent.items()},
-                          "same_bits_as_first": same, "coordinates": m, "threads": args.threads,
-                          "rounds": args.rounds, "records": args.records}))
+                          "same_bits_as_first": same, "digest": _digest(result), "coordinates": m,
+                          "threads": args.threads, "rounds": args.rounds, "records": args.records}))
+
+
+def _digest(tensors) -> str:
+    """A hash of the results' bits: runs with and without --records give the same."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 if __name__ == "__main__":

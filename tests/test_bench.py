@@ -236,6 +236,33 @@ def test_the_per_part_timing_script_leaves_a_positive_rest(monkeypatch):
     assert all(row[k] > 0 for k in parts)
 
 
+def test_the_per_part_timing_script_times_the_build_it_is_given(monkeypatch, capsys, tmp_path):
+    """metatrain_parts.py --library LIB.so: the build is opened and named in the output; a path
+    that is not a kernel build is refused in one line."""
+    import runpy
+    from pathlib import Path
+
+    from l2obench.plugins import lstm_kernel
+
+    monkeypatch.setenv("L2OBENCH_NATIVE", "1")
+    if lstm_kernel.library() is None:
+        pytest.skip("the fused LSTM kernel could not be built here")
+    path = str(Path(__file__).parents[1] / "results" / "metatrain_parts.py")
+    build = lstm_kernel.build()
+    opened = []
+    monkeypatch.setattr(lstm_kernel, "open_library", lambda p: opened.append(p) or lstm_kernel.library())
+    monkeypatch.setattr(sys, "argv", ["metatrain_parts.py", "--episodes", "1", "--rounds", "1", "--horizon", "4",
+                                      "--unroll", "2", "--library", str(build)])
+    runpy.run_path(path, run_name="__main__")
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert opened == [build] and out["library"] == build.name and out["median"]["kernel step"] > 0
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "argv", ["metatrain_parts.py", "--library", str(tmp_path / "missing.so")])
+    with pytest.raises(SystemExit):
+        runpy.run_path(path, run_name="__main__")
+    assert "missing.so" in capsys.readouterr().err
+
+
 def test_the_smoke_step_timing_script_times_both_learned_optimizers():
     """results/smoke_steps.py (the smoke suite's step figures of results/benchmarks.md)."""
     import runpy
@@ -246,11 +273,11 @@ def test_the_smoke_step_timing_script_times_both_learned_optimizers():
     assert all(0 < script["ms_per_step"](name, 1) < 1e3 for name in script["OPTIMIZERS"])
 
 
-@pytest.mark.parametrize("records", [False, True])
-def test_the_kernel_call_timing_script_compares_builds_bit_for_bit(monkeypatch, capsys, records):
+def test_the_kernel_call_timing_script_compares_builds_bit_for_bit(monkeypatch, capsys):
     """results/kernel_calls.py times the kernel's entry points for builds alternated and
-    says whether each gives the first one's bits (the same build twice: it does), with the
-    steps' records read by the backward or without."""
+    says whether each gives the first one's bits (the same build twice: it does); with
+    --records the backward reads the records the steps wrote, and the results' digest is the
+    recomputing backward's."""
     import json
     import runpy
     import sys
@@ -261,10 +288,14 @@ def test_the_kernel_call_timing_script_compares_builds_bit_for_bit(monkeypatch, 
     if lstm_kernel.library() is None:
         pytest.skip("the fused LSTM kernel could not be built here")
     build = str(lstm_kernel.build())
-    monkeypatch.setattr(sys, "argv", ["kernel_calls.py", "--coordinates", "40", "--rounds", "2", build, build]
-                        + ["--records"] * records)
-    runpy.run_path(str(Path(__file__).parents[1] / "results" / "kernel_calls.py"), run_name="__main__")
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 2 and all(r["same_bits_as_first"] and r["coordinates"] == 40 for r in rows)
-    assert all(r["records"] is records for r in rows)
-    assert all(v > 0 for r in rows for v in r["ms_per_step_median"].values())
+    runs = {}
+    for records in (False, True):
+        monkeypatch.setattr(sys, "argv", ["kernel_calls.py", "--coordinates", "40", "--rounds", "2", build, build]
+                            + ["--records"] * records)
+        runpy.run_path(str(Path(__file__).parents[1] / "results" / "kernel_calls.py"), run_name="__main__")
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(rows) == 2 and all(r["same_bits_as_first"] and r["coordinates"] == 40 for r in rows)
+        assert all(r["records"] is records for r in rows)
+        assert all(v > 0 for r in rows for v in r["ms_per_step_median"].values())
+        runs[records] = rows
+    assert {r["digest"] for rows in runs.values() for r in rows} == {runs[False][0]["digest"]}

@@ -226,8 +226,8 @@ def test_unroll_backward_is_the_same_on_any_number_of_threads():
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
-@pytest.mark.parametrize("m", [100, 5000])  # a chunk a tile; several tiles a chunk, a partial last tile
-def test_a_step_is_the_same_on_any_number_of_threads(m):
+@pytest.mark.parametrize("m", [100, 5000])  # a chunk a tile (or a line); several tiles a chunk, a partial last tile
+def test_a_step_is_the_same_on_any_number_of_threads(m, isa_library):
     """The step hands its tiles out in chunks to whichever thread asks next: its update, new
     states and record do not depend on how many threads share them (nor on which took which)."""
     net = network(20, 2, 2)
@@ -238,8 +238,9 @@ def test_a_step_is_the_same_on_any_number_of_threads(m):
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            record = torch.full((lstm_kernel.record_size(2, 20, m),), float("nan"))
-            update, h_new, c_new = lstm_kernel.step(params, 0.1, g, h, c, 20, log_sign_p=10.0, record=record)
+            record = torch.full((lstm_kernel.record_size(2, 20, m, lib=isa_library),), float("nan"))
+            update, h_new, c_new = lstm_kernel.step(params, 0.1, g, h, c, 20, lib=isa_library, log_sign_p=10.0,
+                                                    record=record)
             results.append([update, *h_new, *c_new, record])
     finally:
         torch.set_num_threads(threads)
