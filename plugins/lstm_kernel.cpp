@@ -51,8 +51,9 @@ namespace {
 // operands (32 zmm, 16 ymm or xmm): on AVX2 a broadcast weight then feeds two
 // multiply-adds instead of one.  AVX2's blocks of 5 divide the paper's products without a
 // remainder (the 4H = 80 gate rows of the forward and of the weight gradients, the 40 and 20
-// outputs of the backward's products for H = 20), where blocks of 6 left remainders of 1 or 2
-// rows, too few accumulators to hide the multiply-add's latency (results/benchmarks.md).
+// outputs of the backward's products for H = 20), where blocks of 6 left remainders of 2 or 4
+// rows (the weight gradients' 2 one row at a time), too few accumulators to hide the
+// multiply-add's latency (results/benchmarks.md; measured on AVX2 only).
 #if defined(__AVX512F__)
 #define L2O_ISA "avx512"
 constexpr int VL = 16, NT = 1, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4;
