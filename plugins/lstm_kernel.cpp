@@ -53,17 +53,21 @@ namespace {
 // remainder (the 4H = 80 gate rows of the forward and of the weight gradients, the 40 and 20
 // outputs of the backward's products for H = 20), where blocks of 6 left remainders of 2 or 4
 // rows (the weight gradients' 2 one row at a time), too few accumulators to hide the
-// multiply-add's latency (results/benchmarks.md; measured on AVX2 only).
+// multiply-add's latency (results/benchmarks.md; measured on AVX2 only).  SIGMOIDS
+// sigmoids are computed side by side, each operation on all of them in turn: a sigmoid is a
+// chain of about twenty dependent operations, and a CPU that splits each 256-bit operation in
+// two (Zen 1) holds too few of them in its scheduler to overlap one chain with the next by
+// itself (measured on Zen 1's AVX2 only; the same arithmetic, so the same bits, everywhere).
 #if defined(__AVX512F__)
 #define L2O_ISA "avx512"
-constexpr int VL = 16, NT = 1, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4;
+constexpr int VL = 16, NT = 1, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4, SIGMOIDS = 8;
 #elif defined(__AVX2__) && defined(__FMA__)
 #define L2O_ISA "avx2"
-constexpr int VL = 8, NT = 2, GEMV_BLOCK = 5, OUTER_ROWS = 5, OUTER_COLS = 2;
+constexpr int VL = 8, NT = 2, GEMV_BLOCK = 5, OUTER_ROWS = 5, OUTER_COLS = 2, SIGMOIDS = 4;
 #else
 // Compiler vectors of 128 bits (SSE2, NEON), no streaming stores.
 #define L2O_ISA "generic"
-constexpr int VL = 4, NT = 2, GEMV_BLOCK = 6, OUTER_ROWS = 2, OUTER_COLS = 4;
+constexpr int VL = 4, NT = 2, GEMV_BLOCK = 6, OUTER_ROWS = 2, OUTER_COLS = 4, SIGMOIDS = 4;
 #endif
 constexpr int TL = VL * NT;
 
@@ -125,43 +129,72 @@ inline vf splat(float x) {
 // |f| <= 1/2, 2^f a degree-6 polynomial (within 2 ulp in float32), 2^k added to its
 // exponent.  Adding 1.5 * 2^23 rounds x to k and leaves k in the low bits of the sum.
 // No multiplication but the polynomial's: the ln 2 of exp is folded into the gate weights.
-inline vf vexp2(vf x) {
+// Of N vectors x[0 .. N) in place, side by side (SIGMOIDS).
+template <int N>
+inline void vexp2(vf* x) {
     constexpr float shift = 12582912.0f;
-    x = clamp(x, -125.0f, 127.0f);
-    const vf n = x + shift;
-    const vf f = x - (n - shift);
-    vf p = splat(1.5345810970757157e-4f);
-    p = p * f + 1.3399932067841291e-3f;
-    p = p * f + 9.618489071726799e-3f;
-    p = p * f + 5.550328642129898e-2f;
-    p = p * f + 2.4022646248340607e-1f;
-    p = p * f + 6.931471824645996e-1f;
-    p = p * f + 1.0f;
-    const vf r = (vf)((vu)p + ((vu)n << 23));
-    return x == x ? r : x;
+    vf n[N], f[N], p[N];
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) x[k] = clamp(x[k], -125.0f, 127.0f);
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) n[k] = x[k] + shift;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) f[k] = x[k] - (n[k] - shift);
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) p[k] = splat(1.5345810970757157e-4f);
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 1.3399932067841291e-3f;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 9.618489071726799e-3f;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 5.550328642129898e-2f;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 2.4022646248340607e-1f;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 6.931471824645996e-1f;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 1.0f;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) {
+        const vf r = (vf)((vu)p[k] + ((vu)n[k] << 23));
+        x[k] = x[k] == x[k] ? r : x[k];
+    }
 }
 
 // 1 / d: the hardware's estimate refined by one Newton step (within an ulp or two of the
 // quotient) where there is one, else the division.  d >= 1 here; for d above 2^126 (an
-// exponential near the clamp's top) the quotient is below 1.2e-38 and this gives 0.
-inline vf reciprocal(vf d) {
-#if defined(__AVX512F__)
-    const vf y = (vf)_mm512_rcp14_ps((__m512)d);
-#elif defined(__AVX2__) && defined(__FMA__)
-    const vf y = (vf)_mm256_rcp_ps((__m256)d);
-#else
-    return 1.0f / d;
-#endif
+// exponential near the clamp's top) the quotient is below 1.2e-38 and this gives 0.  Of N
+// vectors in place, side by side.
+template <int N>
+inline void reciprocal(vf* d) {
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-    return y + y * (1.0f - d * y);
+    vf y[N];
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k)
+#if defined(__AVX512F__)
+        y[k] = (vf)_mm512_rcp14_ps((__m512)d[k]);
+#else
+        y[k] = (vf)_mm256_rcp_ps((__m256)d[k]);
+#endif
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) d[k] = y[k] + y[k] * (1.0f - d[k] * y[k]);
+#else
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) d[k] = 1.0f / d[k];
 #endif
 }
 
 constexpr float LOG2E = 1.44269504088896341f;
 
 // sigmoid(z) = 1 / (1 + 2^y) from y = -z log2(e): the gate weights are stored times
-// -log2(e), so their product gives y.
-inline vf sigmoid_of_exponent(vf y) { return reciprocal(1.0f + vexp2(y)); }
+// -log2(e), so their product gives y.  Of N vectors in place, side by side.
+template <int N>
+inline void sigmoids_of_exponent(vf* y) {
+    vexp2<N>(y);
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) y[k] = 1.0f + y[k];
+    reciprocal<N>(y);
+}
 
 // ln(x) for normal x > 0 (inf and NaN as they are): Cephes' logf, x = m 2^e with m in
 // [sqrt(1/2), sqrt(2)) and a polynomial in m - 1.
@@ -400,32 +433,53 @@ std::vector<float> gate_weights(const Net& net, int l, const std::vector<float>&
     return out;
 }
 
-// The cell's update for vector q of a tile from its gate activations i, f, g, o: the new cell
-// state into c_new, tanh of it into tanh_c (if given), the new hidden state into h_new.
-inline void cell_update(int q, vf i, vf f, vf g, vf o, const vf* c, vf* c_new, vf* tanh_c, vf* h_new) {
-    const vf cn = f * c[q] + i * g;
-    const vf tc = 2.0f * sigmoid_of_exponent((-2.0f * LOG2E) * cn) - 1.0f;
-    c_new[q] = cn;
-    if (tanh_c) tanh_c[q] = tc;
-    h_new[q] = o * tc;
+// The cell's update for vectors q .. q + N of a tile from its gate activations act (the rows of
+// i, f, g, o, Hn vectors each): the new cell state into c_new, tanh of it into tanh_c (if given),
+// the new hidden state into h_new.
+template <int N>
+inline void cell_updates(int q, const vf* act, int Hn, const vf* c, vf* c_new, vf* tanh_c, vf* h_new) {
+    vf cn[N], tc[N];
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) {
+        const vf i = act[q + k], f = act[Hn + q + k], g = act[2 * Hn + q + k];
+        cn[k] = f * c[q + k] + i * g;
+        tc[k] = (-2.0f * LOG2E) * cn[k];
+    }
+    sigmoids_of_exponent<N>(tc);
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) {
+        tc[k] = 2.0f * tc[k] - 1.0f;
+        c_new[q + k] = cn[k];
+        if (tanh_c) tanh_c[q + k] = tc[k];
+        h_new[q + k] = act[3 * Hn + q + k] * tc[k];
+    }
+}
+
+// cell_updates for the whole tile, SIGMOIDS vectors at a time.
+inline void cell_update_all(const vf* act, int Hn, const vf* c, vf* c_new, vf* tanh_c, vf* h_new) {
+    int q = 0;
+    for (; q + SIGMOIDS <= Hn; q += SIGMOIDS) cell_updates<SIGMOIDS>(q, act, Hn, c, c_new, tanh_c, h_new);
+    for (; q < Hn; ++q) cell_updates<1>(q, act, Hn, c, c_new, tanh_c, h_new);
 }
 
 // One layer's step for a tile: gates from the stacked input xin (K rows) with the
-// gate_weights WT, the activations (i, f, g, o) into act, then cell_update.  A
+// gate_weights WT, the activations (i, f, g, o) into act, then cell_update_all.  A
 // gate's rows are H rows of NT vectors, so the elementwise part runs over H * NT vectors.
 // With record, the activations (i, f, g, o, as act is left) are also written there, a vector at
-// a time among the elementwise part's arithmetic (streamed with `stream`, to start on vectors'
-// boundaries), so that the stores overlap the arithmetic.
+// a time in the pass that makes g from its sigmoid (streamed with `stream`, to start on vectors'
+// boundaries), before the cell updates' arithmetic.
 inline void cell_forward(const Net& net, int l, const float* WT, const vf* xin, const vf* c, vf* act, vf* c_new,
                          vf* tanh_c, vf* h_new, float* record = nullptr, bool stream = false) {
     const int H = net.H, K = net.K(l), Hn = H * NT;
     gemv(WT, 4 * H, K, xin, act, WT + (int64_t)K * 4 * H);
-    for (int r = 0; r < 4 * Hn; ++r) act[r] = sigmoid_of_exponent(act[r]);
+    int r = 0;
+    for (; r + SIGMOIDS <= 4 * Hn; r += SIGMOIDS) sigmoids_of_exponent<SIGMOIDS>(act + r);
+    for (; r < 4 * Hn; ++r) sigmoids_of_exponent<1>(act + r);
     for (int q = 0; q < Hn; ++q) {
-        const vf i = act[q], f = act[Hn + q], g = 2.0f * act[2 * Hn + q] - 1.0f, o = act[3 * Hn + q];
+        const vf g = 2.0f * act[2 * Hn + q] - 1.0f;
         act[2 * Hn + q] = g;
         if (record) {
-            const vf gates[4] = {i, f, g, o};
+            const vf gates[4] = {act[q], act[Hn + q], g, act[3 * Hn + q]};
             for (int k = 0; k < 4; ++k) {
                 float* dst = record + (int64_t)(k * Hn + q) * VL;
                 if (STREAMS && stream)
@@ -434,8 +488,8 @@ inline void cell_forward(const Net& net, int l, const float* WT, const vf* xin, 
                     std::memcpy(dst, &gates[k], sizeof(vf));
             }
         }
-        cell_update(q, i, f, g, o, c, c_new, tanh_c, h_new);
     }
+    cell_update_all(act, Hn, c, c_new, tanh_c, h_new);
 }
 
 // cell_forward for a tile whose activations a step recorded (rec, 4H rows): the same new
@@ -445,8 +499,7 @@ inline void cell_from_record(const Net& net, const float* rec, const vf* c, vf* 
                              vf* h_new) {
     const int Hn = net.H * NT;
     std::memcpy(act, rec, sizeof(vf) * 4 * Hn);
-    for (int q = 0; q < Hn; ++q)
-        cell_update(q, act[q], act[Hn + q], act[2 * Hn + q], act[3 * Hn + q], c, c_new, tanh_c, h_new);
+    cell_update_all(act, Hn, c, c_new, tanh_c, h_new);
 }
 
 // Where layer l of a tile starts in a step's record: tiles in order, each its layers' 4H rows
