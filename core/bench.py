@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .devices import cpu_model
+from .devices import cpu_id, cpu_model
 from .errors import ConfigError
 
 #: The paper's MNIST workload (Sec. 3.2), as naive_reference.py states it.
@@ -36,8 +36,9 @@ HORIZON, UNROLL, META_LR = 100, 20, 1e-3
 
 
 def machine() -> dict[str, Any]:
-    """What a figure was measured on: CPU model, cores, torch version and threads, device."""
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    """What a figure was measured on: CPU model (and its family and model numbers, where
+    /proc/cpuinfo has them), cores, torch version and threads, device."""
+    info = {"cpu": cpu_model(), "cpu_id": cpu_id(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -48,3 +48,30 @@ def cpu_model() -> str:
     import platform
 
     return platform.processor() or platform.machine()
+
+
+def cpu_id(cpuinfo: str | None = None) -> str:
+    """This CPU's family and model numbers (``/proc/cpuinfo``'s, or those of the text
+    ``cpuinfo``, as ``"family 23, model 1"``), which tell apart CPUs that a virtual machine
+    names alike (``AMD EPYC`` of the Zen 1 and the Zen 3 generations: families 23 and 25);
+    empty where there are none (ARM, other systems)."""
+    from pathlib import Path
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's
+            continue
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("cpu family", "model") and key not in fields:
+            fields[key] = value.strip()
+    if "cpu family" not in fields:
+        return ""
+    return f"family {fields['cpu family']}" + (f", model {fields['model']}" if "model" in fields else "")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import collections
 
 import json
+import subprocess
 import sys
 
 import pytest
 import torch
 
 from l2obench.cli import main
+from l2obench.devices import cpu_id
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +37,41 @@ def test_bench_metatrain_json(capsys):
     assert out["steps_per_s"] > 0 and out["episodes"] == 1 and out["horizon"] == 4
     assert out["optimizee_dim"] == 784 * 20 + 20 + 20 * 10 + 10  # the paper's 784-20-10 MLP
     assert out["machine"]["threads"] == 1 and out["device"] == "cpu"
+    assert out["machine"]["cpu_id"] == cpu_id()  # what tells apart CPUs of one model name
     assert out["lstm_backend"] in ("kernel", "torch") and out["lstm_backend_reason"]
+
+
+ZEN1_CPUINFO = """processor	: 0
+vendor_id	: AuthenticAMD
+cpu family	: 23
+model		: 1
+model name	: AMD EPYC
+flags		: fpu avx avx2 fma
+
+processor	: 1
+vendor_id	: AuthenticAMD
+cpu family	: 25
+model		: 17
+model name	: AMD EPYC
+"""
+
+
+def test_the_cpu_is_named_by_family_and_model_where_its_name_is_shared():
+    """A VM's ``AMD EPYC`` is Zen 1 (family 23) or Zen 3 (family 25): the first processor's
+    numbers name it; a CPU without them (ARM's cpuinfo) gives none."""
+    assert cpu_id(ZEN1_CPUINFO) == "family 23, model 1"
+    assert cpu_id("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\nCPU part\t: 0xd0c\n") == ""
+    assert cpu_id("cpu family\t: 6\n") == "family 6"
+
+
+def test_bench_metatrain_isas_names_the_cpu_with_its_family(capsys, monkeypatch):
+    from l2obench import bench
+
+    fake_isa_runs(monkeypatch)
+    monkeypatch.setattr(bench, "cpu_id", lambda: "family 23, model 1")
+    monkeypatch.setattr(bench, "cpu_model", lambda: "AMD EPYC")
+    assert main(["bench", "metatrain", "--isas", "--rounds", "1"]) == 0
+    assert "threads, AMD EPYC, family 23, model 1):" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("estimator", ["es", "pes"])
@@ -299,3 +335,27 @@ def test_the_kernel_call_timing_script_compares_builds_bit_for_bit(monkeypatch, 
         assert all(v > 0 for r in rows for v in r["ms_per_step_median"].values())
         runs[records] = rows
     assert {r["digest"] for rows in runs.values() for r in rows} == {runs[False][0]["digest"]}
+
+
+def test_the_fma_peak_script_measures_this_cpus_multiply_adds():
+    """results/fma_peak.py (the yardstick of results/benchmarks.md's kernel figures): the
+    peak of vectors as wide as the kernel's build's on this CPU, on each thread, and the
+    paper's workload's kernel multiply-adds a step (the 4,980 of a step and the 9,780 of the
+    backward per coordinate, on 15,910 coordinates) at that rate."""
+    import runpy
+    from pathlib import Path
+
+    from l2obench.plugins import lstm_kernel
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "results" / "fma_peak.py"))
+    assert script["workload_multiply_adds"]() == 15910 * (4980 + 9780)
+    try:
+        out = script["measure"](0.05, 2)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no C++ compiler here: {exc}")
+    assert out["isa"] == lstm_kernel.isa_for("native")
+    assert out["lanes"] == {"avx512": 16, "avx2": 8, "generic": 4}[out["isa"]]
+    assert len(out["gmacs_per_thread"]) == 2 and all(r > 0 for r in out["gmacs_per_thread"])
+    assert out["gmacs"] == pytest.approx(sum(out["gmacs_per_thread"]), abs=0.02)
+    assert out["workload_floor_ms"] == pytest.approx(out["workload_multiply_adds_per_step"] / out["gmacs"] / 1e6,
+                                                     rel=0.01)

@@ -130,7 +130,7 @@ def _print_isas(args, out) -> int:
         return 0
     m = out["machine"]
     print(f"meta-training by kernel build ({out['episodes']} episodes, {out['rounds']} rounds, {m['threads']} "
-          f"threads, {m['cpu']}):")
+          f"threads, {m['cpu']}{', ' + m['cpu_id'] if m.get('cpu_id') else ''}):")
     for b in out["builds"]:
         name = f"  -march={b['march']} ({b['isa']})"
         if b["missing"]:
