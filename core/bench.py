@@ -169,6 +169,7 @@ def compare_isas(episodes: int, rounds: int, reference: str | os.PathLike | None
         runs["reference"] = None
     names = list(runs)
     speeds: dict[str, list[float]] = {name: [] for name in names}
+    blockings: dict[str, str] = {}
     for k in range(rounds):
         for name in names[k % len(names):] + names[:k % len(names)]:
             if runs[name] is None:
@@ -178,10 +179,14 @@ def compare_isas(episodes: int, rounds: int, reference: str | os.PathLike | None
                 if name != "torch" and out["lstm_backend"] != "kernel":
                     raise ConfigError(f"bench metatrain --isas: {name} ran on torch ops ({out['lstm_backend_reason']})")
                 speeds[name].append(out["steps_per_s"])
+                if out.get("kernel_blocking"):
+                    blockings[name] = out["kernel_blocking"]
     rows = []
     for b in builds:
         name = b["name"]
         row = {k: v for k, v in b.items() if k not in ("name", "env")} | {"runs": speeds.get(name)}
+        if name in blockings:
+            row["blocking"] = blockings[name]  # the build's vectors and register blocking for this CPU
         if name in speeds:
             row["steps_per_s"] = statistics.median(speeds[name])
             row["vs_torch"] = statistics.median(o / t for o, t in zip(speeds[name], speeds["torch"]))

@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -61,6 +62,14 @@ namespace {
 #if defined(__AVX512F__)
 #define L2O_ISA "avx512"
 constexpr int VL = 16, NT = 1, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4, SIGMOIDS = 8;
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__tune_znver1__)
+// Zen 1, which the build is tuned for where it is built -march=native there (-mtune=znver1):
+// the weight-gradient sums in blocks of 4 x 3, 7 loads for 12 multiply-adds (blocks of 5 x 2
+// take 7 for 10; the paper's 22 and 40 columns leave one, summed 4 x 1).  Zen 1 loads one 256-bit vector a cycle (Zen 3 three), and the sums stream
+// their operands from L2; measured on Zen 1, where the backward is about a tenth faster, and
+// on Zen 3, where blocks of 4 x 3 were slower than those of 6 x 2 (results/benchmarks.md).
+#define L2O_ISA "avx2"
+constexpr int VL = 8, NT = 2, GEMV_BLOCK = 5, OUTER_ROWS = 4, OUTER_COLS = 3, SIGMOIDS = 4;
 #elif defined(__AVX2__) && defined(__FMA__)
 #define L2O_ISA "avx2"
 constexpr int VL = 8, NT = 2, GEMV_BLOCK = 5, OUTER_ROWS = 5, OUTER_COLS = 2, SIGMOIDS = 4;
@@ -539,6 +548,16 @@ int l2o_lstm_abi() { return 7; }
 
 // The instruction set this library was built for (avx512, avx2, generic).
 const char* l2o_lstm_isa() { return L2O_ISA; }
+
+// Its vectors and register blocking, as "vectors 8x2, gemv 5, outer 5x2, sigmoids 4": VL x NT,
+// GEMV_BLOCK, OUTER_ROWS x OUTER_COLS, SIGMOIDS (the tuning chosen at the top of this file).
+const char* l2o_lstm_blocking() {
+    static char text[96];
+    if (!text[0])
+        std::snprintf(text, sizeof text, "vectors %dx%d, gemv %d, outer %dx%d, sigmoids %d", VL, NT, GEMV_BLOCK,
+                      OUTER_ROWS, OUTER_COLS, SIGMOIDS);
+    return text;
+}
 
 // The floats of one step's record for M coordinates (see l2o_lstm_step).
 int64_t l2o_lstm_record_floats(int L, int H, int64_t M) { return (M + TL - 1) / TL * L * 4 * H * TL; }

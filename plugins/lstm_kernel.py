@@ -195,6 +195,8 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.l2o_lstm_record_floats.restype = i64
     lib.l2o_lstm_unroll_backward.restype = None
     lib.l2o_lstm_isa.restype = ctypes.c_char_p
+    if hasattr(lib, "l2o_lstm_blocking"):  # builds of earlier sources of this ABI have none
+        lib.l2o_lstm_blocking.restype = ctypes.c_char_p
     return lib
 
 
@@ -223,6 +225,15 @@ def isa() -> str | None:
     """The instruction set of the loaded kernel (``avx512``, ``avx2``, ``generic``), or ``None``."""
     lib = library()
     return None if lib is None else lib.l2o_lstm_isa().decode()
+
+
+def blocking(lib: ctypes.CDLL | None = None) -> str | None:
+    """The vectors and register blocking a build chose for the CPU it is tuned for (``"vectors
+    8x2, gemv 5, outer 5x2, sigmoids 4"``), of ``lib`` or the loaded kernel; ``None`` without one."""
+    lib = lib or library()
+    if lib is None or not hasattr(lib, "l2o_lstm_blocking"):
+        return None
+    return lib.l2o_lstm_blocking().decode()
 
 
 def backend() -> tuple[bool, str]:

@@ -90,6 +90,15 @@ def test_bench_metatrain_says_which_lstm_ran_and_why(capsys, monkeypatch):
 
     assert bench.lstm_backend("meta") == {"lstm_backend": "torch", "lstm_backend_reason":
                                           "the fused kernel is for the CPU; meta runs torch ops"}
+    from l2obench.plugins import lstm_kernel
+
+    monkeypatch.setenv("L2OBENCH_NATIVE", "1")
+    if lstm_kernel.library() is None:
+        pytest.skip("the fused LSTM kernel could not be built here")
+    ran = bench.lstm_backend("cpu")  # and the build's vectors and blocking, which it chose for this CPU
+    assert ran["lstm_backend"] == "kernel" and ran["kernel_isa"] == lstm_kernel.isa()
+    assert ran["kernel_blocking"].startswith({"avx512": "vectors 16x1", "avx2": "vectors 8x2",
+                                              "generic": "vectors 4x2"}[ran["kernel_isa"]])
 
 
 def fake_isa_runs(monkeypatch):
@@ -107,8 +116,11 @@ def fake_isa_runs(monkeypatch):
     def command_json(env, episodes, threads):
         name = "torch" if env["L2OBENCH_NATIVE"] == "0" else env["L2OBENCH_KERNEL_MARCH"]
         calls.append(name)
-        return {"steps_per_s": next(speeds[name]), "lstm_backend": "torch" if name == "torch" else "kernel",
-                "lstm_backend_reason": "forced"}
+        out = {"steps_per_s": next(speeds[name]), "lstm_backend": "torch" if name == "torch" else "kernel",
+               "lstm_backend_reason": "forced"}
+        if name == "native":
+            out["kernel_blocking"] = "vectors 8x2, gemv 5, outer 4x3, sigmoids 4"
+        return out
 
     monkeypatch.setattr(bench, "isa_builds", lambda: builds)
     monkeypatch.setattr(bench, "_command_json", command_json)
@@ -135,7 +147,9 @@ def test_bench_metatrain_isas_prints_each_build(capsys, monkeypatch):
     fake_isa_runs(monkeypatch)
     assert main(["bench", "metatrain", "--isas", "--rounds", "2", "--reference", "naive_reference.py"]) == 0
     out = capsys.readouterr().out
-    assert "-march=native (avx2): 190.0 steps/s, 3.50x torch ops, 4.50x the reference" in out
+    assert ("-march=native (avx2; vectors 8x2, gemv 5, outer 4x3, sigmoids 4): 190.0 steps/s, 3.50x torch ops, "
+            "4.50x the reference") in out
+    assert "-march=x86-64-v3 (avx2): 180.0 steps/s" in out  # a run that gives no blocking: none printed
     assert "-march=x86-64-v4 (avx512): not run, this CPU cannot (avx512f missing)" in out
     assert "torch ops: 55.0 steps/s" in out and "reference: 42.5 steps/s" in out
 

@@ -249,6 +249,53 @@ def test_a_step_is_the_same_on_any_number_of_threads(m, isa_library):
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
+def test_builds_tuned_for_other_cpus_give_the_same_bits(tmp_path):
+    """The kernel's register blocking follows the CPU its build is tuned for (on AVX2, Zen 1's
+    weight-gradient sums in blocks of 4 x 3, other CPUs' in 5 x 2): each sum adds the same
+    products in the same order, so an AVX2 build tuned for Zen 1 and one tuned for no CPU in
+    particular give the same updates, states, records and meta-gradient, to the bit."""
+    import platform
+    import subprocess
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-64 builds")
+    try:
+        missing = lstm_kernel.missing_cpu_flags("x86-64-v3")
+    except OSError as exc:
+        pytest.skip(f"no compiler for -march=x86-64-v3 ({exc})")
+    if missing:
+        pytest.skip(f"this CPU cannot run -march=x86-64-v3 (no {', '.join(missing)})")
+    libs = []
+    for tune in ("generic", "znver1"):
+        out = tmp_path / f"lstm-{tune}.so"
+        done = subprocess.run([lstm_kernel._cxx(), *lstm_kernel.FLAGS, "-march=x86-64-v3", f"-mtune={tune}",
+                               str(lstm_kernel.SOURCE), "-o", str(out)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"-mtune={tune} does not build here: {done.stderr.strip().splitlines()[-1:]}")
+        libs.append(lstm_kernel.open_library(out))
+    assert [lstm_kernel.blocking(lib) for lib in libs] == ["vectors 8x2, gemv 5, outer 5x2, sigmoids 4",
+                                                            "vectors 8x2, gemv 5, outer 4x3, sigmoids 4"]
+    net, m, steps = network(20, 2, 2), 1000, 5
+    gen = torch.Generator().manual_seed(1)
+    grads = torch.randn(steps, 1, m, generator=gen) * 1e-2
+    d_out = torch.randn(steps, m, generator=gen)
+    h0, c0 = list(torch.randn(2, 20, m, generator=gen) * 0.1), list(torch.randn(2, 20, m, generator=gen))
+    params, results = backend.kernel_weights(net), []
+    for lib in libs:
+        h, c, got, records = h0, c0, [], []
+        for t in range(steps):
+            records.append(torch.full((lstm_kernel.record_size(2, 20, m, lib=lib),), float("nan")))
+            update, h, c = lstm_kernel.step(params, 0.1, grads[t], h, c, 20, lib=lib, log_sign_p=10.0,
+                                            record=records[-1])
+            got += [update, *h, *c, records[-1]]
+        got.append(lstm_kernel.unroll_backward(params, 0.1, grads, h0, c0, d_out, 20, lib=lib, log_sign_p=10.0,
+                                               records=records))
+        got.append(lstm_kernel.unroll_backward(params, 0.1, grads, h0, c0, d_out, 20, lib=lib, log_sign_p=10.0))
+        results.append(got)
+    assert torch.equal(results[0][-1], results[0][-2])  # from the records as recomputed
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 @pytest.mark.parametrize("zeros", [1, 3, 8])
 def test_the_backward_leaves_out_the_trailing_steps_without_a_gradient_to_the_same_bits(zeros):
     """Steps after the last nonzero row of d_out (the unroll's last step always) are left out:

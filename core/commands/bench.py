@@ -132,7 +132,7 @@ def _print_isas(args, out) -> int:
     print(f"meta-training by kernel build ({out['episodes']} episodes, {out['rounds']} rounds, {m['threads']} "
           f"threads, {m['cpu']}{', ' + m['cpu_id'] if m.get('cpu_id') else ''}):")
     for b in out["builds"]:
-        name = f"  -march={b['march']} ({b['isa']})"
+        name = f"  -march={b['march']} ({b['isa']}{'; ' + b['blocking'] if b.get('blocking') else ''})"
         if b["missing"]:
             print(f"{name}: not run, this CPU cannot ({', '.join(b['missing'])} missing)")
             continue

@@ -328,14 +328,16 @@ class _Replay(torch.autograd.Function):
 def implementation(device: torch.device | str = "cpu") -> dict:
     """Which implementation runs the paper's LSTM on ``device``: ``lstm_backend``
     (``"kernel"`` or ``"torch"``), ``lstm_backend_reason``, and the kernel's
-    ``kernel_isa`` and ``kernel_march`` when it runs (the self-check decides, once)."""
+    ``kernel_isa``, ``kernel_march`` and ``kernel_blocking`` when it runs (the self-check decides,
+    once)."""
     if torch.device(device).type != "cpu":
         return {"lstm_backend": "torch", "lstm_backend_reason": "the fused kernel is for the CPU; "
                 f"{torch.device(device).type} runs torch ops"}
     used, reason = lstm_kernel.backend()
     out = {"lstm_backend": "kernel" if used else "torch", "lstm_backend_reason": reason}
     if used:
-        out.update(kernel_isa=lstm_kernel.isa(), kernel_march=lstm_kernel.march())
+        out.update(kernel_isa=lstm_kernel.isa(), kernel_march=lstm_kernel.march(),
+                   kernel_blocking=lstm_kernel.blocking())
     return out
 
 
