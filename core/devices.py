@@ -53,8 +53,8 @@ def cpu_model() -> str:
 def cpu_id(cpuinfo: str | None = None) -> str:
     """This CPU's family and model numbers (``/proc/cpuinfo``'s, or those of the text
     ``cpuinfo``, as ``"family 23, model 1"``), which tell apart CPUs that a virtual machine
-    names alike (``AMD EPYC`` of the Zen 1 and the Zen 3 generations: families 23 and 25);
-    empty where there are none (ARM, other systems)."""
+    names alike (``AMD EPYC`` of the Zen 1 generation is family 23, model 1, and of the Zen 3
+    generation family 25, model 1); empty where there are none (ARM, other systems)."""
     from pathlib import Path
 
     if cpuinfo is None:

@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 #ifdef _OPENMP
@@ -63,11 +64,13 @@ namespace {
 #define L2O_ISA "avx512"
 constexpr int VL = 16, NT = 1, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4, SIGMOIDS = 8;
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__tune_znver1__)
-// Zen 1, which the build is tuned for where it is built -march=native there (-mtune=znver1):
-// the weight-gradient sums in blocks of 4 x 3, 7 loads for 12 multiply-adds (blocks of 5 x 2
-// take 7 for 10; the paper's 22 and 40 columns leave one, summed 4 x 1).  Zen 1 loads one 256-bit vector a cycle (Zen 3 three), and the sums stream
-// their operands from L2; measured on Zen 1, where the backward is about a tenth faster, and
-// on Zen 3, where blocks of 4 x 3 were slower than those of 6 x 2 (results/benchmarks.md).
+// Zen 1, where the build is tuned for it (-mtune=znver1, which GCC's -march=native sets there;
+// clang defines no such macro, so its builds keep 5 x 2): the weight-gradient sums in blocks of
+// 4 x 3, 7 loads for 12 multiply-adds (blocks of 5 x 2 take 7 for 10; the paper's 22 and 40
+// columns leave one, summed 4 x 1).  Zen 1 loads one 256-bit vector a cycle (Zen 3 three), and
+// the sums stream their operands from L2; measured on Zen 1, where the backward is about a tenth
+// faster, and on Zen 3, where blocks of 4 x 3 were slower than those of 6 x 2
+// (results/benchmarks.md).  Each sum adds the same products in the same order: the same bits.
 #define L2O_ISA "avx2"
 constexpr int VL = 8, NT = 2, GEMV_BLOCK = 5, OUTER_ROWS = 4, OUTER_COLS = 3, SIGMOIDS = 4;
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -552,11 +555,13 @@ const char* l2o_lstm_isa() { return L2O_ISA; }
 // Its vectors and register blocking, as "vectors 8x2, gemv 5, outer 5x2, sigmoids 4": VL x NT,
 // GEMV_BLOCK, OUTER_ROWS x OUTER_COLS, SIGMOIDS (the tuning chosen at the top of this file).
 const char* l2o_lstm_blocking() {
-    static char text[96];
-    if (!text[0])
-        std::snprintf(text, sizeof text, "vectors %dx%d, gemv %d, outer %dx%d, sigmoids %d", VL, NT, GEMV_BLOCK,
+    static const std::string text = [] {  // made once, thread-safe (a function's static)
+        char out[96];
+        std::snprintf(out, sizeof out, "vectors %dx%d, gemv %d, outer %dx%d, sigmoids %d", VL, NT, GEMV_BLOCK,
                       OUTER_ROWS, OUTER_COLS, SIGMOIDS);
-    return text;
+        return std::string(out);
+    }();
+    return text.c_str();
 }
 
 // The floats of one step's record for M coordinates (see l2o_lstm_step).

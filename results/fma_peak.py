@@ -1,9 +1,9 @@
 """This CPU's peak rate of float32 multiply-adds, the yardstick of the fused LSTM kernel's
 speed figures in results/benchmarks.md: a register-only loop of fused multiply-adds on
-independent accumulators, compiled as the kernel is (``c++ -O3 -march=native``, vectors of
-the width the kernel's build uses on this CPU), on each core at once.
+independent accumulators, compiled as the kernel is (``c++ -O3 -march=<the kernel's
+-march>``, vectors of the width the kernel's build uses on this CPU), on each core at once.
 
-    python results/fma_peak.py [--seconds 1.0] [--threads 2] [--march native]
+    python results/fma_peak.py [--seconds 1.0] [--threads 2] [--march MARCH]
 
 Prints one JSON line: the instruction set, multiply-adds per second on each thread and on
 all of them together, and what the paper's MNIST workload's kernel arithmetic (a meta-training
@@ -80,7 +80,8 @@ def workload_multiply_adds(coordinates: int = 15910, layers: int = 2, hidden: in
     """The kernel's multiply-adds in one meta-training step of the paper's workload, as
     lstm_kernel.cpp computes it with the steps' records: the step's gate products and head,
     and the backward's products (each layer's W^T d_gates, layer 0's without its input rows)
-    and weight-gradient sums, with its head's."""
+    and weight-gradient sums, with its head's weight gradient (results/benchmarks.md's 4,980 and
+    9,780 a coordinate; the head's 20 products into the top state's gradient are left out)."""
     gates = 4 * hidden
     k = [(features if l == 0 else hidden) + hidden for l in range(layers)]
     step = sum(gates * kl for kl in k) + hidden
@@ -110,7 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--march", default="native")
+    ap.add_argument("--march", default=lstm_kernel.march(),
+                    help="the -march to build for (default: the kernel's, L2OBENCH_KERNEL_MARCH or native)")
     args = ap.parse_args()
     if args.seconds <= 0 or args.threads < 1:
         sys.exit("fma_peak.py: --seconds must be positive and --threads at least 1")

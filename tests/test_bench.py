@@ -51,14 +51,14 @@ flags		: fpu avx avx2 fma
 processor	: 1
 vendor_id	: AuthenticAMD
 cpu family	: 25
-model		: 17
+model		: 1
 model name	: AMD EPYC
-"""
+"""  # (a second processor of another kind, as no machine has: the first one's numbers count)
 
 
 def test_the_cpu_is_named_by_family_and_model_where_its_name_is_shared():
-    """A VM's ``AMD EPYC`` is Zen 1 (family 23) or Zen 3 (family 25): the first processor's
-    numbers name it; a CPU without them (ARM's cpuinfo) gives none."""
+    """A VM's ``AMD EPYC`` is Zen 1 (family 23, model 1) or Zen 3 (family 25, model 1), among
+    others: the first processor's numbers name it; a CPU without them (ARM's cpuinfo) gives none."""
     assert cpu_id(ZEN1_CPUINFO) == "family 23, model 1"
     assert cpu_id("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\nCPU part\t: 0xd0c\n") == ""
     assert cpu_id("cpu family\t: 6\n") == "family 6"
