@@ -122,8 +122,10 @@ def _cpu_flags() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiler(cxx: str, march: str) -> tuple[str, str, frozenset]:
-    """(version, instruction set, vector macros) of ``cxx -march=<march>``."""
+def _compiler(cxx: str, march: str) -> tuple[str, str, frozenset, str]:
+    """(version, instruction set, vector macros, every predefined macro) of ``cxx -march=<march>``:
+    the last includes the CPU the build is tuned for (``__tune_znver1__``), which the kernel's
+    register blocking follows, so the build's cache key does too."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     done = subprocess.run([cxx, f"-march={march}", "-dM", "-E", "-x", "c++", os.devnull], capture_output=True,
                           text=True)
@@ -131,7 +133,7 @@ def _compiler(cxx: str, march: str) -> tuple[str, str, frozenset]:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise OSError(f"{cxx} -march={march} exited with status {done.returncode}: {last}")
     macros = frozenset(m for line in done.stdout.splitlines() for m in line.split()[1:2] if m in _CPU_FLAG)
-    return version, isa_of(macros), macros
+    return version, isa_of(macros), macros, "\n".join(sorted(done.stdout.splitlines()))
 
 
 def isa_for(march: str, cxx: str | None = None) -> str:
@@ -156,14 +158,21 @@ def missing_cpu_flags(march: str, cxx: str | None = None) -> list[str]:
     return sorted(_CPU_FLAG[m] for m in _compiler(cxx or _cxx(), march)[2] if _CPU_FLAG[m] not in flags)
 
 
+def _target(cxx: str, march: str) -> Path:
+    """Where the build for this source, compiler, ``-march`` (its instruction set and every macro
+    it predefines, the tuning's included) and CPU is cached."""
+    version, isa, _, defines = _compiler(cxx, march)
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join((*FLAGS, f"-march={march}")), isa,
+                                     _cpu_flags(), defines]).encode())
+    return cache_dir() / f"lstm-{isa}-{key.hexdigest()[:16]}.so"
+
+
 def build(march: str = "native", cxx: str | None = None) -> Path:
     """The library for this source, compiler, ``-march`` and CPU: from the cache, else
     compiled with the first of :data:`VARIANTS` that builds."""
     cxx = cxx or _cxx()
-    version, isa, _ = _compiler(cxx, march)
     flags = (*FLAGS, f"-march={march}")
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), isa, _cpu_flags()]).encode())
-    target = cache_dir() / f"lstm-{isa}-{key.hexdigest()[:16]}.so"
+    target = _target(cxx, march)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

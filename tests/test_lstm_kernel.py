@@ -300,6 +300,24 @@ def test_a_build_tuned_for_zen1_gives_the_bits_of_one_tuned_for_no_cpu(tmp_path)
         assert all(torch.equal(a, b) for a, b in zip(*results)), f"hidden={hidden}"
 
 
+def test_the_build_cache_key_follows_the_cpu_the_compiler_tunes_for(monkeypatch, tmp_path):
+    """The register blocking follows the tuning (``__tune_znver1__``), which ``-march=native``
+    picks from the CPU: two compilers alike but for the macros they predefine get two builds,
+    and the same ones one."""
+    monkeypatch.setattr(lstm_kernel, "cache_dir", lambda: tmp_path)
+
+    def compiler(defines):
+        return lambda cxx, march: ("g++ 12", "avx2", frozenset({"__AVX2__", "__FMA__"}), defines)
+
+    targets = []
+    for defines in ("#define __AVX2__ 1\n#define __tune_znver1__ 1", "#define __AVX2__ 1\n#define __tune_znver3__ 1",
+                    "#define __AVX2__ 1\n#define __tune_znver1__ 1"):
+        monkeypatch.setattr(lstm_kernel, "_compiler", compiler(defines))
+        targets.append(lstm_kernel._target("c++", "native"))
+    assert targets[0] != targets[1] and targets[0] == targets[2]
+    assert all(t.parent == tmp_path and t.name.startswith("lstm-avx2-") for t in targets)
+
+
 @pytest.mark.parametrize("zeros", [1, 3, 8])
 def test_the_backward_leaves_out_the_trailing_steps_without_a_gradient_to_the_same_bits(zeros):
     """Steps after the last nonzero row of d_out (the unroll's last step always) are left out:
