@@ -35,16 +35,29 @@ def resolve_device(name: str, where: str = "--device"):
     return device
 
 
-def cpu_model() -> str:
-    """This machine's CPU model name (``/proc/cpuinfo``'s, else the platform's)."""
+def _cpuinfo(cpuinfo: str | None = None) -> dict[str, str]:
+    """Each field of ``/proc/cpuinfo`` (or of the text ``cpuinfo``) as its first processor
+    gives it (its first occurrence); empty where there is no such file."""
     from pathlib import Path
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (``/proc/cpuinfo``'s, else the platform's)."""
+    name = _cpuinfo().get("model name")
+    if name is not None:
+        return name
     import platform
 
     return platform.processor() or platform.machine()
@@ -55,23 +68,7 @@ def cpu_id(cpuinfo: str | None = None) -> str:
     ``cpuinfo``, as ``"family 23, model 1"``), which tell apart CPUs that a virtual machine
     names alike (``AMD EPYC`` of the Zen 1 generation is family 23, model 1, and of the Zen 3
     generation family 25, model 1); empty where there are none (ARM, other systems)."""
-    from pathlib import Path
-
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        if not line.strip():
-            if fields:
-                break  # the first processor's
-            continue
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("cpu family", "model") and key not in fields:
-            fields[key] = value.strip()
+    fields = _cpuinfo(cpuinfo)
     if "cpu family" not in fields:
         return ""
     return f"family {fields['cpu family']}" + (f", model {fields['model']}" if "model" in fields else "")

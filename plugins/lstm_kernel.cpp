@@ -59,7 +59,8 @@ namespace {
 // sigmoids are computed side by side, each operation on all of them in turn: a sigmoid is a
 // chain of about twenty dependent operations, and a CPU that splits each 256-bit operation in
 // two (Zen 1) holds too few of them in its scheduler to overlap one chain with the next by
-// itself (measured on Zen 1's AVX2 only; the same arithmetic, so the same bits, everywhere).
+// itself (measured on Zen 1's AVX2 only, 4 at a time; AVX-512's 8, in its 32 registers, are
+// not measured; the same arithmetic, so the same bits, everywhere).
 #if defined(__AVX512F__)
 #define L2O_ISA "avx512"
 constexpr int VL = 16, NT = 1, GEMV_BLOCK = 16, OUTER_ROWS = 4, OUTER_COLS = 4, SIGMOIDS = 8;
@@ -173,7 +174,13 @@ inline void vexp2(vf* x) {
     }
 }
 
-// 1 / d: the hardware's estimate refined by one Newton step (within an ulp or two of the
+#if defined(__AVX512F__)
+inline vf reciprocal_estimate(vf d) { return (vf)_mm512_rcp14_ps((__m512)d); }
+#elif defined(__AVX2__) && defined(__FMA__)
+inline vf reciprocal_estimate(vf d) { return (vf)_mm256_rcp_ps((__m256)d); }
+#endif
+
+// 1 / d: the hardware's estimate (reciprocal_estimate) refined by one Newton step (within an ulp or two of the
 // quotient) where there is one, else the division.  d >= 1 here; for d above 2^126 (an
 // exponential near the clamp's top) the quotient is below 1.2e-38 and this gives 0.  Of N
 // vectors in place, side by side.
@@ -182,12 +189,7 @@ inline void reciprocal(vf* d) {
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
     vf y[N];
 #pragma GCC unroll 8
-    for (int k = 0; k < N; ++k)
-#if defined(__AVX512F__)
-        y[k] = (vf)_mm512_rcp14_ps((__m512)d[k]);
-#else
-        y[k] = (vf)_mm256_rcp_ps((__m256)d[k]);
-#endif
+    for (int k = 0; k < N; ++k) y[k] = reciprocal_estimate(d[k]);
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) d[k] = y[k] + y[k] * (1.0f - d[k] * y[k]);
 #else

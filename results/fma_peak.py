@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from l2obench.devices import cpu_id, cpu_model
+from l2obench import bench
 from l2obench.plugins import lstm_kernel
 
 SOURCE = r"""
@@ -104,7 +103,7 @@ def measure(seconds: float, threads: int, march: str = "native") -> dict:
     return {"isa": lstm_kernel.isa_for(march), "march": march, "lanes": lanes, "threads": threads,
             "gmacs_per_thread": [round(r / 1e9, 2) for r in rates], "gmacs": round(total / 1e9, 2),
             "workload_multiply_adds_per_step": work, "workload_floor_ms": round(work / total * 1e3, 2),
-            "machine": {"cpu": cpu_model(), "cpu_id": cpu_id(), "cores": os.cpu_count()}}
+            "machine": bench.machine()}
 
 
 def main() -> None:
