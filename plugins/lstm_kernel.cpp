@@ -142,17 +142,28 @@ inline vf splat(float x) {
 // |f| <= 1/2, 2^f a degree-6 polynomial (within 2 ulp in float32), 2^k added to its
 // exponent.  Adding 1.5 * 2^23 rounds x to k and leaves k in the low bits of the sum.
 // No multiplication but the polynomial's: the ln 2 of exp is folded into the gate weights.
-// Of N vectors x[0 .. N) in place, side by side (SIGMOIDS).
+// AVX-512 scales by 2^k in one instruction (vscalefps, of k as a float) where the others add k
+// to the exponent's bits and then put a NaN back: 2^f 2^k is a normal float for every clamped
+// x, so both are exact and give the same bits, and a NaN's payload passes through the
+// polynomial (3 of a sigmoid's ~20 operations fewer; the step ~5% faster on an Intel Xeon,
+// results/benchmarks.md).  Of N vectors x[0 .. N) in place, side by side (SIGMOIDS).
 template <int N>
 inline void vexp2(vf* x) {
     constexpr float shift = 12582912.0f;
     vf n[N], f[N], p[N];
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) x[k] = clamp(x[k], -125.0f, 127.0f);
+#if defined(__AVX512F__)
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) n[k] = (x[k] + shift) - shift;
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) f[k] = x[k] - n[k];
+#else
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) n[k] = x[k] + shift;
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) f[k] = x[k] - (n[k] - shift);
+#endif
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) p[k] = splat(1.5345810970757157e-4f);
 #pragma GCC unroll 8
@@ -167,11 +178,16 @@ inline void vexp2(vf* x) {
     for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 6.931471824645996e-1f;
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 1.0f;
+#if defined(__AVX512F__)
+#pragma GCC unroll 8
+    for (int k = 0; k < N; ++k) x[k] = (vf)_mm512_scalef_ps((__m512)p[k], (__m512)n[k]);
+#else
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) {
         const vf r = (vf)((vu)p[k] + ((vu)n[k] << 23));
         x[k] = x[k] == x[k] ? r : x[k];
     }
+#endif
 }
 
 #if defined(__AVX512F__)
