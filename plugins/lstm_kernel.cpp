@@ -150,20 +150,15 @@ inline vf splat(float x) {
 template <int N>
 inline void vexp2(vf* x) {
     constexpr float shift = 12582912.0f;
-    vf n[N], f[N], p[N];
+    vf n[N], whole[N], f[N], p[N];
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) x[k] = clamp(x[k], -125.0f, 127.0f);
-#if defined(__AVX512F__)
 #pragma GCC unroll 8
-    for (int k = 0; k < N; ++k) n[k] = (x[k] + shift) - shift;
+    for (int k = 0; k < N; ++k) n[k] = x[k] + shift;  // k in the low bits
 #pragma GCC unroll 8
-    for (int k = 0; k < N; ++k) f[k] = x[k] - n[k];
-#else
+    for (int k = 0; k < N; ++k) whole[k] = n[k] - shift;  // k as a float
 #pragma GCC unroll 8
-    for (int k = 0; k < N; ++k) n[k] = x[k] + shift;
-#pragma GCC unroll 8
-    for (int k = 0; k < N; ++k) f[k] = x[k] - (n[k] - shift);
-#endif
+    for (int k = 0; k < N; ++k) f[k] = x[k] - whole[k];
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) p[k] = splat(1.5345810970757157e-4f);
 #pragma GCC unroll 8
@@ -180,7 +175,7 @@ inline void vexp2(vf* x) {
     for (int k = 0; k < N; ++k) p[k] = p[k] * f[k] + 1.0f;
 #if defined(__AVX512F__)
 #pragma GCC unroll 8
-    for (int k = 0; k < N; ++k) x[k] = (vf)_mm512_scalef_ps((__m512)p[k], (__m512)n[k]);
+    for (int k = 0; k < N; ++k) x[k] = (vf)_mm512_scalef_ps((__m512)p[k], (__m512)whole[k]);
 #else
 #pragma GCC unroll 8
     for (int k = 0; k < N; ++k) {
